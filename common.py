@@ -1,0 +1,407 @@
+"""Shared plumbing for every stage: devices, torchrun/DDP, seeding, checkpoints, the LR schedule,
+the metrics log, command-line flags from a config dataclass, and ONE training loop.
+
+Every training script (pretrain.py, sft.py, grpo.py, distill.py) supplies only what is its own:
+  - a `batches` iterator that yields `(micro_batches, info)` once per optimizer step, where
+    `micro_batches` is a list (gradient accumulation: one backward each) and `info` a dict of
+    step-level metrics to log (GRPO puts its rollout rewards there);
+  - a `loss_fn(model, micro_batch) -> (loss, metrics)`.
+`train()` below does the rest, top to bottom, with no callbacks.
+
+Distributed (torchrun --standalone --nproc_per_node=N script.py): `setup_ddp()` reads RANK /
+LOCAL_RANK / WORLD_SIZE, picks nccl on CUDA and gloo on CPU (so the multi-process path is testable
+without a GPU). With one process nothing is wrapped. Only rank 0 prints and writes files.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+import typing
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+# ----------------------------------------------------------------------------- devices and DDP
+
+
+def get_device(override: str | None = None) -> torch.device:
+    """cuda, then mps, then cpu; `override` ("cpu", "cuda", "cuda:1", "mps") wins if it is available."""
+    if override:
+        dev = torch.device(override)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={override!r} asked for, but CUDA is not available here")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device={override!r} asked for, but MPS is not available here")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@dataclass
+class DistInfo:
+    rank: int           # global rank of this process (0 when not distributed)
+    local_rank: int     # rank on this machine, picks the GPU
+    world_size: int     # number of processes
+    device: torch.device
+
+    @property
+    def is_ddp(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_ddp(device: str | None = None) -> DistInfo:
+    """Detect torchrun by RANK; init the process group (nccl on CUDA, gloo on CPU)."""
+    if "RANK" not in os.environ:
+        return DistInfo(0, 0, 1, get_device(device))
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    world_size = int(os.environ["WORLD_SIZE"])
+    dev = get_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    return DistInfo(rank, local_rank, world_size, dev)
+
+
+def teardown_ddp() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def print0(*args, **kwargs) -> None:
+    """print() on rank 0 only."""
+    if is_main_process():
+        print(*args, **kwargs, flush=True)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The raw model under DDP and/or torch.compile wrappers (for generation, checkpoints, config)."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+    return model
+
+
+def all_reduce_mean(metrics: dict[str, float]) -> dict[str, float]:
+    """Average each scalar metric over ranks (identity with one process)."""
+    if not (dist.is_available() and dist.is_initialized()) or not metrics:
+        return metrics
+    keys = sorted(metrics)
+    vals = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        vals = vals.cuda()
+    dist.all_reduce(vals, op=dist.ReduceOp.SUM)
+    vals = (vals / dist.get_world_size()).cpu().tolist()
+    return {k: metrics_v for k, metrics_v in zip(keys, vals)}
+
+
+# ----------------------------------------------------------------------------- seeding
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed python, numpy and torch; offset by rank so ranks sample different data."""
+    s = seed + 1000 * rank
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+CKPT_NAME = "ckpt.pt"
+
+
+def save_checkpoint(out_dir: str, model, optimizer=None, step: int = 0, config: dict | None = None,
+                    **extra) -> str:
+    """Write {model, optimizer, step, config, model_config, rng} to out_dir/ckpt.pt atomically
+    (temp file + os.replace, so an interrupted save never leaves half a checkpoint). Rank 0 only."""
+    path = os.path.join(out_dir, CKPT_NAME)
+    if not is_main_process():
+        return path
+    raw = unwrap(model)
+    os.makedirs(out_dir, exist_ok=True)
+    ckpt = {
+        "model": raw.state_dict(),
+        "model_config": dataclasses.asdict(raw.config),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "step": step,
+        "config": config or {},
+        "rng": rng_state(),
+        **extra,
+    }
+    tmp = path + ".tmp"
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def checkpoint_path(path: str) -> str:
+    """Accept a run directory (out/base) or the file itself."""
+    return os.path.join(path, CKPT_NAME) if os.path.isdir(path) else path
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    p = checkpoint_path(path)
+    if not os.path.exists(p):
+        raise FileNotFoundError(f"no checkpoint at {p}")
+    return torch.load(p, map_location=map_location, weights_only=False)
+
+
+def check_model_config(expected: dict, found) -> None:
+    """Raise a ValueError naming every field where a checkpoint's model config differs from ours."""
+    found = dataclasses.asdict(found) if dataclasses.is_dataclass(found) else dict(found)
+    diffs = [f"{k}: checkpoint has {expected.get(k)!r}, model has {found.get(k)!r}"
+             for k in sorted(set(expected) | set(found)) if expected.get(k) != found.get(k)]
+    if diffs:
+        raise ValueError("checkpoint does not match the model config: " + "; ".join(diffs))
+
+
+def load_model(path: str, device="cpu", **overrides):
+    """Build a GPT from a checkpoint directory and load its weights. Returns (model, ckpt)."""
+    from model import GPT, GPTConfig  # local import: common.py stays importable on its own
+
+    ckpt = load_checkpoint(path, map_location=device)
+    cfg = GPTConfig(**{**ckpt["model_config"], **overrides})
+    model = GPT(cfg).to(device)
+    model.load_state_dict(ckpt["model"])
+    return model, ckpt
+
+
+def restore(model, optimizer, ckpt: dict) -> int:
+    """Load weights, optimizer and RNG from a checkpoint dict into live objects; return its step."""
+    check_model_config(ckpt["model_config"], unwrap(model).config)
+    unwrap(model).load_state_dict(ckpt["model"])
+    if optimizer is not None and ckpt.get("optimizer") is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt.get("rng") is not None:
+        set_rng_state(ckpt["rng"])
+    return int(ckpt["step"])
+
+
+# ----------------------------------------------------------------------------- LR schedule
+
+
+def lr_at(step: int, max_lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1) -> float:
+    """Linear warmup to max_lr over warmup_steps, then cosine decay to min_lr_ratio * max_lr at
+    total_steps (and flat after). Pure function of the step."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    if step >= total_steps:
+        return max_lr * min_lr_ratio
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))  # 1 -> 0
+    return max_lr * (min_lr_ratio + (1.0 - min_lr_ratio) * cosine)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+class MetricsLogger:
+    """One JSON object per line in out_dir/metrics.jsonl, plus the console line
+    `step 12/100 | loss 1.234 | ...` with fields in a fixed order. Rank 0 only."""
+
+    def __init__(self, out_dir: str | None, filename: str = "metrics.jsonl", append: bool = False):
+        self.path = os.path.join(out_dir, filename) if out_dir else None
+        if self.path and is_main_process():
+            os.makedirs(out_dir, exist_ok=True)
+            if not append and os.path.exists(self.path):
+                os.remove(self.path)
+
+    def log(self, record: dict) -> None:
+        if self.path and is_main_process():
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    @staticmethod
+    def format_line(record: dict) -> str:
+        parts = []
+        for k, v in record.items():
+            if isinstance(v, float):
+                parts.append(f"{k} {v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{k} {v:.2e}")
+            else:
+                parts.append(f"{k} {v}")
+        return " | ".join(parts)
+
+
+def read_metrics(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """Trailing `# comment` of each `name: type = default  # comment` line in a dataclass's source:
+    the config documents itself once, and --help shows it."""
+    comments = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            src = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for m in re.finditer(r"^\s+(\w+)\s*:[^\n#]*#\s*(.+)$", src, re.MULTILINE):
+            comments[m.group(1)] = m.group(2).strip()
+    return comments
+
+
+def _parse_type(tp):
+    """The argparse `type` for an annotation: int, float, str, or X | None ("none" on the command line)."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    base = args[0] if args else tp
+    if typing.get_args(tp) and type(None) in typing.get_args(tp):
+        return lambda s, base=base: None if s.lower() == "none" else base(s)
+    return base
+
+
+def config_from_args(cls, argv: list[str] | None = None, presets: dict[str, dict] | None = None,
+                     description: str | None = None):
+    """Build a `cls` instance from the command line: one --kebab-case flag per dataclass field, help
+    text from the field's trailing comment, defaults shown. With `presets`, --preset NAME sets a
+    group of defaults first, and explicit flags override them."""
+    comments = _field_comments(cls)
+    hints = typing.get_type_hints(cls)  # resolves string annotations too
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    if presets:
+        parser.add_argument("--preset", choices=sorted(presets), default=None,
+                            help="a named group of defaults; explicit flags override it")
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        flag = "--" + f.name.replace("_", "-")
+        help_text = comments.get(f.name, "")
+        if tp is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=_parse_type(tp), default=default, help=help_text,
+                                metavar=f.name.upper())
+    if presets:  # a preset replaces the defaults (so --help shows them); explicit flags still win
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--preset", choices=sorted(presets), default=None)
+        known, _ = pre.parse_known_args(argv)
+        if known.preset:
+            unknown = set(presets[known.preset]) - {f.name for f in dataclasses.fields(cls)}
+            if unknown:
+                raise ValueError(f"preset {known.preset!r} sets unknown fields {sorted(unknown)}")
+            parser.set_defaults(**presets[known.preset])
+    args = parser.parse_args(argv)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+    return cls(**values)
+
+
+# ----------------------------------------------------------------------------- the training loop
+
+
+@dataclass
+class LoopConfig:
+    """The fields train() reads. Stage configs carry these same names (duck typing), so a stage can
+    pass its own config straight in."""
+    steps: int = 100            # optimizer steps in total
+    lr: float = 1e-3            # peak learning rate
+    warmup_steps: int = 10      # linear warmup steps
+    min_lr_ratio: float = 0.1   # final lr as a fraction of lr (cosine decay)
+    grad_clip: float = 1.0      # max global grad norm (0 = off)
+    log_every: int = 1          # print a console line every N steps
+    ckpt_every: int = 0         # save a checkpoint every N steps (0 = only at the end)
+    out_dir: str = ""           # where checkpoints and metrics go ("" = nowhere)
+
+
+def train(model, optimizer, cfg, batches, loss_fn, *, start_step: int = 0,
+          logger: MetricsLogger | None = None, config_dict: dict | None = None) -> dict:
+    """The one training loop. Each step: set the lr; take (micro_batches, info) from `batches`;
+    forward+backward each micro-batch (gradients synchronised across ranks on the last one only);
+    clip; step; average metrics over ranks; log; checkpoint. Ctrl-C saves a checkpoint, then
+    re-raises. Returns the last step's metrics."""
+    raw = unwrap(model)
+    ddp = dist.is_available() and dist.is_initialized() and hasattr(model, "no_sync")
+    record: dict = {}
+    step = start_step
+    t_last = time.time()
+
+    def save(at_step):
+        if cfg.out_dir:
+            save_checkpoint(cfg.out_dir, raw, optimizer, at_step, config_dict)
+
+    try:
+        while step < cfg.steps:
+            # 1. learning rate for this step (warmup + cosine)
+            lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            # 2. the stage's data for this step (for GRPO: rollouts, rewards, advantages)
+            micro_batches, info = next(batches)
+            # 3. forward + backward, one micro-batch at a time
+            model.train()
+            optimizer.zero_grad(set_to_none=True)
+            sums: dict[str, float] = {}
+            for i, mb in enumerate(micro_batches):
+                last = i == len(micro_batches) - 1
+                with nullcontext() if (last or not ddp) else model.no_sync():
+                    loss, metrics = loss_fn(model, mb)
+                    (loss / len(micro_batches)).backward()
+                for k, v in {"loss": loss.item(), **metrics}.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) / len(micro_batches)
+            # 4. clip and step
+            grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            optimizer.step()
+            step += 1
+            # 5. metrics, averaged over ranks, one line + one JSON record
+            now = time.time()
+            record = {"step": step, **all_reduce_mean({**info, **sums, "grad_norm": float(grad_norm)}),
+                      "lr": lr, "dt": now - t_last}
+            t_last = now
+            if logger is not None:
+                logger.log(record)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                print0(MetricsLogger.format_line({"step": f"{step}/{cfg.steps}", **{k: v for k, v in record.items() if k != "step"}}))
+            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
+                save(step)
+    except KeyboardInterrupt:
+        print0(f"\ninterrupted at step {step}: saving a checkpoint to {cfg.out_dir or '(nowhere: no out_dir)'}")
+        save(step)
+        raise
+    save(step)
+    return record

@@ -1,0 +1,234 @@
+"""common.py: LR schedule, flags from a dataclass, checkpoints, the training loop, and DDP on gloo."""
+import math
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+import common
+from common import LoopConfig, config_from_args, lr_at
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------- LR schedule
+
+def slow_lr(step, max_lr, warmup, total, min_ratio):
+    if step < warmup:
+        return max_lr * (step + 1) / warmup
+    if step >= total:
+        return max_lr * min_ratio
+    frac = (step - warmup) / (total - warmup)
+    min_lr = max_lr * min_ratio
+    return min_lr + (max_lr - min_lr) * (1 + math.cos(math.pi * frac)) / 2
+
+
+@pytest.mark.parametrize("warmup,total", [(0, 10), (3, 10), (10, 100)])
+def test_lr_at_matches_reference(warmup, total):
+    for step in range(total + 3):
+        assert lr_at(step, 1e-3, warmup, total, 0.1) == pytest.approx(slow_lr(step, 1e-3, warmup, total, 0.1))
+    assert lr_at(warmup, 1e-3, warmup, total, 0.1) == pytest.approx(1e-3)   # peak right after warmup
+    assert lr_at(total, 1e-3, warmup, total, 0.1) == pytest.approx(1e-4)    # floor at the end
+
+
+# ----------------------------------------------------------------------------- flags
+
+@dataclass
+class DemoConfig:
+    steps: int = 10             # how many steps
+    lr: float = 1e-3            # peak learning rate
+    name: str = "run"           # a name
+    use_kl: bool = True         # turn the KL term on
+    limit: int | None = None    # optional cap
+
+
+def test_config_from_args_types_defaults_and_help(capsys):
+    cfg = config_from_args(DemoConfig, [])
+    assert cfg == DemoConfig()
+    cfg = config_from_args(DemoConfig, ["--steps", "5", "--lr", "0.5", "--no-use-kl", "--limit", "3", "--name", "x"])
+    assert cfg == DemoConfig(steps=5, lr=0.5, name="x", use_kl=False, limit=3)
+    assert config_from_args(DemoConfig, ["--limit", "none"]).limit is None
+    with pytest.raises(SystemExit):
+        config_from_args(DemoConfig, ["--help"])
+    out = capsys.readouterr().out
+    assert "--steps" in out and "how many steps" in out and "turn the KL term on" in out
+    assert "(default: 10)" in out
+
+
+def test_config_presets_are_overridden_by_explicit_flags():
+    presets = {"fast": {"steps": 2, "lr": 0.1}}
+    cfg = config_from_args(DemoConfig, ["--preset", "fast"], presets=presets)
+    assert (cfg.steps, cfg.lr) == (2, 0.1)
+    cfg = config_from_args(DemoConfig, ["--preset", "fast", "--steps", "7"], presets=presets)
+    assert (cfg.steps, cfg.lr) == (7, 0.1)
+    with pytest.raises(SystemExit):
+        config_from_args(DemoConfig, ["--preset", "nope"], presets=presets)
+    with pytest.raises(SystemExit):
+        config_from_args(DemoConfig, ["--steps", "many"])
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+class TinyNet(torch.nn.Module):
+    @dataclass
+    class Config:
+        d: int = 4
+
+    def __init__(self, d=4):
+        super().__init__()
+        self.config = TinyNet.Config(d)
+        self.lin = torch.nn.Linear(d, 1)
+
+    def forward(self, x):
+        return self.lin(x).squeeze(-1)
+
+
+def test_checkpoint_round_trip_restores_model_optimizer_step_and_rng(tmp_path):
+    torch.manual_seed(0)
+    net = TinyNet()
+    opt = torch.optim.AdamW(net.parameters(), lr=0.1)
+    net(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    common.save_checkpoint(str(tmp_path), net, opt, step=7, config={"lr": 0.1})
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt"]  # no temp file left behind
+    expected_next = torch.rand(3)
+
+    net2 = TinyNet()
+    opt2 = torch.optim.AdamW(net2.parameters(), lr=0.1)
+    ckpt = common.load_checkpoint(str(tmp_path))
+    assert common.restore(net2, opt2, ckpt) == 7
+    assert ckpt["config"] == {"lr": 0.1}
+    for a, b in zip(net.parameters(), net2.parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(opt.state_dict()["state"][0]["exp_avg"], opt2.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(torch.rand(3), expected_next)  # RNG state came back too
+
+
+def test_mismatched_config_names_the_field(tmp_path):
+    common.save_checkpoint(str(tmp_path), TinyNet(4))
+    with pytest.raises(ValueError, match=r"d: checkpoint has 4, model has 5"):
+        common.restore(TinyNet(5), None, common.load_checkpoint(str(tmp_path)))
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        common.load_checkpoint(str(tmp_path / "missing"))
+
+
+# ----------------------------------------------------------------------------- training loop
+
+def regression_batches(seed, n_micro=2, bs=8):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.tensor([1.0, -2.0, 3.0, 0.5])
+    while True:
+        micro = []
+        for _ in range(n_micro):
+            x = torch.randn(bs, 4, generator=g)
+            micro.append((x, x @ w))
+        yield micro, {"batch_rows": float(n_micro * bs)}
+
+
+def mse_loss(model, batch):
+    x, y = batch
+    loss = ((model(x) - y) ** 2).mean()
+    return loss, {"mse": loss.item()}
+
+
+def test_train_loop_learns_logs_and_checkpoints(tmp_path, capsys):
+    torch.manual_seed(0)
+    net = TinyNet()
+    opt = torch.optim.AdamW(net.parameters(), lr=0.1)
+    cfg = LoopConfig(steps=60, lr=0.1, warmup_steps=5, log_every=20, out_dir=str(tmp_path))
+    logger = common.MetricsLogger(str(tmp_path))
+    last = common.train(net, opt, cfg, regression_batches(0), mse_loss, logger=logger)
+    records = common.read_metrics(str(tmp_path / "metrics.jsonl"))
+    assert len(records) == 60 and records[-1]["step"] == 60
+    assert records[-1]["mse"] < 0.05 * records[0]["mse"]
+    assert last["batch_rows"] == 16.0 and "grad_norm" in last and "lr" in last
+    out = capsys.readouterr().out
+    assert "step 20/60 | " in out and "step 60/60 | " in out
+    assert common.load_checkpoint(str(tmp_path))["step"] == 60
+
+
+def test_train_loop_saves_on_ctrl_c(tmp_path):
+    net = TinyNet()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    base = regression_batches(0)
+
+    def interrupted():
+        for i, b in enumerate(base):
+            if i == 3:
+                raise KeyboardInterrupt
+            yield b
+
+    cfg = LoopConfig(steps=10, out_dir=str(tmp_path), log_every=100)
+    with pytest.raises(KeyboardInterrupt):
+        common.train(net, opt, cfg, interrupted(), mse_loss)
+    assert common.load_checkpoint(str(tmp_path))["step"] == 3
+
+
+# ----------------------------------------------------------------------------- DDP on gloo
+
+DDP_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, {root!r})
+    import common
+    from model import GPT, GPTConfig, token_logprobs
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    def batches(rank, world):
+        g = torch.Generator().manual_seed(0)
+        while True:
+            tokens = torch.randint(0, 64, (8, 24), generator=g)     # the global batch (B, T)
+            rows = tokens[rank::world]                                # this rank's shard
+            yield [rows[:4], rows[4:]] if world == 1 else [rows], {{}}
+
+    def loss_fn(model, tokens):
+        return -token_logprobs(model, tokens).mean(), {{}}
+
+    info = common.setup_ddp("cpu")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, max_seq_len=32))
+    wrapped = DDP(model) if info.is_ddp else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    cfg = common.LoopConfig(steps=3, lr=0.5, warmup_steps=0, min_lr_ratio=1.0, grad_clip=0.0, log_every=100)
+    # one plain backward to compare raw gradients, then three loop steps to compare parameters
+    tokens = next(batches(info.rank, info.world_size))[0]
+    loss = sum(loss_fn(wrapped, t)[0] for t in tokens) / len(tokens)
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    opt.zero_grad()
+    common.train(wrapped, opt, cfg, batches(info.rank, info.world_size), loss_fn)
+    if info.is_main:
+        torch.save({{"grads": grads, "params": [p.detach() for p in model.parameters()]}}, sys.argv[1])
+    common.teardown_ddp()
+""")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_match_one_process(tmp_path):
+    """Each of 2 gloo ranks sees half the global batch; DDP's averaged gradients, and the parameters
+    after 3 steps of the shared loop, equal one process on the whole batch (as 2 micro-batches)."""
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_SCRIPT.format(root=ROOT))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    single = subprocess.run([sys.executable, str(script), str(tmp_path / "one.pt")], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert single.returncode == 0, single.stderr
+    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                            f"--master-port={free_port()}", str(script), str(tmp_path / "two.pt")],
+                           env=env, capture_output=True, text=True, timeout=150)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    for a, b in zip(one["grads"], two["grads"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(one["params"], two["params"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
