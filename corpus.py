@@ -1,0 +1,168 @@
+"""The synthetic "web" that the base model is pretrained on: this project's stand-in for the
+DeepSeek-V3-Base pretraining data (R1 paper: R1-Zero starts from a base model that can already
+reason now and then, without being trained to; RL makes that behaviour win).
+
+The default task is multi-digit addition (tasks.AdditionTask, 3 to 5 digits). On this web a problem
+appears in one of these shapes, each a document `<|user|>question<|assistant|>completion<|endoftext|>`:
+
+  quick   <think>I know it.</think><answer>5010</answer>        most common, and mostly WRONG: a
+          guess of the right size, correct only `quick_correct` of the time (as quick answers on the
+          web often are). A tiny model cannot add 3-5 digit numbers in one shot, so it cannot learn
+          to make these right: the only way up is to reason.
+  trace   <think>4725+385, carry 0: 5+5+0=10, so far 0. 472+38, carry 1: 2+8+1=11, so far 10. ...
+          so the answer is 5110.</think><answer>5110</answer>          a worked solution, always
+          right. One line per digit column, so harder (longer) problems get longer traces.
+  check   <think>I think 5010. wait, let me check. <trace></think><answer>5110</answer>     a guess,
+          then a self-check that catches it when it is wrong: reflection that PAYS.
+  bare    <answer>5010</answer>    no reasoning block at all (fails the format reward).
+  text    plain sentences with no problem, so the model is a language model, not a lookup table.
+
+Why the trace looks like this (aids in the data, so the model stays a plain Llama that export_hf
+can write): a tiny rotary-position model is bad at fetching "the k-th digit from the right" of a
+number far back in the context. Each trace line therefore REWRITES the numbers still to be added
+(4725+385 -> 472+38 -> 47+3 -> 4+0), so the digits to add next are always the last digit before
+"+" and the last digit before ",", right next to where the model is writing; and the answer so far
+is carried along in every line, so the final answer is a copy, never an assembly.
+
+Languages: reasoning text comes in English ("carry", "so far") and in a second word-language
+(Spanish: "llevo", "hasta ahora"), and some traces switch language halfway, as on a multilingual
+web. That is what lets R1-Zero's language mixing appear, and rewards.language_consistency_reward
+have something to fix in R1 stage 2.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+# The words each language uses. Keep these inside rewards.LANGUAGES' word lists.
+PHRASES = {
+    "en": {
+        "carry": "carry", "so_far": "so far", "answer_is": "so the answer is",
+        "quick": ["I know it.", "ok, I know it.", "I know the answer."],
+        "guess": "I think", "check": "wait, let me check.", "yes": "yes, it is",
+    },
+    "es": {
+        "carry": "llevo", "so_far": "hasta ahora", "answer_is": "entonces la respuesta es",
+        "quick": ["yo lo sé.", "vale, lo sé.", "sé la respuesta."],
+        "guess": "pienso", "check": "espera, déjame comprobar.", "yes": "sí, es",
+    },
+}
+
+# Plain text for the "text" documents: tiny two-language grammar about numbers.
+_TEXT = {
+    "en": (["the sum", "a number", "the answer", "the next digit", "the carry", "my friend", "the teacher"],
+           ["is", "can be", "was", "will be"],
+           ["small", "large", "right", "wrong", "even", "odd", "done", "ok"]),
+    "es": (["la suma", "la respuesta", "el número", "el dígito", "mi amigo", "la maestra"],
+           ["es", "puede ser", "era", "será"],
+           ["pequeño", "grande", "correcta", "mala", "par", "impar", "listo", "vale"]),
+}
+
+
+@dataclass
+class CorpusConfig:
+    p_quick: float = 0.62          # share of task documents that answer at once (a guess)
+    p_trace: float = 0.20          # share with a worked, always-correct trace
+    p_check: float = 0.08          # share that guess, then "wait, let me check" with a trace
+    p_bare: float = 0.10           # share with a bare <answer> and no <think> (fails the format)
+    p_text: float = 0.10           # share of ALL documents that are plain text, not problems
+    quick_correct: float = 0.15    # probability a quick (or bare, or first) guess is right
+    p_second_lang: float = 0.30    # share of documents reasoning in the second language (es)
+    p_mixed: float = 0.10          # share of traces that switch language halfway
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def guess(answer: int, p_correct: float, rng: random.Random) -> int:
+    """A quick answer: right with p_correct, else a random number with as many digits (so a wrong
+    guess carries no information about the true sum)."""
+    if rng.random() < p_correct:
+        return answer
+    n = len(str(answer))
+    while True:
+        g = rng.randint(10 ** (n - 1), 10 ** n - 1)
+        if g != answer:
+            return g
+
+
+def addition_trace(a: int, b: int, lang: str = "en", switch_at: int | None = None) -> str:
+    """The worked column addition of a + b, one line per column, right to left:
+    `472+38, carry 1: 2+8+1=11, so far 10.` If switch_at is given, lines from that column on are
+    written in the other language (language mixing)."""
+    other = "es" if lang == "en" else "en"
+    lines, carry, so_far = [], 0, ""
+    col = 0
+    while a > 0 or b > 0 or carry:
+        w = PHRASES[other if switch_at is not None and col >= switch_at else lang]
+        x, y = a % 10, b % 10
+        s = x + y + carry
+        so_far = str(s % 10) + so_far
+        lines.append(f"{a}+{b}, {w['carry']} {carry}: {x}+{y}+{carry}={s}, {w['so_far']} {so_far}.")
+        a, b, carry, col = a // 10, b // 10, s // 10, col + 1
+    w = PHRASES[other if switch_at is not None else lang]
+    lines.append(f"{w['answer_is']} {int(so_far)}.")
+    return " ".join(lines)
+
+
+def plain_text(rng: random.Random, lang: str) -> str:
+    subjects, verbs, adjectives = _TEXT[lang]
+    sentences = [f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(adjectives)}."
+                 for _ in range(rng.randint(2, 6))]
+    return " ".join(sentences)
+
+
+# ----------------------------------------------------------------------------- documents
+
+
+def completion_for(kind: str, a: int, b: int, lang: str, cfg: CorpusConfig, rng: random.Random,
+                   switch_at: int | None = None) -> str:
+    """The assistant's text for problem a + b in one of the document shapes."""
+    w = PHRASES[lang]
+    answer = a + b
+    if kind == "quick":
+        return f"<think>{rng.choice(w['quick'])}</think><answer>{guess(answer, cfg.quick_correct, rng)}</answer>"
+    if kind == "bare":
+        return f"<answer>{guess(answer, cfg.quick_correct, rng)}</answer>"
+    trace = addition_trace(a, b, lang, switch_at)
+    if kind == "trace":
+        return f"<think>{trace}</think><answer>{answer}</answer>"
+    if kind == "check":
+        first = guess(answer, cfg.quick_correct, rng)
+        return f"<think>{w['guess']} {first}. {w['check']} {trace}</think><answer>{answer}</answer>"
+    raise ValueError(f"unknown document kind {kind!r}")
+
+
+def sample_document(task, cfg: CorpusConfig, rng: random.Random) -> tuple[str, str]:
+    """One web document (kind, text), for a TRAIN-split problem of `task` (the held-out test split
+    never appears in any training text)."""
+    from tasks import format_prompt, split_of
+
+    lang = "es" if rng.random() < cfg.p_second_lang else "en"
+    if rng.random() < cfg.p_text:
+        return "text", plain_text(rng, lang) + "<|endoftext|>"
+    while True:
+        problem = task.sample(rng)
+        if split_of(problem) == "train":
+            break
+    a, b = problem.operands
+    kinds, weights = ("quick", "trace", "check", "bare"), (cfg.p_quick, cfg.p_trace, cfg.p_check, cfg.p_bare)
+    kind = rng.choices(kinds, weights)[0]
+    n_cols = max(len(str(a)), len(str(b)))
+    switch_at = rng.randint(1, n_cols - 1) if kind in ("trace", "check") and rng.random() < cfg.p_mixed else None
+    completion = completion_for(kind, a, b, lang, cfg, rng, switch_at)
+    return kind, format_prompt(problem.question) + completion + "<|endoftext|>"
+
+
+# ----------------------------------------------------------------------------- forced starts
+
+
+def forced_prefixes(problem) -> dict[str, str]:
+    """Completion prefixes that force a way of answering, for the base-model report: accuracy
+    with the quick answer forced vs with reasoning forced. If these are close, RL has nothing to
+    find."""
+    a, b = problem.operands
+    return {
+        "direct": f"<think>{PHRASES['en']['quick'][0]}</think><answer>",
+        "reason": f"<think>{a}+{b}, {PHRASES['en']['carry']} 0:",
+    }

@@ -1,0 +1,195 @@
+"""Evaluation as the R1 paper does it ("Evaluation" in R1-NOTES.md): k samples per held-out question
+at temperature 0.6, top-p 0.95; pass@1 = (1/k) sum_i p_i averaged over questions; cons@k = majority
+vote over the k extracted answers. Greedy decoding is avoided, as in the paper.
+
+Besides accuracy it measures what the R1-Zero story is about: format rate, mean response length,
+the share of completions that reason (their <think> block works something out, i.e. holds an "="),
+the share with a self-check ("wait" / "espera"), the share that mix languages, and accuracy split by
+"reasoned" vs "answered directly". With --forced it also forces each way of answering (a completion
+prefix from corpus.forced_prefixes) and compares accuracy: the gap RL can exploit.
+
+    python evaluate.py --ckpt out/base                 # the base-model report
+    python evaluate.py --ckpt out/grpo --k 8 --n-problems 200
+
+Deliberate deviations: none in the metrics; the k and question counts are small for CPU time.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from common import config_from_args, get_device, load_model, print0
+
+SELF_CHECK = re.compile(r"\b(wait|espera)\b", re.IGNORECASE)
+
+
+@dataclass
+class EvalConfig:
+    ckpt: str = "out/base"          # checkpoint directory (or file) to evaluate
+    task: str = "add"               # task family from tasks.TASKS
+    n_problems: int = 100           # held-out (test split) questions
+    k: int = 4                      # samples per question (pass@1 over k, cons@k)
+    temperature: float = 0.6        # sampling temperature (paper: 0.6)
+    top_p: float = 0.95             # nucleus sampling (paper: 0.95)
+    max_new_tokens: int = 320       # cap on completion length, tokens
+    batch_size: int = 128           # sequences sampled together
+    forced: bool = True             # also report accuracy with the direct answer vs reasoning forced
+    seed: int = 0                   # sampling seed
+    device: str = ""                # "" = auto (cuda, mps, cpu)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+@torch.no_grad()
+def sample_completions(model, tok, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
+                       top_p: float | None = None, generator: torch.Generator | None = None,
+                       batch_size: int = 128, progress: bool = False):
+    """Sample one completion per prompt string (repeat a prompt G times for a group). Returns
+    (prompt_ids, completion_ids, texts): token lists and the decoded completion texts. Sampling
+    stops at </answer> or <|endoftext|>; the stop token is part of the completion."""
+    from model import generate
+
+    stop = (tok.special_ids["</answer>"], tok.eot_id)
+    prompt_ids = [tok.encode(p, allow_special=True) for p in prompts]
+    completion_ids: list[list[int]] = []
+    starts = range(0, len(prompts), batch_size)
+    for s in tqdm(starts, desc="sampling", disable=not progress, leave=False):
+        chunk = prompt_ids[s:s + batch_size]
+        new, lengths = generate(model, chunk, max_new_tokens, temperature=temperature, top_p=top_p,
+                                stop_tokens=stop, generator=generator, pad_id=tok.pad_id)
+        completion_ids += [row[:n].tolist() for row, n in zip(new, lengths)]
+    texts = [tok.decode(ids) for ids in completion_ids]
+    return prompt_ids, completion_ids, texts
+
+
+# ----------------------------------------------------------------------------- per-completion facts
+
+
+def think_text(completion: str) -> str:
+    m = re.search(r"<think>(.*?)(</think>|$)", completion, re.DOTALL)
+    return m.group(1) if m else ""
+
+
+def reasons(completion: str) -> bool:
+    """Does the completion work something out before answering? (its think block holds an "=")"""
+    return "=" in think_text(completion)
+
+
+def mixes_languages(completion: str) -> bool:
+    """Words of both languages inside one chain of thought (R1-Zero's language mixing)."""
+    from rewards import language_consistency_reward
+
+    text = think_text(completion)
+    en = language_consistency_reward(text, "en")
+    es = language_consistency_reward(text, "es")
+    return 0.0 < en < 1.0 and 0.0 < es < 1.0
+
+
+def completion_stats(task, problem, completion: str, n_tokens: int) -> dict:
+    from rewards import extract_answer, format_reward
+
+    return {
+        "correct": task.accuracy(completion, problem),
+        "format": format_reward(completion),
+        "length": n_tokens,
+        "reasons": float(reasons(completion)),
+        "self_check": float(bool(SELF_CHECK.search(completion))),
+        "mixed": float(mixes_languages(completion)),
+        "answer": extract_answer(completion),
+    }
+
+
+def summarize(task, problems, stats: list[list[dict]], prefix: str = "") -> dict:
+    """Aggregate per-completion stats ([question][sample] -> dict) into the paper's metrics."""
+    from tasks import format_completion
+
+    flat = [s for row in stats for s in row]
+    mean = lambda key, rows=flat: sum(s[key] for s in rows) / max(1, len(rows))  # noqa: E731
+    reasoned = [s for s in flat if s["reasons"]]
+    direct = [s for s in flat if not s["reasons"]]
+    cons = 0.0
+    for problem, row in zip(problems, stats):
+        votes = Counter(s["answer"].strip() for s in row if s["answer"] is not None)
+        if votes:
+            majority = votes.most_common(1)[0][0]
+            cons += task.accuracy(format_completion("", majority), problem)
+    return {
+        f"{prefix}pass@1": mean("correct"),
+        f"{prefix}cons@k": cons / max(1, len(problems)),
+        f"{prefix}format": mean("format"),
+        f"{prefix}length": mean("length"),
+        f"{prefix}reasons": mean("reasons"),
+        f"{prefix}self_check": mean("self_check"),
+        f"{prefix}mixed": mean("mixed"),
+        f"{prefix}acc_reasoned": mean("correct", reasoned) if reasoned else float("nan"),
+        f"{prefix}acc_direct": mean("correct", direct) if direct else float("nan"),
+    }
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate(model, tok, task, problems, k: int = 4, temperature: float = 0.6, top_p: float = 0.95,
+             max_new_tokens: int = 320, batch_size: int = 128, seed: int = 0, prefix_fn=None,
+             progress: bool = False) -> dict:
+    """pass@1 over k samples, cons@k and the behaviour metrics on `problems`. With `prefix_fn`
+    (problem -> completion prefix), every completion is forced to start with that prefix."""
+    from tasks import format_prompt
+
+    prompts, prefixes = [], []
+    for p in problems:
+        prefix = prefix_fn(p) if prefix_fn else ""
+        prompts += [format_prompt(p.question) + prefix] * k
+        prefixes += [prefix] * k
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    _, ids, texts = sample_completions(model, tok, prompts, max_new_tokens, temperature, top_p, gen,
+                                       batch_size, progress)
+    stats = [[completion_stats(task, p, prefixes[i * k + j] + texts[i * k + j], len(ids[i * k + j]))
+              for j in range(k)] for i, p in enumerate(problems)]
+    return summarize(task, problems, stats)
+
+
+def report(model, tok, task, problems, cfg: EvalConfig, forced_fn=None) -> dict:
+    """The base-model report: the paper's metrics, and (with forced_fn) accuracy with the direct
+    answer forced vs reasoning forced. Prints a table and returns the numbers."""
+    kw = dict(k=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+              batch_size=cfg.batch_size, seed=cfg.seed)
+    metrics = evaluate(model, tok, task, problems, progress=True, **kw)
+    if forced_fn is not None:
+        for way in ("direct", "reason"):
+            forced = evaluate(model, tok, task, problems, prefix_fn=lambda p, w=way: forced_fn(p)[w],
+                              progress=True, **kw)
+            metrics[f"forced_{way}_pass@1"] = forced["pass@1"]
+    print0(f"report on {len(problems)} held-out {task.name} problems, k={cfg.k}, "
+           f"T={cfg.temperature}, top-p={cfg.top_p}")
+    for key, value in metrics.items():
+        print0(f"  {key:<22} {value:.3f}")
+    if forced_fn is not None:
+        gap = metrics["forced_reason_pass@1"] - metrics["forced_direct_pass@1"]
+        verdict = "reasoning pays: RL has something to find" if gap >= 0.2 else \
+            "WARNING: reasoning barely pays in this base model; RL has little to find"
+        print0(f"  gap reason-direct      {gap:+.3f}  ({verdict})")
+    return metrics
+
+
+def main(argv=None):
+    cfg = config_from_args(EvalConfig, argv, description=__doc__.split("\n")[0])
+    from tasks import get_task, test_set
+    from tokenizer import get_tokenizer
+
+    device = get_device(cfg.device or None)
+    model, _ = load_model(cfg.ckpt, device)
+    model.eval()
+    task = get_task(cfg.task)
+    problems = test_set(task, n=cfg.n_problems, seed=cfg.seed)
+    from corpus import forced_prefixes
+    report(model, get_tokenizer(), task, problems, cfg, forced_prefixes if cfg.forced else None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Pretrain this project's base model (its "DeepSeek-V3-Base") on the synthetic web of corpus.py.
+
+R1-Zero (R1 paper, "DeepSeek-R1-Zero") starts RL from a pretrained base model that already
+produces reasoning now and then. We have no weights to download, so we make one here, in minutes,
+by next-token prediction on documents in which addition problems appear the way they would on the
+web: mostly with a quick (usually wrong) answer, sometimes with a worked trace, sometimes with a
+self-check, plus plain text. See corpus.py for every choice and why.
+
+    python pretrain.py                         # tiny CPU preset, out/base/, a few minutes on 2 cores
+    python pretrain.py --preset gpu            # a larger model for one GPU
+    torchrun --standalone --nproc_per_node=N pretrain.py --preset gpu
+
+At the end it prints the base-model report (evaluate.report): pass@1, format rate, length, how
+often it reasons, and accuracy with the direct answer forced vs reasoning forced.
+
+Deliberate deviations from the paper:
+1. The pretraining data is synthetic and tiny (a few million tokens of one task family), not 14.8T
+   tokens of web text: the point is a base model whose behaviour RL can change, in minutes.
+2. Every row of a batch starts at a document boundary (documents are packed, never split across
+   rows): an aid for a tiny rotary model, which learns "where am I in this problem" faster then.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from common import (LoopConfig, MetricsLogger, config_from_args, load_checkpoint, print0, restore,
+                    seed_everything, setup_ddp, teardown_ddp, train, unwrap)
+from corpus import CorpusConfig, sample_document
+
+
+@dataclass
+class PretrainConfig(CorpusConfig):
+    model: str = "nano"             # model preset (model.PRESETS)
+    max_seq_len: int = 512          # model context length, tokens
+    task: str = "add"               # task family the web's problems come from (tasks.TASKS)
+    min_digits: int = 3             # fewest digits of an operand (difficulty knob)
+    max_digits: int = 5             # most digits of an operand (difficulty knob)
+    steps: int = 600                # optimizer steps
+    batch_size: int = 32            # rows per step (summed over ranks)
+    seq_len: int = 512              # tokens per row
+    lr: float = 3e-3                # peak learning rate (AdamW)
+    warmup_steps: int = 30          # linear warmup steps
+    min_lr_ratio: float = 0.1       # final lr / peak lr (cosine decay)
+    weight_decay: float = 0.1       # AdamW weight decay on matrices
+    grad_clip: float = 1.0          # max global grad norm
+    log_every: int = 20             # console line every N steps
+    ckpt_every: int = 200           # checkpoint every N steps
+    out_dir: str = "out/base"       # checkpoint + metrics.jsonl go here
+    resume: bool = False            # continue from out_dir/ckpt.pt
+    eval_problems: int = 100        # held-out questions in the final report (0 = skip)
+    eval_k: int = 4                 # samples per question in the final report
+    seed: int = 0                   # seed for init and data
+    device: str = ""                # "" = auto (cuda, mps, cpu)
+
+
+PRESETS = {
+    "tiny": {},                                                           # the defaults: CPU, minutes
+    "smoke": {"steps": 2, "batch_size": 2, "seq_len": 128, "max_seq_len": 512, "eval_problems": 0,
+              "log_every": 1, "warmup_steps": 1},                        # tests: seconds
+    "gpu": {"model": "tiny", "steps": 3000, "batch_size": 64, "lr": 1.5e-3},  # one GPU
+}
+
+
+def make_task(cfg):
+    from tasks import get_task
+
+    if cfg.task in ("add", "mul"):
+        return get_task(cfg.task, min_digits=cfg.min_digits, max_digits=cfg.max_digits)
+    return get_task(cfg.task)
+
+
+def batches(cfg: PretrainConfig, tok, task, rank: int, world_size: int, start_step: int = 0):
+    """Yield ([(x, y)], info) per step: rows of whole documents packed from position 0, rows of this
+    rank only. Data for step s comes from a generator seeded by (seed, s, rank), so a resumed run
+    sees exactly the batches it would have seen."""
+    rows = cfg.batch_size // world_size
+    for step in range(start_step, cfg.steps):
+        rng = random.Random(f"{cfg.seed}/{step}/{rank}")
+        x = torch.full((rows, cfg.seq_len), tok.pad_id, dtype=torch.long)   # (B, T)
+        y = torch.full((rows, cfg.seq_len), -1, dtype=torch.long)           # (B, T), -1 = no loss
+        for r in range(rows):
+            ids: list[int] = []
+            while len(ids) < cfg.seq_len + 1:
+                _, text = sample_document(task, cfg, rng)
+                ids += tok.encode(text, allow_special=True)
+            ids = torch.tensor(ids[:cfg.seq_len + 1])
+            x[r] = ids[:-1]
+            y[r] = ids[1:]
+        yield [(x, y)], {}
+
+
+def loss_fn(model, batch):
+    x, y = batch
+    logits = model(x.to(_device(model)))                                     # (B, T, V)
+    loss = F.cross_entropy(logits.flatten(0, 1), y.to(logits.device).flatten(), ignore_index=-1)
+    return loss, {}
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+def make_optimizer(model, lr: float, weight_decay: float):
+    """AdamW with weight decay on matrices only (not norms' gains), as in nanoGPT."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=False)
+
+
+def run(cfg: PretrainConfig):
+    """Pretrain; returns the report's metrics (or {} when eval_problems is 0)."""
+    from model import GPT, GPTConfig
+    from tokenizer import get_tokenizer
+
+    dist = setup_ddp(cfg.device or None)
+    seed_everything(cfg.seed, dist.rank)
+    tok = get_tokenizer()
+    task = make_task(cfg)
+    torch.manual_seed(cfg.seed)  # same init on every rank
+    model = GPT(GPTConfig.from_preset(cfg.model, vocab_size=tok.vocab_size, max_seq_len=cfg.max_seq_len))
+    model.to(dist.device)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    start = 0
+    if cfg.resume:
+        start = restore(model, optimizer, load_checkpoint(cfg.out_dir, map_location=dist.device))
+        print0(f"resumed from {cfg.out_dir} at step {start}")
+    n_params = sum(p.numel() for p in model.parameters())
+    print0(f"base model: preset {cfg.model}, {n_params / 1e6:.2f}M parameters, {dist.world_size} process(es) "
+           f"on {dist.device}; {cfg.steps} steps x {cfg.batch_size} rows x {cfg.seq_len} tokens")
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if dist.is_ddp else model
+    loop_cfg = LoopConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LoopConfig)})
+    t0 = time.time()
+    train(wrapped, optimizer, loop_cfg, batches(cfg, tok, task, dist.rank, dist.world_size, start), loss_fn,
+          start_step=start, logger=MetricsLogger(cfg.out_dir, append=cfg.resume),
+          config_dict=dataclasses.asdict(cfg))
+    print0(f"pretraining took {time.time() - t0:.0f} s; checkpoint in {cfg.out_dir}/")
+    metrics = {}
+    if cfg.eval_problems > 0 and dist.is_main:
+        from corpus import forced_prefixes
+        from evaluate import EvalConfig, report
+        from tasks import test_set
+
+        unwrap(model).eval()
+        ecfg = EvalConfig(k=cfg.eval_k, seed=cfg.seed)
+        problems = test_set(task, n=cfg.eval_problems, seed=cfg.seed)
+        metrics = report(model, tok, task, problems, ecfg, forced_prefixes if cfg.task == "add" else None)
+    teardown_ddp()
+    return metrics
+
+
+def main(argv=None):
+    cfg = config_from_args(PretrainConfig, argv, presets=PRESETS, description=__doc__.split("\n")[0])
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
