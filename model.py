@@ -1,0 +1,497 @@
+"""The policy network: a small Llama-style decoder-only transformer, and sampling from it.
+
+DeepSeek-R1 starts from DeepSeek-V3-Base (a 671B mixture-of-experts model with multi-head latent
+attention, R1 paper section 2). We use the architecture of the dense models R1 was distilled into
+(Llama 3, Qwen2.5; R1 paper section 2.4), at toy scale, so every stage of the recipe runs on a laptop:
+
+    tokens -> embed_tokens -> n_layer x [ x + Attention(RMSNorm(x)) ; x + SwiGLU(RMSNorm(x)) ]
+           -> RMSNorm -> lm_head -> logits
+
+    python model.py              # print the presets and their parameter counts
+
+Deliberate deviations from the paper:
+1. Dense Llama blocks (grouped-query attention + SwiGLU), not V3's MoE + multi-head latent attention.
+2. Millions of parameters, not hundreds of billions; a 264-token byte-level vocabulary (tokenizer.py).
+3. Parameter names follow Hugging Face's Llama (q_proj, gate_proj, input_layernorm, ...), and rotary
+   embeddings use HF's "rotate halves" layout, so `export_hf` is a rename, not a conversion.
+
+Letters in shape comments: B batch rows, T tokens (queries), S tokens attended to (keys), V vocab,
+C channels (n_embd), H query heads, K kv heads, D head dim (C // H), F MLP hidden size, L layers.
+"""
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 264           # V: tokens in the vocabulary (tokenizer.py: 256 bytes + 8 special = 264)
+    n_layer: int = 4                # L: transformer blocks
+    n_head: int = 4                 # H: query heads per attention layer
+    n_kv_head: int = 2              # K: key/value heads (grouped-query attention; K = H is plain MHA)
+    n_embd: int = 128               # C: width of the residual stream (channels)
+    max_seq_len: int = 256          # longest sequence (prompt + completion), in tokens
+    rope_theta: float = 10000.0     # rotary embedding base (RoFormer's 10000)
+    norm_eps: float = 1e-5          # epsilon inside RMSNorm's square root
+    tie_embeddings: bool = True     # lm_head shares its weight matrix with embed_tokens
+    hidden_dim: int | None = None   # F: SwiGLU hidden size; None = 8/3 * C rounded up to a multiple of 32
+
+    def __post_init__(self):
+        for name in ("vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "max_seq_len"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ValueError(f"GPTConfig.{name} must be a positive int, got {getattr(self, name)!r}")
+        for name in ("rope_theta", "norm_eps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"GPTConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.n_head % self.n_kv_head != 0:
+            raise ValueError(f"GPTConfig.n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+        if self.head_dim % 2 != 0:
+            raise ValueError(f"head dim n_embd // n_head = {self.head_dim} must be even for rotary embeddings "
+                             f"(GPTConfig.n_embd={self.n_embd}, n_head={self.n_head})")
+        if self.hidden_dim is None:  # Llama's rule: 2/3 of the usual 4*C, since SwiGLU has 3 matrices
+            self.hidden_dim = 32 * math.ceil(8 * self.n_embd / 3 / 32)
+        if not isinstance(self.hidden_dim, int) or self.hidden_dim <= 0:
+            raise ValueError(f"GPTConfig.hidden_dim must be a positive int or None, got {self.hidden_dim!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head  # D
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "GPTConfig":
+        """`GPTConfig.from_preset("tiny", max_seq_len=1024)`: a preset, with some fields changed."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; valid presets: {', '.join(PRESETS)}")
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - valid)
+        if unknown:
+            raise ValueError(f"unknown GPTConfig field(s) {unknown}; valid fields: {', '.join(sorted(valid))}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+# Parameter counts are for the 264-token vocabulary (run `python model.py`).
+PRESETS: dict[str, dict] = {
+    "nano": dict(n_layer=4, n_head=4, n_kv_head=2, n_embd=128, max_seq_len=256),     # ~0.8M, CPU in minutes
+    "tiny": dict(n_layer=6, n_head=8, n_kv_head=4, n_embd=256, max_seq_len=512),     # ~4.5M, CPU
+    "small": dict(n_layer=8, n_head=8, n_kv_head=4, n_embd=512, max_seq_len=1024,
+                  hidden_dim=1536),                                                  # ~25M, one GPU
+}
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * weight  (Zhang & Sennrich 2019; no mean subtraction, no bias)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))  # (C,)
+
+    def forward(self, x):
+        x32 = x.float()                                                   # (..., C) in float32
+        inv_rms = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)  # (..., 1)
+        return (x32 * inv_rms).type_as(x) * self.weight                   # (..., C)
+
+
+def rotary_tables(head_dim: int, max_seq_len: int, theta: float):
+    """cos and sin of angle pos * theta^(-2i/D) for every position and frequency i (RoFormer eq. 34),
+    each frequency written twice ([f0..f_{D/2-1}, f0..f_{D/2-1}]) to match rotate_half below."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2).float() / head_dim)  # (D/2,)
+    pos = torch.arange(max_seq_len).float()                                 # (max_seq_len,)
+    angles = torch.outer(pos, inv_freq)                                     # (max_seq_len, D/2)
+    angles = torch.cat([angles, angles], dim=-1)                            # (max_seq_len, D)
+    return angles.cos(), angles.sin()
+
+
+def rotate_half(x):
+    """[x1, x2] -> [-x2, x1] on the last dim: pairs channel i with channel i + D/2 (HF's layout)."""
+    x1, x2 = x.chunk(2, dim=-1)                                             # (..., D/2) each
+    return torch.cat([-x2, x1], dim=-1)                                     # (..., D)
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate each (x_i, x_{i+D/2}) pair by its position's angle. x (B, H, T, D); cos, sin (B|1, 1, T, D)."""
+    return x * cos + rotate_half(x) * sin                                   # (B, H, T, D)
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, preallocated for `max_len` tokens.
+    `pos` counts the filled slots; GPT.forward advances it after all layers have written theirs."""
+
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32):
+        shape = (config.n_layer, batch_size, config.n_kv_head, max_len, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)             # (L, B, K, max_len, D)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)             # (L, B, K, max_len, D)
+        self.max_len = max_len
+        self.pos = 0
+
+    def update(self, layer: int, k, v):
+        """Store this step's k, v (B, K, T, D) after the cached ones; return all of them (B, K, pos+T, D)."""
+        end = self.pos + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KVCache is full: {end} tokens > max_len {self.max_len}")
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]         # (B, K, S, D) each
+
+
+class Attention(nn.Module):
+    """Causal grouped-query self-attention (Ainslie et al. 2023) with rotary position embeddings:
+    H query heads share K key/value heads, query head h reads kv head h // (H / K)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        C, D = config.n_embd, config.head_dim
+        self.q_proj = nn.Linear(C, config.n_head * D, bias=False)
+        self.k_proj = nn.Linear(C, config.n_kv_head * D, bias=False)
+        self.v_proj = nn.Linear(C, config.n_kv_head * D, bias=False)
+        self.o_proj = nn.Linear(config.n_head * D, C, bias=False)
+
+    def forward(self, x, cos, sin, mask=None, kv_cache: KVCache | None = None, layer: int = 0):
+        B, T, C = x.shape
+        H, K, D = self.n_head, self.n_kv_head, self.head_dim
+        q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)                 # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, K, D).transpose(1, 2)                 # (B, K, T, D)
+        v = self.v_proj(x).view(B, T, K, D).transpose(1, 2)                 # (B, K, T, D)
+        q = apply_rotary(q, cos, sin)                                       # (B, H, T, D)
+        k = apply_rotary(k, cos, sin)                                       # (B, K, T, D)
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, k, v)                             # (B, K, S, D) each
+        # softmax(q k^T / sqrt(D) + mask) v; mask None = plain causal (or, for one new token, see all S)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+                                           enable_gqa=True)                 # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, H * D)                          # (B, T, C)
+        return self.o_proj(y)                                               # (B, T, C)
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward (Shazeer 2020): down( silu(gate(x)) * up(x) )."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.n_embd, config.hidden_dim, bias=False)
+        self.up_proj = nn.Linear(config.n_embd, config.hidden_dim, bias=False)
+        self.down_proj = nn.Linear(config.hidden_dim, config.n_embd, bias=False)
+
+    def forward(self, x):
+        h = F.silu(self.gate_proj(x)) * self.up_proj(x)                     # (B, T, F)
+        return self.down_proj(h)                                            # (B, T, C)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.n_embd, config.norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.n_embd, config.norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, mask=None, kv_cache=None, layer=0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, layer)  # (B, T, C)
+        x = x + self.mlp(self.post_attention_layernorm(x))                               # (B, T, C)
+        return x
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.n_embd)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm = RMSNorm(config.n_embd, config.norm_eps)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight  # one (V, C) matrix reads and writes tokens
+        cos, sin = rotary_tables(config.head_dim, config.max_seq_len, config.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)            # (max_seq_len, D)
+        self.register_buffer("rope_sin", sin, persistent=False)            # (max_seq_len, D)
+        # init: N(0, 0.02) everywhere; the two projections that write into the residual stream are
+        # scaled by 1/sqrt(2 L) so the stream's variance does not grow with depth (GPT-2 paper, 2.3).
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                residual_out = name.endswith(("o_proj.weight", "down_proj.weight"))
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer) if residual_out else 0.02)
+
+    def forward(self, idx, positions=None, mask=None, kv_cache: KVCache | None = None):
+        """idx (B, T) token ids -> logits (B, T, V).
+        positions (B, T): rotary position of each token; default 0..T-1 (after any cached tokens).
+        mask (B, 1, T, S) bool, True = may attend; default causal. generate() passes both for ragged
+        batches. kv_cache: keys/values of earlier tokens; this call appends T more."""
+        B, T = idx.shape
+        start = 0 if kv_cache is None else kv_cache.pos
+        if positions is None:
+            if start + T > self.config.max_seq_len:
+                raise ValueError(f"sequence of {start + T} tokens > max_seq_len {self.config.max_seq_len}")
+            positions = torch.arange(start, start + T, device=idx.device)[None]  # (1, T)
+        if mask is None and start > 0 and T > 1:  # causal over cached + new tokens
+            q_col = torch.arange(start, start + T, device=idx.device)[:, None]  # (T, 1)
+            mask = torch.arange(start + T, device=idx.device)[None] <= q_col     # (T, S)
+        cos = self.rope_cos[positions].unsqueeze(1)                         # (B|1, 1, T, D)
+        sin = self.rope_sin[positions].unsqueeze(1)                         # (B|1, 1, T, D)
+        x = self.embed_tokens(idx)                                          # (B, T, C)
+        for i, block in enumerate(self.layers):
+            x = block(x, cos, sin, mask, kv_cache, i)                       # (B, T, C)
+        if kv_cache is not None:
+            kv_cache.pos += T
+        x = self.norm(x)                                                    # (B, T, C)
+        return self.lm_head(x)                                              # (B, T, V)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """nn.Module's, but a state dict from a differently shaped model names the config field."""
+        check_config_match(self.config, state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # a tied matrix counts once
+
+
+def check_config_match(config: GPTConfig, state_dict) -> None:
+    """Raise a ValueError naming each GPTConfig field the weights' shapes disagree with."""
+    found = {}
+    if "embed_tokens.weight" in state_dict:
+        found["vocab_size"], found["n_embd"] = state_dict["embed_tokens.weight"].shape
+    layer_ids = {int(k.split(".")[1]) for k in state_dict if k.startswith("layers.")}
+    if layer_ids:
+        found["n_layer"] = max(layer_ids) + 1
+    if "layers.0.mlp.gate_proj.weight" in state_dict:
+        found["hidden_dim"] = state_dict["layers.0.mlp.gate_proj.weight"].shape[0]
+    if "layers.0.self_attn.k_proj.weight" in state_dict and found.get("n_embd", config.n_embd) == config.n_embd:
+        found["n_kv_head"] = state_dict["layers.0.self_attn.k_proj.weight"].shape[0] // config.head_dim
+    diffs = [f"{k}: weights have {v}, config has {getattr(config, k)}"
+             for k, v in found.items() if v != getattr(config, k)]
+    if diffs:
+        raise ValueError("state dict does not match GPTConfig: " + "; ".join(diffs))
+
+
+# ----------------------------------------------------------------------------- log-probs
+
+
+def token_logprobs(model, tokens):
+    """log p(tokens[:, t+1] | tokens[:, :t+1]) for t = 0..T-2, shape (B, T-1): the quantity behind
+    SFT's loss, GRPO's ratio pi_theta / pi_old and its KL to pi_ref (DeepSeekMath eqs. 1-3).
+    Equals log_softmax(logits).gather(targets) without materialising a second (B, T-1, V) tensor."""
+    if tokens.dim() != 2 or tokens.size(1) < 2:
+        raise ValueError(f"tokens must have shape (B, T) with T >= 2, got {tuple(tokens.shape)}")
+    logits = model(tokens[:, :-1]).float()                                  # (B, T-1, V)
+    targets = tokens[:, 1:].unsqueeze(-1)                                   # (B, T-1, 1)
+    target_logits = logits.gather(-1, targets).squeeze(-1)                  # (B, T-1)
+    return target_logits - torch.logsumexp(logits, dim=-1)                  # (B, T-1)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def sample_next(logits, temperature: float, top_k=None, top_p=None, generator=None):
+    """logits (B, V) -> next token ids (B,). temperature 0 = greedy; top_k keeps the k likeliest;
+    top_p keeps the smallest set of likeliest tokens whose probability reaches p (nucleus sampling)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)                                        # (B,)
+    logits = logits / temperature                                           # (B, V)
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]              # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))            # (B, V)
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V) each
+        probs = sorted_logits.softmax(dim=-1)                               # (B, V)
+        mass_before = probs.cumsum(dim=-1) - probs                          # (B, V) mass of likelier tokens
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))  # keeps >= 1 token
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)  # (B, V)
+    probs = logits.softmax(dim=-1)                                          # (B, V)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)     # (B,)
+
+
+def _check_generate_args(config: GPTConfig, prompts, max_new_tokens, temperature, top_k, top_p,
+                         stop_tokens, pad_id):
+    V = config.vocab_size
+    if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
+        raise ValueError("prompts must be a non-empty list of token-id lists")
+    for i, p in enumerate(prompts):
+        if isinstance(p, int) or (torch.is_tensor(p) and p.dim() != 1):
+            raise ValueError(f"prompts must be a list of token-id lists; prompts[{i}] is {p!r}")
+        if len(p) == 0:
+            raise ValueError(f"prompts[{i}] is empty: every prompt needs at least one token")
+        if len(p) > config.max_seq_len:
+            raise ValueError(f"prompts[{i}] has {len(p)} tokens > max_seq_len {config.max_seq_len}")
+        if min(p) < 0 or max(p) >= V:
+            raise ValueError(f"prompts[{i}] has token ids outside [0, vocab_size={V})")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    longest = max(len(p) for p in prompts)
+    if longest + max_new_tokens > config.max_seq_len:
+        raise ValueError(f"longest prompt ({longest}) + max_new_tokens ({max_new_tokens}) = "
+                         f"{longest + max_new_tokens} tokens > max_seq_len {config.max_seq_len}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+    if any(not 0 <= int(s) < V for s in stop_tokens):
+        raise ValueError(f"stop_tokens {list(stop_tokens)} has ids outside [0, vocab_size={V})")
+    if not 0 <= pad_id < V:
+        raise ValueError(f"pad_id {pad_id} is outside [0, vocab_size={V})")
+
+
+@torch.no_grad()
+def generate(model, prompts, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, stop_tokens=(), generator: torch.Generator | None = None,
+             use_cache: bool = True, pad_id: int = 0):
+    """Sample continuations of a batch of prompts (lists of token ids, of any lengths).
+
+    Returns (new_tokens (B, max_new_tokens) long, lengths (B,) long). Row b generated
+    new_tokens[b, :lengths[b]]; if it stopped early, that INCLUDES the stop token that ended it, and the
+    rest of the row is pad_id. Rows stop independently; the loop ends when all have stopped.
+
+    Ragged batches: prompts are left-padded to the longest one, P tokens. Each row's rotary positions
+    start at 0 at its first real token, and the mask hides pad keys, so a prompt samples the same
+    continuation alone or in any batch. With use_cache, the prompt is run once (prefill) and then one
+    token per step through the KVCache; use_cache=False recomputes the whole sequence every step
+    (slow; the reference the cache is tested against). Runs without autograd; restores model.train().
+    """
+    config = model.config
+    _check_generate_args(config, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id)
+    device = next(model.parameters()).device
+    B, P = len(prompts), max(len(p) for p in prompts)
+    S_max = P + max_new_tokens
+    lens = torch.tensor([len(p) for p in prompts], device=device)          # (B,)
+    n_pad = P - lens                                                        # (B,) left padding per row
+    tokens = torch.full((B, S_max), pad_id, dtype=torch.long, device=device)  # (B, S_max)
+    for b, p in enumerate(prompts):
+        tokens[b, P - len(p):P] = torch.as_tensor(p, dtype=torch.long, device=device)
+    col = torch.arange(S_max, device=device)                                # (S_max,)
+    positions = (col[None] - n_pad[:, None]).clamp(min=0)                   # (B, S_max)
+    is_real = col[None] >= n_pad[:, None]                                   # (B, S_max) False at pads
+
+    def attn_mask(q_start, q_end):
+        """May query column i (q_start <= i < q_end) attend key column j (j < q_end)? (B, 1, Tq, S)"""
+        q = torch.arange(q_start, q_end, device=device)[:, None]            # (Tq, 1)
+        k = torch.arange(q_end, device=device)[None]                        # (1, S)
+        allowed = (k <= q)[None] & is_real[:, None, :q_end]                 # (B, Tq, S) causal, no pad keys
+        allowed = allowed | (k == q)[None]  # a pad query sees itself, so no softmax row is empty (NaN)
+        return allowed.unsqueeze(1)                                         # (B, 1, Tq, S)
+
+    stop = torch.tensor(sorted({int(s) for s in stop_tokens}), dtype=torch.long, device=device)  # (n_stop,)
+    new_tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)  # (B, max_new)
+    lengths = torch.zeros(B, dtype=torch.long, device=device)               # (B,)
+    done = torch.zeros(B, dtype=torch.bool, device=device)                  # (B,)
+    dtype = next(model.parameters()).dtype
+    cache = KVCache(config, B, S_max, device, dtype) if use_cache else None
+    was_training = model.training
+    model.eval()
+    try:
+        cur = P  # tokens[:, :cur] is known; sample column cur
+        for step in range(max_new_tokens):
+            start = cur - 1 if (use_cache and step > 0) else 0  # cache: only feed the newest token
+            logits = model(tokens[:, start:cur], positions[:, start:cur], attn_mask(start, cur), cache)
+            next_tok = sample_next(logits[:, -1].float(), temperature, top_k, top_p, generator)  # (B,)
+            next_tok = torch.where(done, pad_id, next_tok)                 # (B,) finished rows: pad
+            new_tokens[:, step] = next_tok
+            lengths += (~done).long()
+            done = done | torch.isin(next_tok, stop)
+            tokens[:, cur] = next_tok
+            cur += 1
+            if done.all():
+                break
+    finally:
+        model.train(was_training)
+    return new_tokens, lengths
+
+
+# ----------------------------------------------------------------------------- Hugging Face export
+
+
+def export_hf(model: GPT, out_dir: str) -> None:
+    """Write a Hugging Face Llama checkpoint (config.json + pytorch_model.bin) that
+    `transformers.LlamaForCausalLM.from_pretrained(out_dir)` loads. Our parameter names are HF's
+    without the leading "model." and our rotary layout is HF's, so this is a rename."""
+    from tokenizer import get_tokenizer  # only for the special token ids written into config.json
+
+    c = model.config
+    tok = get_tokenizer()
+    eos = tok.eot_id if tok.eot_id < c.vocab_size else None
+    pad = tok.pad_id if tok.pad_id < c.vocab_size else None
+    hf_config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": c.vocab_size, "hidden_size": c.n_embd, "intermediate_size": c.hidden_dim,
+        "num_hidden_layers": c.n_layer, "num_attention_heads": c.n_head, "num_key_value_heads": c.n_kv_head,
+        "head_dim": c.head_dim, "max_position_embeddings": c.max_seq_len, "rope_theta": c.rope_theta,
+        "rope_scaling": None, "rms_norm_eps": c.norm_eps, "tie_word_embeddings": c.tie_embeddings,
+        "hidden_act": "silu", "attention_bias": False, "attention_dropout": 0.0, "mlp_bias": False,
+        "initializer_range": 0.02, "torch_dtype": "float32", "use_cache": True,
+        "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": pad,
+    }
+    weights = {}
+    for name, t in model.state_dict().items():
+        if name == "lm_head.weight":
+            if not c.tie_embeddings:  # tied: HF re-ties lm_head to embed_tokens when loading
+                weights[name] = t.detach().float().cpu().contiguous()
+        else:
+            weights["model." + name] = t.detach().float().cpu().contiguous()
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(hf_config, f, indent=2)
+    torch.save(weights, os.path.join(out_dir, "pytorch_model.bin"))
+
+
+def load_hf(path: str, device="cpu") -> GPT:
+    """Read a Llama checkpoint written by export_hf (or by transformers, if it is plain Llama) into a GPT."""
+    with open(os.path.join(path, "config.json")) as f:
+        hf = json.load(f)
+    if hf.get("model_type") != "llama" or hf.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"{path}: not a plain Llama checkpoint (model_type {hf.get('model_type')!r}, "
+                         f"hidden_act {hf.get('hidden_act')!r})")
+    if hf.get("rope_scaling") or hf.get("attention_bias") or hf.get("mlp_bias"):
+        raise ValueError(f"{path}: rope_scaling / attention_bias / mlp_bias are not supported by GPT")
+    rope_theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+    config = GPTConfig(vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"],
+                       n_head=hf["num_attention_heads"],
+                       n_kv_head=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+                       n_embd=hf["hidden_size"], max_seq_len=hf["max_position_embeddings"],
+                       rope_theta=float(rope_theta), norm_eps=hf["rms_norm_eps"],
+                       tie_embeddings=hf.get("tie_word_embeddings", False), hidden_dim=hf["intermediate_size"])
+    if hf.get("head_dim", config.head_dim) != config.head_dim:
+        raise ValueError(f"{path}: head_dim {hf['head_dim']} != hidden_size / num_attention_heads "
+                         f"= {config.head_dim}; GPT needs them equal")
+    bin_path, st_path = os.path.join(path, "pytorch_model.bin"), os.path.join(path, "model.safetensors")
+    if os.path.exists(bin_path):
+        hf_weights = torch.load(bin_path, map_location="cpu", weights_only=True)
+    elif os.path.exists(st_path):
+        from safetensors.torch import load_file  # optional: only for checkpoints saved by transformers
+        hf_weights = load_file(st_path)
+    else:
+        raise FileNotFoundError(f"{path}: no pytorch_model.bin or model.safetensors")
+    state = {k.removeprefix("model."): v for k, v in hf_weights.items()}
+    if config.tie_embeddings and "embed_tokens.weight" in state:
+        state.setdefault("lm_head.weight", state["embed_tokens.weight"])
+    model = GPT(config)
+    model.load_state_dict(state)
+    return model.to(device)
+
+
+def main():
+    print(f"{'preset':<8} {'params':>10}  config")
+    for name in PRESETS:
+        config = GPTConfig.from_preset(name)
+        print(f"{name:<8} {GPT(config).num_params():>10,}  {asdict(config)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,380 @@
+"""Verifiable task families: the rule-rewarded problems of R1-Zero (R1 paper, section 2.2: "accuracy
+rewards" for math answers in a required format, and for code run against test cases), the prompt
+template every stage uses, and the train/test split.
+
+    python tasks.py        # prints a few problems of every family with their split
+
+The families (each a small class: `name`, `sample(rng) -> Problem`, `accuracy(completion, problem)`,
+and a difficulty knob set at construction):
+
+  countdown  CountdownTask(n_numbers=(3, 4), max_number=25, target_range=(1, 100))
+             "Using the numbers [3, 7, 25, 5], make 84. Use each number once with + - * /."
+             The generator builds a random expression tree over the numbers and takes its value as
+             the target, so every problem is solvable by construction, and keeps that expression as
+             `gold` (one reference solution; any other expression that is right scores as well).
+             Generator rule (Countdown's): every intermediate value is a positive integer, so a
+             division is only used where it is exact. The reward (rewards.countdown_reward) judges
+             the final value, which can only be more permissive. Knob: how many numbers, how large.
+  add, mul   AdditionTask(min_digits=3, max_digits=5), MultiplicationTask(min_digits=1, max_digits=3)
+             "What is 4725 + 385?", gold "5110". Each operand independently gets a digit count drawn
+             uniformly from [min_digits, max_digits] (0 counts as a 1-digit number), then a value
+             uniformly among the numbers with that many digits. Knob: the digit range.
+  code       CodeTask(kinds=CODE_KINDS)
+             "Write a Python program that reads integers from one line of input and prints their sum."
+             Each problem carries 3-5 generated stdin/stdout test cases and a reference program as
+             `gold`; rewards.code_reward runs the program in the answer block against them. Knob: which
+             kinds of program (the parameterised ones, e.g. "prints 7*n + 3", make many problems).
+
+Splits: a problem's identity is `Problem.key` (("add", 385, 4725); operands of + and * are sorted, so
+"a + b" and "b + a" are the same problem). `split_of` hashes repr(key) with SHA-256 (not Python's
+salted hash()) to a number u in [0, 1) and puts the problem in "test" when u < test_fraction
+(default 0.1). The split is thus a fixed partition of each family's problem space: it holds for every
+seed, process and machine, and does not depend on how problems are sampled. `sample_problems`
+rejection-samples a family's generator for n distinct problems of one split; `test_set` is the fixed
+held-out evaluation set. The corpus, SFT, distillation and RL only ever draw "train" problems.
+
+Deliberate deviations from the paper:
+1. The prompt is the short form `<|user|>question<|assistant|>`; the paper's instruction text is
+   kept in R1_ZERO_SYSTEM and prepended only with format_prompt(question, system=True).
+2. Synthetic families (Countdown, digit arithmetic, tiny stdin/stdout programs) stand in for
+   competition math and LeetCode-style code: a small model on a CPU can learn them, and their
+   answers can be checked exactly.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from typing import ClassVar
+
+# ----------------------------------------------------------------------------- prompt template
+
+# R1 paper, Table 1: the template of DeepSeek-R1-Zero ("prompt" is replaced by the question). We do
+# not prepend it by default: with byte-level tokens it costs ~350 tokens per sample, several times the
+# question itself, and a model pretrained on our corpus already knows the short form below.
+R1_ZERO_SYSTEM = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves "
+    "it. The assistant first thinks about the reasoning process in the mind and then provides the "
+    "user with the answer. The reasoning process and answer are enclosed within <think> </think> and "
+    "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> "
+    "<answer> answer here </answer>."
+)
+USER, ASSISTANT, END_OF_TEXT = "<|user|>", "<|assistant|>", "<|endoftext|>"  # tokenizer.py special tokens
+
+
+def format_prompt(question: str, system: bool = False) -> str:
+    """The prompt of every stage. The model's completion is expected to start with "<think>"."""
+    return (R1_ZERO_SYSTEM if system else "") + USER + question + ASSISTANT
+
+
+def format_completion(think: str, answer: str) -> str:
+    """A completion in exactly the shape rewards.format_reward accepts (reasoning, then answer)."""
+    return "<think>" + think + "</think><answer>" + answer + "</answer>"
+
+
+# ----------------------------------------------------------------------------- problems
+
+
+@dataclass(frozen=True)
+class Problem:
+    family: str                              # task name: "countdown", "add", "mul" or "code"
+    question: str                            # the user's turn, goes inside format_prompt
+    gold: str                                # reference answer: an integer, an expression or a program
+    numbers: tuple[int, ...] | None = None   # countdown: the numbers, each to be used exactly once
+    target: int | None = None                # countdown: the value to make
+    operands: tuple[int, ...] | None = None  # add/mul: (a, b) in the order the question shows them
+    op: str | None = None                    # add/mul: "+" or "*"
+    tests: tuple[dict, ...] | None = None    # code: ({"input": stdin, "output": expected stdout}, ...)
+    spec: tuple | None = None                # code: (kind, *params), the program asked for
+
+    @property
+    def key(self) -> tuple:
+        """Canonical identity of the problem, used for the split and for distinctness."""
+        if self.numbers is not None:
+            return (self.family, tuple(sorted(self.numbers)), self.target)
+        if self.operands is not None:
+            operands = sorted(self.operands) if self.op in ("+", "*") else self.operands  # a+b == b+a
+            return (self.family, *operands)
+        if self.spec is not None:
+            return (self.family, *self.spec)
+        return (self.family, self.question)
+
+    def __hash__(self) -> int:  # `tests` holds dicts, so hash the identity instead of every field
+        return hash(self.key)
+
+    def as_dict(self) -> dict:
+        """Plain dict for the rewards registry: family, question, gold and the family's fields."""
+        d = {"family": self.family, "question": self.question, "gold": self.gold}
+        for name in ("numbers", "target", "operands", "op", "tests", "spec"):
+            value = getattr(self, name)
+            if value is not None:
+                d[name] = [dict(t) for t in value] if name == "tests" else \
+                    list(value) if isinstance(value, tuple) else value
+        return d
+
+
+def _field(problem, name: str):
+    """A field of a Problem or of its as_dict()."""
+    return problem[name] if isinstance(problem, dict) else getattr(problem, name)
+
+
+# ----------------------------------------------------------------------------- countdown
+
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
+
+
+def _random_expression(numbers: list[int], rng: random.Random) -> tuple[int, str, int]:
+    """A random expression tree using each number once, in the given order: (value, text, precedence).
+    Every intermediate value is a positive integer: "-" only when the result is > 0, "/" only exact."""
+    if len(numbers) == 1:
+        return numbers[0], str(numbers[0]), 3
+    k = rng.randint(1, len(numbers) - 1)  # split the leaves: every tree shape can come out
+    a, text_a, prec_a = _random_expression(numbers[:k], rng)
+    b, text_b, prec_b = _random_expression(numbers[k:], rng)
+    ops = ["+", "*"] + (["-"] if a > b else []) + (["/"] if a % b == 0 else [])
+    op = rng.choice(ops)
+    value = {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
+    prec = _PRECEDENCE[op]
+    if prec_a < prec:                                          # (a + b) * c
+        text_a = f"({text_a})"
+    if prec_b < prec or (prec_b == prec and op in "-/"):       # a - (b + c), a / (b * c)
+        text_b = f"({text_b})"
+    return value, f"{text_a} {op} {text_b}", prec
+
+
+@dataclass
+class CountdownTask:
+    """Make a target from 3-4 numbers with + - * /, each number used exactly once."""
+    n_numbers: tuple[int, int] = (3, 4)        # fewest and most numbers given (inclusive)
+    max_number: int = 25                       # numbers are drawn from 1..max_number (repeats allowed)
+    target_range: tuple[int, int] = (1, 100)   # the target lies in this range (inclusive)
+    name: ClassVar[str] = "countdown"
+
+    def __post_init__(self):
+        lo, hi = self.n_numbers
+        if not 2 <= lo <= hi:
+            raise ValueError(f"n_numbers must be (lo, hi) with 2 <= lo <= hi; got {self.n_numbers}")
+        if self.max_number < 1 or self.target_range[0] > self.target_range[1]:
+            raise ValueError(f"need max_number >= 1 and a non-empty target_range; got {self}")
+
+    def sample(self, rng: random.Random) -> Problem:
+        lo, hi = self.target_range
+        for _ in range(10_000):  # draw numbers and a tree until the value is a target in range
+            numbers = [rng.randint(1, self.max_number) for _ in range(rng.randint(*self.n_numbers))]
+            target, solution, _ = _random_expression(numbers, rng)
+            if lo <= target <= hi:
+                break
+        else:
+            raise ValueError(f"{self}: no expression value fell in target_range in 10000 tries")
+        rng.shuffle(numbers)  # the question must not show the solution's order
+        question = f"Using the numbers {numbers}, make {target}. Use each number once with + - * /."
+        return Problem(self.name, question, solution, numbers=tuple(numbers), target=target)
+
+    def accuracy(self, completion: str, problem) -> float:
+        from rewards import countdown_reward
+
+        return countdown_reward(completion, list(_field(problem, "numbers")), _field(problem, "target"))
+
+
+# ----------------------------------------------------------------------------- arithmetic
+
+
+def _random_int_with_digits(rng: random.Random, digits: int) -> int:
+    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10 ** digits - 1)
+
+
+class _ArithmeticTask:
+    """'What is a <op> b?' with each operand's digit count uniform in [min_digits, max_digits]."""
+    min_digits: int
+    max_digits: int
+    name: ClassVar[str]
+    op: ClassVar[str]
+
+    def __post_init__(self):
+        if not 1 <= self.min_digits <= self.max_digits:
+            raise ValueError(f"need 1 <= min_digits <= max_digits; got {self.min_digits}, {self.max_digits}")
+
+    def sample(self, rng: random.Random) -> Problem:
+        a, b = (_random_int_with_digits(rng, rng.randint(self.min_digits, self.max_digits)) for _ in range(2))
+        answer = a + b if self.op == "+" else a * b
+        return Problem(self.name, f"What is {a} {self.op} {b}?", str(answer), operands=(a, b), op=self.op)
+
+    def accuracy(self, completion: str, problem) -> float:
+        from rewards import math_reward
+
+        return math_reward(completion, _field(problem, "gold"))
+
+
+@dataclass
+class AdditionTask(_ArithmeticTask):
+    min_digits: int = 3   # fewest digits of an operand (difficulty knob)
+    max_digits: int = 5   # most digits of an operand (difficulty knob)
+    name: ClassVar[str] = "add"
+    op: ClassVar[str] = "+"
+
+
+@dataclass
+class MultiplicationTask(_ArithmeticTask):
+    min_digits: int = 1   # fewest digits of an operand (difficulty knob)
+    max_digits: int = 3   # most digits of an operand (difficulty knob)
+    name: ClassVar[str] = "mul"
+    op: ClassVar[str] = "*"
+
+
+# ----------------------------------------------------------------------------- code
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def _ints(rng, *_):
+    return " ".join(str(rng.randint(-50, 50)) for _ in range(rng.randint(1, 6)))
+
+
+def _int(rng, *_):
+    return str(rng.randint(-100, 100))
+
+
+def _word(rng, *_, alphabet=_LETTERS):
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8)))
+
+
+def _word_with(rng, letter):  # a word over three letters, one of them `letter`, so counts vary
+    return _word(rng, alphabet=letter + "".join(rng.sample(_LETTERS, 2)))
+
+
+def _nums(s):
+    return [int(x) for x in s.split()]
+
+
+# kind: (parameter tuples, what the program does, reference program, input maker, expected output).
+# The expected output is computed by the lambda, independently of the reference program.
+CODE_SPECS = {
+    "sum": ([()], "reads integers from one line of input and prints their sum",
+            "print(sum(map(int, input().split())))", _ints, lambda s: sum(_nums(s))),
+    "max": ([()], "reads integers from one line of input and prints the largest",
+            "print(max(map(int, input().split())))", _ints, lambda s: max(_nums(s))),
+    "min": ([()], "reads integers from one line of input and prints the smallest",
+            "print(min(map(int, input().split())))", _ints, lambda s: min(_nums(s))),
+    "reverse": ([()], "reads a word and prints it reversed",
+                "print(input()[::-1])", _word, lambda s: s[::-1]),
+    "square": ([()], "reads an integer n and prints n squared",
+               "n = int(input())\nprint(n * n)", _int, lambda s: int(s) ** 2),
+    "affine": ([(a, b) for a in range(2, 13) for b in range(1, 21)],
+               "reads an integer n and prints {0}*n + {1}",
+               "n = int(input())\nprint({0} * n + {1})", _int, lambda s, a, b: a * int(s) + b),
+    "count": ([(c,) for c in _LETTERS], "reads a word and prints how many times the letter {0} appears in it",
+              "print(input().count('{0}'))", _word_with, lambda s, c: s.count(c)),
+    "greater": ([(k,) for k in range(-10, 31)],
+                "reads integers from one line of input and prints how many of them are greater than {0}",
+                "print(sum(x > {0} for x in map(int, input().split())))", _ints,
+                lambda s, k: sum(x > k for x in _nums(s))),
+    "divisible": ([(k,) for k in range(2, 10)],
+                  "reads integers from one line of input and prints how many of them are divisible by {0}",
+                  "print(sum(x % {0} == 0 for x in map(int, input().split())))", _ints,
+                  lambda s, k: sum(x % k == 0 for x in _nums(s))),
+    "repeat": ([(k,) for k in range(2, 10)], "reads a word and prints it {0} times with no spaces",
+               "print(input() * {0})", _word, lambda s, k: s * k),
+}
+CODE_KINDS = tuple(CODE_SPECS)
+
+
+@dataclass
+class CodeTask:
+    """Write a stdin/stdout Python program; judged by running it on generated test cases."""
+    kinds: tuple[str, ...] = CODE_KINDS   # which programs may be asked for (difficulty knob)
+    n_tests: tuple[int, int] = (3, 5)     # fewest and most test cases per problem (inclusive)
+    name: ClassVar[str] = "code"
+
+    def __post_init__(self):
+        unknown = [k for k in self.kinds if k not in CODE_SPECS]
+        if unknown or not self.kinds:
+            raise ValueError(f"unknown or no code kinds {unknown}; valid kinds: {', '.join(CODE_KINDS)}")
+
+    def sample(self, rng: random.Random) -> Problem:
+        kind = rng.choice(self.kinds)
+        param_choices, text, program, make_input, expected = CODE_SPECS[kind]
+        params = rng.choice(param_choices)
+        tests, seen = [], set()
+        n = rng.randint(*self.n_tests)
+        for _ in range(20 * n):  # distinct inputs where the input space allows
+            stdin = make_input(rng, *params)
+            if stdin not in seen:
+                seen.add(stdin)
+                tests.append({"input": stdin + "\n", "output": str(expected(stdin, *params))})
+            if len(tests) == n:
+                break
+        question = f"Write a Python program that {text.format(*params)}."
+        return Problem(self.name, question, program.format(*params), tests=tuple(tests), spec=(kind, *params))
+
+    def accuracy(self, completion: str, problem) -> float:
+        from rewards import code_reward
+
+        return code_reward(completion, [dict(t) for t in _field(problem, "tests")])
+
+
+# ----------------------------------------------------------------------------- registry and splits
+
+TASKS = {"countdown": CountdownTask, "add": AdditionTask, "mul": MultiplicationTask, "code": CodeTask}
+TEST_FRACTION = 0.1  # share of each family's problem space held out for evaluation
+
+
+def get_task(name: str, **kwargs):
+    """A task family by name, its difficulty knobs as keyword arguments."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; valid names: {', '.join(TASKS)}")
+    return TASKS[name](**kwargs)
+
+
+def split_of(problem, test_fraction: float = TEST_FRACTION) -> str:
+    """"train" or "test", a pure function of the problem's key (a Problem or the key itself)."""
+    key = problem.key if isinstance(problem, Problem) else problem
+    digest = hashlib.sha256(repr(key).encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2 ** 64  # uniform in [0, 1)
+    return "test" if u < test_fraction else "train"
+
+
+def sample_problems(task, n: int, split: str, seed: int = 0, test_fraction: float = TEST_FRACTION) -> list[Problem]:
+    """n problems with distinct keys, all of `split`, deterministic per seed (rejection sampling).
+    Raises ValueError when the generator keeps producing nothing new: the split is too small for n."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie in (0, 1); got {test_fraction}")
+    rng = random.Random(seed)
+    p_split = test_fraction if split == "test" else 1.0 - test_fraction
+    max_misses = max(2000, int(50 / p_split))  # a run this long has chance ~e^-50 in a large space
+    problems, seen, misses = [], set(), 0
+    while len(problems) < n:
+        problem = task.sample(rng)
+        if problem.key in seen or split_of(problem, test_fraction) != split:
+            misses += 1
+            if misses > max_misses:
+                raise ValueError(f"{task} supplied only {len(problems)} distinct {split!r} problems, "
+                                 f"{n} asked: the problem space is too small (nothing new in "
+                                 f"{max_misses} draws); widen the difficulty knob or ask for fewer")
+            continue
+        seen.add(problem.key)
+        problems.append(problem)
+        misses = 0
+    return problems
+
+
+def test_set(task, n: int = 200, seed: int = 0) -> list[Problem]:
+    """The fixed held-out evaluation set: n distinct test-split problems (same n and seed, same set)."""
+    return sample_problems(task, n, "test", seed=seed)
+
+
+test_set.__test__ = False  # not a pytest test, despite the name
+
+
+def main():
+    rng = random.Random(0)
+    for name in TASKS:
+        task = get_task(name)
+        for _ in range(2):
+            p = task.sample(rng)
+            print(f"[{name} {split_of(p)}] {p.question}\n    gold: {p.gold!r}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,445 @@
+"""model.py: each formula against a slow, obvious reference written here; cache == no cache; sampling
+options; input checks; learning; the Hugging Face export."""
+import cmath
+import json
+import math
+from dataclasses import asdict
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import (GPT, PRESETS, Attention, GPTConfig, KVCache, RMSNorm, apply_rotary, export_hf, generate,
+                   load_hf, rotary_tables, sample_next, token_logprobs)
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny: one thread is faster than two fighting over a small, shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def small_config(**kw):
+    base = dict(vocab_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, max_seq_len=64)
+    return GPTConfig(**{**base, **kw})
+
+
+def make_model(seed=0, scale=4.0, **kw):
+    """A random model with peaked logits (weights scaled up) and untied embeddings: a random TIED model
+    greedily repeats one token forever, which would make the cache tests too easy."""
+    torch.manual_seed(seed)
+    model = GPT(small_config(**{"tie_embeddings": False, **kw}))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(scale)
+    return model.eval()
+
+
+def random_prompts(lengths, vocab=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_config_derives_hidden_dim_and_round_trips():
+    c = GPTConfig(n_embd=128, n_head=4, n_kv_head=2)
+    assert c.hidden_dim == 352 and c.hidden_dim % 32 == 0 and c.hidden_dim >= 8 * 128 / 3
+    assert c.head_dim == 32
+    assert GPTConfig(**asdict(c)) == c  # what checkpoints store (common.py) rebuilds the same config
+    assert GPTConfig(hidden_dim=100).hidden_dim == 100
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(n_embd=130, n_head=4), "n_embd"),
+    (dict(n_head=4, n_kv_head=3), "n_head"),
+    (dict(n_embd=12, n_head=4, n_kv_head=2), "rotary"),       # head dim 3 is odd
+    (dict(n_layer=0), "n_layer"),
+    (dict(vocab_size=-1), "vocab_size"),
+    (dict(n_kv_head=0), "n_kv_head"),
+    (dict(max_seq_len=0), "max_seq_len"),
+    (dict(hidden_dim=0), "hidden_dim"),
+    (dict(norm_eps=0.0), "norm_eps"),
+    (dict(rope_theta=-1.0), "rope_theta"),
+])
+def test_config_rejects_bad_values_naming_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        GPTConfig(**kwargs)
+
+
+def test_presets():
+    with pytest.raises(ValueError, match="nano.*tiny.*small"):
+        GPTConfig.from_preset("huge")
+    with pytest.raises(ValueError, match="n_embed"):
+        GPTConfig.from_preset("nano", n_embed=64)
+    c = GPTConfig.from_preset("tiny", max_seq_len=1024)
+    assert (c.n_embd, c.n_layer, c.n_head, c.n_kv_head, c.max_seq_len) == (256, 6, 8, 4, 1024)
+    assert set(PRESETS) >= {"nano", "tiny", "small"}
+    n_params = {name: GPT(GPTConfig.from_preset(name)).num_params() for name in ("nano", "tiny")}
+    assert 0.5e6 < n_params["nano"] < 1.5e6 and 3e6 < n_params["tiny"] < 7e6
+
+
+# ----------------------------------------------------------------------------- layers vs references
+
+
+def test_rmsnorm_matches_formula():
+    torch.manual_seed(0)
+    norm = RMSNorm(10, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(10))
+        x = torch.randn(3, 4, 10) * 5
+        y = norm(x)
+    for i in range(3):
+        for j in range(4):
+            v = x[i, j]
+            rms = math.sqrt(sum(float(a) ** 2 for a in v) / len(v) + 1e-5)
+            expected = [float(a) / rms * float(w) for a, w in zip(v, norm.weight.detach())]
+            assert y[i, j].tolist() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def rotary_reference(x, positions, theta):
+    """Rotate each pair (x_i, x_{i+D/2}) at position m by angle m * theta^(-2i/D), as complex numbers."""
+    T, D = x.shape
+    out = torch.empty_like(x)
+    for t in range(T):
+        for i in range(D // 2):
+            z = complex(x[t, i], x[t, i + D // 2]) * cmath.exp(1j * positions[t] * theta ** (-2 * i / D))
+            out[t, i], out[t, i + D // 2] = z.real, z.imag
+    return out
+
+
+@pytest.mark.parametrize("theta", [10000.0, 500.0])
+def test_rotary_matches_complex_rotation(theta):
+    torch.manual_seed(0)
+    D, positions = 8, [0, 1, 2, 7, 63, 255]
+    cos, sin = rotary_tables(D, 256, theta)
+    x = torch.randn(len(positions), D)
+    got = apply_rotary(x[None, None], cos[positions][None, None], sin[positions][None, None])[0, 0]
+    torch.testing.assert_close(got, rotary_reference(x, positions, theta), atol=1e-4, rtol=1e-4)
+
+
+def test_rotary_scores_depend_only_on_relative_position():
+    torch.manual_seed(0)
+    cos, sin = rotary_tables(16, 64, 10000.0)
+    q, k = torch.randn(16), torch.randn(16)
+
+    def score(m, n):
+        qm = apply_rotary(q, cos[m], sin[m])
+        kn = apply_rotary(k, cos[n], sin[n])
+        return float(qm @ kn)
+
+    assert score(5, 2) == pytest.approx(score(40, 37), abs=1e-4)
+    assert score(0, 0) == pytest.approx(float(q @ k), abs=1e-5)
+
+
+def attention_reference(attn, x, theta):
+    """Per batch row, per query head: project, rotate, explicit causal softmax, weighted sum of values."""
+    B, T, C = x.shape
+    H, K, D = attn.n_head, attn.n_kv_head, attn.head_dim
+    Wq, Wk, Wv = attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight
+    out = torch.zeros(B, T, H * D)
+    for b in range(B):
+        for h in range(H):
+            g = h // (H // K)  # the kv head this query head shares
+            q = rotary_reference(x[b] @ Wq[h * D:(h + 1) * D].T, list(range(T)), theta)
+            k = rotary_reference(x[b] @ Wk[g * D:(g + 1) * D].T, list(range(T)), theta)
+            v = x[b] @ Wv[g * D:(g + 1) * D].T
+            for i in range(T):
+                scores = torch.tensor([float(q[i] @ k[j]) / math.sqrt(D) if j <= i else -math.inf
+                                       for j in range(T)])
+                weights = torch.exp(scores - scores.max())
+                weights = weights / weights.sum()
+                out[b, i, h * D:(h + 1) * D] = weights @ v
+    return out @ attn.o_proj.weight.T
+
+
+@pytest.mark.parametrize("n_head,n_kv_head", [(4, 2), (4, 4), (4, 1)])
+def test_gqa_attention_matches_per_head_loop(n_head, n_kv_head):
+    torch.manual_seed(0)
+    cfg = small_config(n_head=n_head, n_kv_head=n_kv_head, n_embd=32)
+    attn = Attention(cfg)
+    cos, sin = rotary_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+    x = torch.randn(2, 6, 32)
+    with torch.no_grad():
+        got = attn(x, cos[:6][None, None], sin[:6][None, None])
+        torch.testing.assert_close(got, attention_reference(attn, x, cfg.rope_theta), atol=1e-5, rtol=1e-4)
+
+
+def test_model_is_causal_and_checks_length():
+    model = make_model()
+    x = torch.randint(0, 64, (2, 10))
+    y = x.clone()
+    y[:, 6:] = (y[:, 6:] + 1) % 64  # change the future
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[:, :6], model(y)[:, :6])
+        assert model(x).shape == (2, 10, 64)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_tied_embeddings():
+    tied, untied = GPT(small_config()), GPT(small_config(tie_embeddings=False))
+    assert tied.lm_head.weight is tied.embed_tokens.weight
+    assert untied.lm_head.weight is not untied.embed_tokens.weight
+    assert untied.num_params() - tied.num_params() == 64 * 32
+
+
+# ----------------------------------------------------------------------------- log-probs
+
+
+def test_token_logprobs_matches_prefix_by_prefix_loop():
+    model = make_model(scale=2.0)
+    tokens = torch.randint(0, 64, (3, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = token_logprobs(model, tokens)
+        assert got.shape == (3, 8)
+        for b in range(3):
+            for t in range(8):
+                logits = model(tokens[b:b + 1, :t + 1])[0, -1]                # next-token logits at t
+                expected = F.log_softmax(logits, dim=-1)[tokens[b, t + 1]]
+                assert float(got[b, t]) == pytest.approx(float(expected), abs=1e-5)
+    with pytest.raises(ValueError, match="T >= 2"):
+        token_logprobs(model, tokens[:, :1])
+
+
+def test_token_logprobs_has_gradients():
+    model = make_model(scale=1.0).train()
+    token_logprobs(model, torch.randint(0, 64, (2, 5))).sum().backward()
+    assert model.embed_tokens.weight.grad is not None
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+
+def test_forward_with_cache_in_chunks_matches_full_forward():
+    model = make_model()
+    x = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(2))
+    cache = KVCache(model.config, 2, 10)
+    with torch.no_grad():
+        full = model(x)
+        chunks = [model(x[:, s:e], kv_cache=cache) for s, e in [(0, 3), (3, 4), (4, 8), (8, 10)]]
+    torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert cache.pos == 10
+
+
+@pytest.mark.parametrize("lengths", [[5], [3, 7, 1], [10, 2, 6, 6, 1], [4, 4]])
+def test_greedy_with_cache_equals_full_recomputation_on_ragged_batches(lengths):
+    model = make_model()
+    prompts = random_prompts(lengths)
+    fast, n_fast = generate(model, prompts, 16, temperature=0, use_cache=True)
+    slow, n_slow = generate(model, prompts, 16, temperature=0, use_cache=False)
+    assert fast.dtype == n_fast.dtype == torch.long and fast.shape == (len(lengths), 16)
+    assert torch.equal(fast, slow) and torch.equal(n_fast, n_slow)
+    assert len(set(fast.flatten().tolist())) > 5  # the model does not just repeat one token
+
+
+@pytest.mark.parametrize("lengths", [[3, 7, 1], [10, 2, 6, 6, 1]])
+def test_sampling_with_cache_equals_full_recomputation(lengths):
+    model = make_model(scale=1.0)
+    prompts = random_prompts(lengths)
+    fast, _ = generate(model, prompts, 16, top_p=0.9, generator=torch.Generator().manual_seed(0))
+    slow, _ = generate(model, prompts, 16, top_p=0.9, generator=torch.Generator().manual_seed(0), use_cache=False)
+    assert torch.equal(fast, slow)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_prompt_gives_same_tokens_alone_or_in_a_ragged_batch(use_cache):
+    model = make_model(seed=1)
+    prompts = random_prompts([2, 9, 5], seed=3)
+    batch, _ = generate(model, prompts, 12, temperature=0, use_cache=use_cache)
+    for b, p in enumerate(prompts):
+        alone, _ = generate(model, [p], 12, temperature=0, use_cache=use_cache)
+        assert torch.equal(alone[0], batch[b])
+
+
+def test_greedy_continues_the_sequence_argmax():
+    """Greedy generation = repeatedly appending argmax of a plain forward pass."""
+    model = make_model(seed=2)
+    prompt = random_prompts([4], seed=4)[0]
+    new, _ = generate(model, [prompt], 6, temperature=0)
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(6):
+            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+    assert new[0].tolist() == seq[4:]
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def test_sampling_is_reproducible_with_a_seeded_generator():
+    model = make_model(scale=1.0)
+    prompts = random_prompts([3, 6, 1])
+
+    def run(seed):
+        return generate(model, prompts, 10, temperature=1.0, generator=torch.Generator().manual_seed(seed))[0]
+
+    assert torch.equal(run(7), run(7))
+    assert not torch.equal(run(7), run(8))
+
+
+@pytest.mark.parametrize("kwargs", [dict(top_k=1), dict(top_p=1e-6), dict(top_k=1, top_p=0.9)])
+def test_top_k_1_and_tiny_top_p_equal_greedy(kwargs):
+    model = make_model()
+    prompts = random_prompts([3, 8])
+    greedy, _ = generate(model, prompts, 10, temperature=0)
+    sampled, _ = generate(model, prompts, 10, temperature=1.0, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert torch.equal(sampled, greedy)
+
+
+def test_sample_next_follows_softmax_top_k_and_top_p():
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0]).repeat(20000, 1)  # (N, 6)
+    probs = logits[0].softmax(-1)
+    g = torch.Generator().manual_seed(0)
+    counts = torch.bincount(sample_next(logits, 1.0, generator=g), minlength=6) / 20000
+    torch.testing.assert_close(counts, probs, atol=0.015, rtol=0)
+    assert set(sample_next(logits, 1.0, top_k=3, generator=g).tolist()) == {0, 1, 2}
+    # nucleus by hand: the likeliest tokens until their mass reaches p
+    for p in (0.5, 0.8, 0.95):
+        keep, mass = [], 0.0
+        for i in probs.argsort(descending=True).tolist():
+            keep.append(i)
+            mass += float(probs[i])
+            if mass >= p:
+                break
+        assert set(sample_next(logits, 1.0, top_p=p, generator=g).tolist()) == set(keep)
+    hot = torch.bincount(sample_next(logits, 5.0, generator=g), minlength=6) / 20000
+    torch.testing.assert_close(hot, (logits[0] / 5).softmax(-1), atol=0.015, rtol=0)
+
+
+def first_stop(row, stops):
+    for i, t in enumerate(row):
+        if t in stops:
+            return i + 1
+    return len(row)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_stop_tokens_end_rows_and_are_counted(use_cache):
+    model = make_model()
+    prompts = random_prompts([3, 7, 5, 2])
+    free, _ = generate(model, prompts, 14, temperature=0, use_cache=use_cache)
+    stops = {free[0, 3].item(), free[2, 0].item()}  # tokens rows 0 and 2 are known to emit
+    new, lengths = generate(model, prompts, 14, temperature=0, stop_tokens=tuple(stops), pad_id=63,
+                            use_cache=use_cache)
+    assert new.shape == (4, 14)
+    for b in range(4):
+        n = first_stop(free[b].tolist(), stops)
+        assert lengths[b] == n
+        assert new[b, :n].tolist() == free[b, :n].tolist()  # includes the stop token itself
+        assert (new[b, n:] == 63).all()
+    assert lengths[0] <= 4 and lengths[2] == 1
+
+
+def test_stop_tokens_when_sampling_and_early_exit():
+    model = make_model(scale=1.0)
+    prompts = random_prompts([3, 7, 5, 2, 4, 4])
+    stops = tuple(range(0, 64, 2))  # half the vocabulary: every row stops quickly
+    new, lengths = generate(model, prompts, 40, stop_tokens=stops, generator=torch.Generator().manual_seed(0))
+    assert new.shape == (6, 40) and lengths.max() < 40
+    for b in range(6):
+        n = int(lengths[b])
+        assert n >= 1 and new[b, n - 1] in stops
+        assert not any(t in stops for t in new[b, :n - 1].tolist())
+        assert (new[b, n:] == 0).all()
+
+
+def test_generate_restores_mode_and_returns_trainable_tokens():
+    model = make_model(scale=1.0).train()
+    new, lengths = generate(model, [[1, 2, 3]], 4)
+    assert model.training and not new.requires_grad
+    model(new).sum().backward()  # not inference-mode tensors: usable as training inputs
+    model.eval()
+    generate(model, [[1, 2, 3]], 4)
+    assert not model.training
+    new, lengths = generate(model, [[1], [2, 3]], 0)
+    assert new.shape == (2, 0) and lengths.tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("prompts,kwargs,field", [
+    ([], {}, "prompts"),
+    ([[1, 2], []], {}, r"prompts\[1\]"),
+    ([1, 2, 3], {}, "prompts"),
+    ([list(range(60)) + [1] * 5], {}, "max_seq_len"),
+    ([[1] * 60], dict(max_new_tokens=5), "max_new_tokens"),
+    ([[1, 64]], {}, "vocab_size"),
+    ([[-1, 2]], {}, "vocab_size"),
+    ([[1]], dict(max_new_tokens=-1), "max_new_tokens"),
+    ([[1]], dict(temperature=-0.5), "temperature"),
+    ([[1]], dict(top_p=0.0), "top_p"),
+    ([[1]], dict(top_p=1.5), "top_p"),
+    ([[1]], dict(top_k=0), "top_k"),
+    ([[1]], dict(stop_tokens=(64,)), "stop_tokens"),
+    ([[1]], dict(pad_id=64), "pad_id"),
+])
+def test_generate_rejects_bad_input_naming_the_field(prompts, kwargs, field):
+    model = make_model(scale=1.0)
+    kwargs = {"max_new_tokens": 4, **kwargs}
+    with pytest.raises(ValueError, match=field):
+        generate(model, prompts, **kwargs)
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+def test_tiny_model_overfits_one_batch():
+    torch.manual_seed(0)
+    model = GPT(small_config(n_embd=64))
+    x = torch.randint(0, 64, (4, 24))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(80):
+        logits = model(x[:, :-1])                                             # (B, T-1, V)
+        loss = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] > 3.5 and losses[-1] < 0.1, (losses[0], losses[-1])
+
+
+# ----------------------------------------------------------------------------- checkpoints and HF export
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_export_hf_round_trip(tmp_path, tie):
+    model = make_model(tie_embeddings=tie, rope_theta=500.0)
+    export_hf(model, str(tmp_path))
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["model_type"] == "llama"
+    assert (cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"],
+            cfg["num_hidden_layers"], cfg["head_dim"], cfg["vocab_size"], cfg["max_position_embeddings"]) == \
+        (32, model.config.hidden_dim, 4, 2, 2, 8, 64, 64)
+    assert cfg["rope_theta"] == 500.0 and cfg["rms_norm_eps"] == 1e-5 and cfg["tie_word_embeddings"] is tie
+    assert cfg["hidden_act"] == "silu" and cfg["attention_bias"] is False and cfg["mlp_bias"] is False
+    assert cfg["torch_dtype"] == "float32"
+    weights = torch.load(tmp_path / "pytorch_model.bin", weights_only=True)
+    assert "model.layers.1.self_attn.k_proj.weight" in weights and "model.norm.weight" in weights
+    assert "model.layers.0.mlp.gate_proj.weight" in weights and "model.layers.0.input_layernorm.weight" in weights
+    assert ("lm_head.weight" in weights) is not tie
+    back = load_hf(str(tmp_path))
+    assert back.config == model.config
+    x = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(back.eval()(x), model(x))
+
+
+def test_loading_mismatched_weights_names_the_field(tmp_path):
+    model = make_model()
+    with pytest.raises(ValueError, match="n_layer"):
+        GPT(small_config(n_layer=3)).load_state_dict(model.state_dict())
+    with pytest.raises(ValueError, match="hidden_dim"):
+        GPT(small_config(hidden_dim=64)).load_state_dict(model.state_dict())
+    with pytest.raises(ValueError, match="n_kv_head"):
+        GPT(small_config(n_kv_head=4)).load_state_dict(model.state_dict())
+    export_hf(model, str(tmp_path))
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "vocab_size": 72}))
+    with pytest.raises(ValueError, match="vocab_size"):
+        load_hf(str(tmp_path))

@@ -1,0 +1,267 @@
+"""tasks.py: generators deterministic per seed, gold answers verified (by rewards.py and independently),
+countdown solvable, difficulty knobs respected, train/test splits disjoint and stable, prompt template."""
+import ast
+import contextlib
+import io
+import os
+import random
+import sys
+from fractions import Fraction
+
+import pytest
+
+import tasks
+from tasks import (CODE_KINDS, CODE_SPECS, TASKS, AdditionTask, CodeTask, CountdownTask, MultiplicationTask,
+                   Problem, format_completion, format_prompt, get_task, sample_problems, split_of)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_rewards = pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "rewards.py")),
+                                   reason="rewards.py not written yet")
+needs_sandbox = pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "sandbox.py")),
+                                   reason="sandbox.py (code_reward's runner) not written yet")
+
+
+def problems_of(name, n=20, seed=0, **knobs):
+    return sample_problems(get_task(name, **knobs), n, "train", seed=seed)
+
+
+# ----------------------------------------------------------------------------- determinism, problems
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_generators_are_deterministic_per_seed(name):
+    task = get_task(name)
+    assert [task.sample(random.Random(7)) for _ in range(3)] == [task.sample(random.Random(7)) for _ in range(3)]
+    assert problems_of(name, seed=3) == problems_of(name, seed=3)
+    assert problems_of(name, seed=3) != problems_of(name, seed=4)
+    assert tasks.test_set(task, 5, seed=1) == tasks.test_set(task, 5, seed=1)
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_problem_is_hashable_and_as_dict_has_the_registry_fields(name):
+    p = problems_of(name, n=1)[0]
+    assert p.family == name == get_task(name).name
+    assert hash(p) == hash(p.key) and len({p, p}) == 1
+    d = p.as_dict()
+    assert {"family", "question", "gold"} <= set(d) and d["family"] == name and d["gold"] == p.gold
+    extra = {"countdown": {"numbers", "target"}, "add": {"operands", "op"}, "mul": {"operands", "op"},
+             "code": {"tests", "spec"}}[name]
+    assert set(d) == {"family", "question", "gold"} | extra
+    if name == "code":
+        assert all(set(t) == {"input", "output"} for t in d["tests"]) and 3 <= len(d["tests"]) <= 5
+
+
+# ----------------------------------------------------------------------------- gold answers
+
+
+def wrong_answer(p: Problem) -> str:
+    """An answer of the right kind that is wrong: gold+1, a different expression, a wrong program."""
+    if p.family in ("add", "mul"):
+        return str(int(p.gold) + 1)
+    if p.family == "countdown":
+        for op in ("+", "*", "-"):
+            expr = f" {op} ".join(map(str, p.numbers))
+            if eval(expr) != p.target:
+                return expr
+        raise AssertionError(f"no wrong expression for {p}")
+    return "print('wrong')"
+
+
+@needs_rewards
+@pytest.mark.parametrize("name", ["countdown", "add", "mul"])
+def test_gold_scores_one_and_a_wrong_answer_zero(name):
+    task = get_task(name)
+    for p in problems_of(name, n=25):
+        for problem in (p, p.as_dict()):  # accuracy() takes a Problem or its dict
+            assert task.accuracy(format_completion("...", p.gold), problem) == 1.0, p
+            assert task.accuracy(format_completion("...", wrong_answer(p)), problem) == 0.0, p
+        if name == "countdown":  # right value, but a number that was not given
+            assert task.accuracy(format_completion("...", f"({p.gold}) + 0"), p) == 0.0
+
+
+@needs_rewards
+@needs_sandbox
+def test_code_gold_passes_its_tests_under_code_reward():
+    task = CodeTask()
+    problems = [task.sample(random.Random(i)) for i in range(6)]
+    for p in problems:
+        assert task.accuracy(format_completion("...", p.gold), p) == 1.0, p
+        assert task.accuracy(format_completion("...", wrong_answer(p)), p) == 0.0, p
+    # a program for another problem fails (at least one test of) this one
+    assert task.accuracy(format_completion("...", CODE_SPECS["min"][2]), problems_of("code", kinds=("max",), n=1)[0]) < 1
+
+
+def run_in_process(program: str, stdin: str) -> str:
+    old = sys.stdin
+    sys.stdin, out = io.StringIO(stdin), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            exec(program, {})
+    finally:
+        sys.stdin = old
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("kind", CODE_KINDS)
+def test_code_reference_programs_match_the_independent_expected_outputs(kind):
+    """Every parameter of every kind: the gold program, run, prints each test's expected output (which
+    tasks.py computes with a separate lambda, not by running the program)."""
+    params, *_ = CODE_SPECS[kind]
+    task = CodeTask(kinds=(kind,))
+    seen = set()
+    for i in range(3 * len(params)):
+        p = task.sample(random.Random(i))
+        seen.add(p.spec)
+        for t in p.tests:
+            assert run_in_process(p.gold, t["input"]).rstrip("\n") == t["output"], (p.spec, t)
+    assert len(seen) > len(params) // 2
+
+
+@needs_rewards
+def test_format_completion_and_prompt_match_format_reward():
+    from rewards import extract_answer, format_reward
+
+    completion = format_completion("4725+385, carry 0: 5+5+0=10", "5110")
+    assert format_reward(completion) == 1.0 and format_reward(completion + tasks.END_OF_TEXT) == 1.0
+    assert extract_answer(completion) == "5110"
+
+
+def test_prompt_template():
+    assert format_prompt("What is 1 + 2?") == "<|user|>What is 1 + 2?<|assistant|>"
+    with_system = format_prompt("What is 1 + 2?", system=True)
+    assert with_system.startswith(tasks.R1_ZERO_SYSTEM) and with_system.endswith(format_prompt("What is 1 + 2?"))
+    assert "<think> reasoning process here </think>" in tasks.R1_ZERO_SYSTEM
+    assert format_completion("t", "a") == "<think>t</think><answer>a</answer>"
+    assert tasks.END_OF_TEXT == "<|endoftext|>"
+
+
+# ----------------------------------------------------------------------------- countdown solvability
+
+
+def eval_countdown(expr: str) -> tuple[Fraction, list[int]]:
+    """Exact value and the integer literals of an expression over + - * / and parentheses."""
+    ops = {ast.Add: Fraction.__add__, ast.Sub: Fraction.__sub__, ast.Mult: Fraction.__mul__,
+           ast.Div: Fraction.__truediv__}
+    used = []
+
+    def walk(node):
+        if isinstance(node, ast.BinOp) and type(node.op) in ops:
+            return ops[type(node.op)](walk(node.left), walk(node.right))
+        assert isinstance(node, ast.Constant) and type(node.value) is int, ast.dump(node)
+        used.append(node.value)
+        return Fraction(node.value)
+
+    return walk(ast.parse(expr, mode="eval").body), used
+
+
+def solvable(values: list[Fraction], target: int) -> bool:
+    """Brute force: combine any two of the remaining values with + - * / until one is left."""
+    if len(values) == 1:
+        return values[0] == target
+    for i in range(len(values)):
+        for j in range(len(values)):
+            if i == j:
+                continue
+            a, b, rest = values[i], values[j], [v for k, v in enumerate(values) if k not in (i, j)]
+            results = [a + b, a - b, a * b] + ([a / b] if b != 0 else [])
+            if any(solvable(rest + [r], target) for r in results):
+                return True
+    return False
+
+
+def test_countdown_reference_solution_uses_the_numbers_and_makes_the_target():
+    task = CountdownTask(n_numbers=(3, 4), max_number=25, target_range=(1, 100))
+    problems = problems_of("countdown", n=60, seed=5)
+    for p in problems:
+        value, used = eval_countdown(p.gold)
+        assert value == p.target and sorted(used) == sorted(p.numbers), p
+        assert 3 <= len(p.numbers) <= 4 and all(1 <= x <= task.max_number for x in p.numbers)
+        assert 1 <= p.target <= 100
+        assert p.question == f"Using the numbers {list(p.numbers)}, make {p.target}. " \
+                             "Use each number once with + - * /."
+    for p in problems[:4]:
+        assert solvable([Fraction(x) for x in p.numbers], p.target)
+    assert {len(p.numbers) for p in problems} == {3, 4}
+
+
+def test_countdown_knobs():
+    task = CountdownTask(n_numbers=(4, 4), max_number=9, target_range=(50, 60))
+    for p in sample_problems(task, 30, "train", seed=0):
+        assert len(p.numbers) == 4 and max(p.numbers) <= 9 and 50 <= p.target <= 60
+        assert eval_countdown(p.gold)[0] == p.target
+    with pytest.raises(ValueError):
+        CountdownTask(target_range=(10_000, 20_000), max_number=2).sample(random.Random(0))
+
+
+# ----------------------------------------------------------------------------- difficulty knobs
+
+
+@pytest.mark.parametrize("cls", [AdditionTask, MultiplicationTask])
+def test_arithmetic_digit_counts_in_range(cls):
+    task = cls(min_digits=2, max_digits=4)
+    problems = sample_problems(task, 400, "train", seed=0)
+    digits = [len(str(x)) for p in problems for x in p.operands]
+    assert min(digits) == 2 and max(digits) == 4 and set(digits) == {2, 3, 4}
+    for p in problems:
+        a, b = p.operands
+        assert p.question == f"What is {a} {task.op} {b}?"
+        assert int(p.gold) == (a + b if task.op == "+" else a * b)
+    with pytest.raises(ValueError):
+        cls(min_digits=3, max_digits=2)
+
+
+def test_code_kinds_knob():
+    assert {p.spec[0] for p in problems_of("code", n=30, kinds=("sum", "affine"))} == {"sum", "affine"}
+    with pytest.raises(ValueError, match="valid kinds"):
+        CodeTask(kinds=("sort",))
+
+
+def test_unknown_task_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="countdown, add, mul, code"):
+        get_task("gsm8k")
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def test_split_is_a_fixed_function_of_the_key():
+    """Hard-coded: the same in every process (hashlib, not the salted hash()) and on every machine."""
+    expected = {("add", 385, 4725): "train", ("add", 108, 1001): "test", ("add", 109, 1000): "test",
+                ("countdown", (3, 7, 25, 50), 84): "train", ("code", "count", "c"): "test",
+                ("code", "sum"): "train"}
+    for key, split in expected.items():
+        assert split_of(key) == split, key
+    p = Problem("add", "What is 1001 + 108?", "1109", operands=(1001, 108), op="+")
+    q = Problem("add", "What is 108 + 1001?", "1109", operands=(108, 1001), op="+")
+    assert p.key == q.key == ("add", 108, 1001) and split_of(p) == split_of(q) == "test"  # a+b is b+a
+
+
+def test_test_fraction_is_about_ten_percent():
+    keys = [("add", a, b) for a in range(100) for b in range(a, 200)]
+    share = sum(split_of(k) == "test" for k in keys) / len(keys)
+    assert 0.09 < share < 0.11
+    # a smaller test fraction holds out a subset of a larger one
+    assert all(split_of(k, 0.2) == "test" for k in keys if split_of(k, 0.05) == "test")
+
+
+@pytest.mark.parametrize("name,knobs,n_train", [("add", {"min_digits": 1, "max_digits": 2}, 1000),
+                                                ("countdown", {"n_numbers": (3, 3), "max_number": 6}, 400),
+                                                ("code", {}, 200)])
+def test_train_and_test_are_disjoint_for_any_seeds(name, knobs, n_train):
+    """Small problem spaces, so that the two samples would collide if the split leaked."""
+    task = get_task(name, **knobs)
+    train = sample_problems(task, n_train, "train", seed=11)
+    test = tasks.test_set(task, 20, seed=12)
+    assert all(split_of(p) == "train" for p in train) and all(split_of(p) == "test" for p in test)
+    assert len({p.key for p in train}) == len(train) and len({p.key for p in test}) == len(test)
+    assert not {p.key for p in train} & {p.key for p in test}
+
+
+def test_too_few_distinct_problems_raises():
+    task = AdditionTask(min_digits=1, max_digits=1)  # 55 unordered pairs in all
+    with pytest.raises(ValueError, match="too small"):
+        sample_problems(task, 56, "train", seed=0)
+    with pytest.raises(ValueError, match="too small"):
+        tasks.test_set(task, 50)
+    with pytest.raises(ValueError, match="split"):
+        sample_problems(task, 1, "valid", seed=0)
