@@ -1,0 +1,515 @@
+"""Rule-based rewards for R1-Zero / R1 (DeepSeek-R1, arXiv v1: section 2.2.2 "Reward Modeling" for
+accuracy and format, section 2.3.2 for the language-consistency reward). Pure functions
+`str -> float`: exact, total (any string in, never an exception out) and fast. No neural reward
+model: under RL a policy finds every hole in a reward, and a rule has fewer holes than a network.
+
+    python rewards.py            # score a few example completions (a quick demo, no training)
+    python bench_rewards.py      # completions/s and sandbox programs/s
+
+A completion is the text the model wrote after the prompt, decoded. The prompt template ends with
+`<|assistant|>`, so a well-formed completion is
+
+    <think> reasoning </think> <answer> final answer </answer> <|endoftext|>
+
+What is here:
+  1. format_reward                       R1-Zero format reward (think, then answer)
+  2. extract_answer                      the last <answer> block
+  3. countdown_reward                    exact rational evaluation of an arithmetic expression
+  4. math_equal / math_reward            numeric answers (decimals, fractions, \\boxed, %, units)
+  5. code_reward / code_rewards          programs run against stdin/stdout tests in sandbox.py
+  6. language_consistency_reward         R1 stage 2: fraction of CoT words in the target language
+  7. parse_reward_spec / RewardSpec      "accuracy + 0.1*format + 0.2*language" -> (total, components)
+
+Deliberate deviations from the paper:
+  1. The accuracy reward for code scores the FRACTION of tests passed, a denser signal for small
+     models; a LeetCode-style judge (R1's analogy) accepts only all tests: `all_or_nothing=True`.
+  2. Language is decided by word lists and a character class, not a language-identification model;
+     the synthetic corpus reasons in two word-list "languages" (en, es) so mixing can be measured.
+  3. No preference (neural) rewards: the R1 stage-4 reward model for non-reasoning data is out of scope.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Callable, Iterable, Mapping
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+EOT = "<|endoftext|>"
+SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>", "<|user|>", "<|assistant|>",
+                  THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+
+# ----------------------------------------------------------------------------- 1. format
+
+_FORMAT_RE = re.compile(r"\s*<think>(.*)</think>\s*<answer>(.*)</answer>\s*(?:<\|endoftext\|>\s*)?", re.S)
+
+
+def format_reward(completion: str, prefill: str = "") -> float:
+    """1.0 iff the completion is exactly one non-empty `<think>` block, then one non-empty `<answer>`
+    block, with only whitespace around them and at most one `<|endoftext|>` at the very end; else 0.0.
+
+    Agreement with the prompt template: our template ends with `<|assistant|>`, so the model itself
+    must write `<think>`. A template that pre-fills `<think>` (as some R1-Zero reproductions do) must
+    pass it as `prefill="<think>"`: the text judged is `prefill + completion`, so the tag the template
+    wrote counts once and a model that writes it again is rejected (two `<think>` tags).
+    Any other special-token text (`<|user|>`, `<|pad|>`, a second tag, nesting) scores 0.
+    Blocks are "non-empty" when they contain a non-whitespace character."""
+    text = prefill + completion
+    for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE):
+        if text.count(tag) != 1:
+            return 0.0
+    for tag in ("<|pad|>", "<|user|>", "<|assistant|>"):
+        if tag in text:
+            return 0.0
+    m = _FORMAT_RE.fullmatch(text)
+    if m is None or EOT in m.group(1) or EOT in m.group(2):
+        return 0.0
+    return 1.0 if m.group(1).strip() and m.group(2).strip() else 0.0
+
+
+# ----------------------------------------------------------------------------- 2. answer extraction
+
+def extract_answer(completion: str) -> str | None:
+    """The text of the LAST complete `<answer>...</answer>` block, stripped: from the last `<answer>`
+    that is followed by a `</answer>` up to the first such `</answer>`. Earlier blocks are drafts, an
+    unclosed trailing `<answer>` (a cut-off completion) is ignored, and nesting yields the innermost
+    text. None if there is no complete block."""
+    last_close = completion.rfind(ANSWER_CLOSE)
+    start = completion.rfind(ANSWER_OPEN, 0, max(last_close, 0))
+    if last_close < 0 or start < 0:
+        return None
+    end = completion.find(ANSWER_CLOSE, start)
+    return completion[start + len(ANSWER_OPEN):end].strip()
+
+
+# ----------------------------------------------------------------------------- 3. countdown
+
+_MAX_EXPR_CHARS = 1000  # longer answers score 0 without parsing
+_MAX_DEPTH = 32         # parentheses nesting; keeps the recursive parser far from Python's stack limit
+_MAX_DIGITS = 12        # longer literals are rejected (Countdown's numbers are small)
+
+
+class _Reject(Exception):
+    """Raised inside the countdown parser; always caught and turned into a 0.0 reward."""
+
+
+def _tokenize_countdown(expr: str) -> list[str]:
+    tokens, i = [], 0
+    while i < len(expr):
+        ch = expr[i]
+        if ch == " ":
+            i += 1
+        elif ch in "+-*/()":
+            tokens.append(ch)
+            i += 1
+        elif "0" <= ch <= "9":  # ASCII digits only: "٣".isdigit() is True, but it is not allowed here
+            j = i
+            while j < len(expr) and "0" <= expr[j] <= "9":
+                j += 1
+            tok = expr[i:j]
+            if len(tok) > _MAX_DIGITS or (len(tok) > 1 and tok[0] == "0"):
+                raise _Reject("literal too long or with a leading zero")
+            tokens.append(tok)
+            i = j
+        else:
+            raise _Reject(f"illegal character {ch!r}")  # letters, '.', '_', '=', tabs, unicode, ...
+    return tokens
+
+
+class _CountdownParser:
+    """expr := term (('+'|'-') term)* ; term := factor (('*'|'/') factor)* ; factor := INT | '(' expr ')'.
+    No unary minus, no '**' or '//' (two operators in a row fail to parse). Evaluates in Fractions."""
+
+    def __init__(self, tokens: list[str]):
+        self.tokens, self.pos, self.used = tokens, 0, []
+
+    def peek(self) -> str | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def take(self) -> str:
+        tok = self.peek()
+        if tok is None:
+            raise _Reject("unexpected end")
+        self.pos += 1
+        return tok
+
+    def expr(self, depth: int) -> Fraction:
+        value = self.term(depth)
+        while self.peek() in ("+", "-"):
+            op, rhs = self.take(), self.term(depth)
+            value = value + rhs if op == "+" else value - rhs
+        return value
+
+    def term(self, depth: int) -> Fraction:
+        value = self.factor(depth)
+        while self.peek() in ("*", "/"):
+            op, rhs = self.take(), self.factor(depth)
+            if op == "/" and rhs == 0:
+                raise _Reject("division by zero")
+            value = value * rhs if op == "*" else value / rhs
+        return value
+
+    def factor(self, depth: int) -> Fraction:
+        tok = self.take()
+        if tok == "(":
+            if depth >= _MAX_DEPTH:
+                raise _Reject("nesting too deep")
+            value = self.expr(depth + 1)
+            if self.take() != ")":
+                raise _Reject("missing ')'")
+            return value
+        if not tok.isdigit():
+            raise _Reject(f"expected a number, got {tok!r}")
+        self.used.append(int(tok))
+        return Fraction(int(tok))
+
+
+def countdown_reward(completion: str, numbers: Iterable[int], target: int) -> float:
+    """1.0 iff the answer block is an expression over `+ - * /`, parentheses, ASCII integers and
+    spaces that uses every number in `numbers` exactly once (as a multiset) and equals `target`
+    EXACTLY in rational arithmetic (so 7/2*2 = 7, and no float rounding can be exploited); else 0.0.
+    A trailing `= target` is allowed. Rejected: unary minus, `**`, `//`, decimals, names, leading
+    zeros ("07"), unicode digits, division by zero, nesting deeper than 32, answers over 1000 chars.
+    Only the answer block is judged; whether the completion is well formed is format_reward's job."""
+    answer, target = extract_answer(completion), Fraction(target)
+    if answer is None or len(answer) > _MAX_EXPR_CHARS:
+        return 0.0
+    expr = answer
+    if "=" in answer:
+        expr, _, rhs = answer.partition("=")
+        rhs = rhs.strip()
+        if not (rhs.isascii() and rhs.isdigit()) or len(rhs) > _MAX_DIGITS or int(rhs) != target:
+            return 0.0
+    try:
+        parser = _CountdownParser(_tokenize_countdown(expr))
+        value = parser.expr(0)
+        if parser.pos != len(parser.tokens):
+            return 0.0
+    except _Reject:
+        return 0.0
+    if sorted(parser.used) != sorted(int(n) for n in numbers):
+        return 0.0
+    return 1.0 if value == target else 0.0
+
+
+# ----------------------------------------------------------------------------- 4. numeric answers
+
+_MAX_NUMBER_CHARS = 100     # digits in one number; longer ones are not parsed (int parsing is quadratic)
+_MAX_MATH_CHARS = 10_000    # longer answers are not parsed at all
+
+_LATEX_SUBS = [
+    (re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}"), r"(\1)/(\2)"),
+    (re.compile(r"\\[dt]?frac\s*([0-9])\s*([0-9])"), r"\1/\2"),
+    (re.compile(r"\\(?:text|mathrm|textbf|mbox)\s*\{([^{}]*)\}"), r" \1 "),
+    (re.compile(r"\^\s*\{?\\circ\}?|°"), " "),
+    (re.compile(r"\\[,;:! ]|\\left|\\right|\\%|%|\$|\\\(|\\\)|\\\[|\\\]"), " "),
+    (re.compile(r"(?<=[0-9]),(?=[0-9]{3}(?![0-9]))"), ""),       # thousands separators: 1,234,567
+    (re.compile(r"\((\s*[-+]?[0-9.]+\s*)\)"), r"\1"),           # (3)/(4) -> 3/4
+]
+# A number: optional sign, ASCII digits with an optional decimal part, an optional "/ denominator",
+# an optional glued unit of ASCII letters ("5kg"). Not glued to other word characters or digits
+# (unicode-aware \w, \d), so "x5", "1e5", "0x1F", "3.5.2" and "٣2" contain no number. The atomic
+# group (?>...) forbids backtracking into a number, which keeps the scan linear in the text length.
+_NUMBER_RE = re.compile(
+    r"(?<![\w.])(?>([-+]?)([0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?:\s*/\s*([0-9]+(?:\.[0-9]+)?))?(?:[A-Za-z]+)?)(?!\w|\.\d)")
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} (or \\fbox{...}), braces matched; None if absent or unclosed."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    i = text.find("{", start)
+    if i < 0:
+        return None
+    depth = 0
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1:j]
+    return None
+
+
+def _normalize_math(text: str) -> str:
+    text = unicodedata.normalize("NFC", text).replace("\u2212", "-")  # unicode minus sign
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        text = boxed
+    for pattern, repl in _LATEX_SUBS:
+        text = pattern.sub(repl, text)
+    return text.strip()
+
+
+def parse_number(text: str) -> Fraction | None:
+    """The single number in `text` as an exact Fraction, or None when there is none, more than one,
+    a zero denominator, or more than 100 digits."""
+    if len(text) > _MAX_MATH_CHARS:
+        return None
+    matches = _NUMBER_RE.findall(_normalize_math(text))
+    if len(matches) != 1:
+        return None
+    sign, num, den = matches[0]
+    if len(num) > _MAX_NUMBER_CHARS or len(den) > _MAX_NUMBER_CHARS:
+        return None
+    value = Fraction(num)
+    if den:
+        if Fraction(den) == 0:
+            return None
+        value /= Fraction(den)
+    return -value if sign == "-" else value
+
+
+def math_equal(pred: str, gold: Any) -> bool:
+    """True iff `pred` and `gold` hold the same number, compared EXACTLY as fractions.
+
+    Handled: integers, signs (also U+2212 minus), thousands separators ("1,234,567"), decimals
+    ("0.50" = "0.5" = "1/2"), fractions "a/b", "\\frac{a}{b}", "\\dfrac", "\\frac12", "\\boxed{...}"
+    (the last one wins), "$...$", a percent sign (DROPPED: "50%" equals 50, not 0.5, because a problem
+    asking for a percentage has the gold "50"), degrees, and words or units around ONE number
+    ("The answer is 42 apples.", "5kg"). If either side is not a single number, the two are compared
+    as strings after normalisation and whitespace removal (so "yes" = " yes ").
+
+    Deliberately NOT handled (score False unless the strings match): any tolerance (0.333 != 1/3),
+    several numbers (lists, "1 1/2", "5-3", "2 or 3"), expressions or symbols ("x+1", "\\sqrt{2}",
+    "\\pi"), scientific notation ("1e5"), number words ("five"), non-ASCII digits ("٤٢"), space or
+    European separators ("1 000", "0,5"), unit conversion (1 km vs 1000 m), more than 100 digits."""
+    pred = pred if isinstance(pred, str) else str(pred)
+    gold = gold if isinstance(gold, str) else str(gold)
+    try:
+        p, g = parse_number(pred), parse_number(gold)
+    except (ValueError, ZeroDivisionError, OverflowError):  # defensive: the regex makes these unreachable
+        return False
+    if p is not None and g is not None:
+        return p == g
+    if p is None and g is None and len(pred) <= _MAX_MATH_CHARS:
+        return "".join(_normalize_math(pred).split()) == "".join(_normalize_math(gold).split()) != ""
+    return False
+
+
+def math_reward(completion: str, gold: Any) -> float:
+    """1.0 iff the answer block is math_equal to `gold`; 0.0 otherwise (also with no answer block)."""
+    answer = extract_answer(completion)
+    return 1.0 if answer is not None and math_equal(answer, gold) else 0.0
+
+
+# ----------------------------------------------------------------------------- 5. code execution
+
+_FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.S)
+
+
+def extract_program(completion: str) -> str | None:
+    """The program in the answer block: the last fenced block (```python ... ```, any or no language
+    tag) if there is one, else the whole answer text. None when there is no answer or it is empty."""
+    answer = extract_answer(completion)
+    if answer is None:
+        return None
+    fences = _FENCE_RE.findall(answer)
+    program = fences[-1][1] if fences else answer
+    return program if program.strip() else None
+
+
+def outputs_match(got: str, expected: str) -> bool:
+    """Compare stdout with the expected output after stripping trailing whitespace: at the end of every
+    line and at the end of the text (so "\\r\\n" = "\\n" and a missing final newline is fine).
+    Leading whitespace and blank lines in the middle still count."""
+    def norm(s: str) -> str:
+        return "\n".join(line.rstrip() for line in s.rstrip().split("\n"))
+    return norm(got) == norm(expected)
+
+
+def code_rewards(completions: list[str], tests_list: list[list[Mapping[str, str]]], *,
+                 all_or_nothing: bool = False, limits=None, max_workers: int | None = None) -> list[float]:
+    """Batch version of code_reward: all programs run in parallel (sandbox.run_programs)."""
+    import sandbox  # lazy: importing rewards.py stays free of subprocess machinery
+
+    programs = [extract_program(c) for c in completions]
+    todo = [i for i, p in enumerate(programs) if p is not None and tests_list[i]]
+    results = sandbox.run_programs([programs[i] for i in todo],
+                                   [[t["input"] for t in tests_list[i]] for i in todo],
+                                   limits=limits, max_workers=max_workers)
+    scores = [0.0] * len(completions)
+    for i, runs in zip(todo, results):
+        passed = [r.ok and outputs_match(r.stdout, t["output"]) for r, t in zip(runs, tests_list[i])]
+        frac = sum(passed) / len(passed)
+        scores[i] = float(frac == 1.0) if all_or_nothing else frac
+    return scores
+
+
+def code_reward(completion: str, tests: list[Mapping[str, str]], *, all_or_nothing: bool = False,
+                limits=None) -> float:
+    """Fraction of tests passed (all_or_nothing=True: 1.0 only if all pass) by the program in the
+    answer block. `tests` = [{"input": stdin, "output": expected stdout}, ...]. A test passes iff the
+    program exits with status 0, within its limits, and its stdout matches after stripping trailing
+    whitespace (outputs_match). A non-zero exit FAILS even with the right output (a crash is not a
+    solution); so do timeouts and output over the cap. No tests, no answer, or an empty program: 0.0.
+    The program runs in sandbox.py (bubblewrap when available; limits documented there).
+
+    There is no assert-style test form, on purpose: an object whose __eq__ always returns True passes
+    any `assert f(x) == y`, and `os._exit(0)` forges a clean exit. Comparing printed text is not
+    foolable that way, and the expected output never enters the sandbox."""
+    return code_rewards([completion], [tests], all_or_nothing=all_or_nothing, limits=limits)[0]
+
+
+# ----------------------------------------------------------------------------- 6. language consistency
+
+@dataclass(frozen=True)
+class Language:
+    name: str
+    words: frozenset[str]                         # known words (casefolded, NFC)
+    charclass: Callable[[str], bool] | None      # unknown words matching this belong to the language
+
+
+LANGUAGES: dict[str, Language] = {}
+
+
+def register_language(name: str, words: Iterable[str] = (), charclass: Callable[[str], bool] | None = None) -> Language:
+    """Add a language, or extend one: words are added to its list, a given charclass replaces the old.
+    A word belongs to language L if it is in L's list, or if it is in NO other language's list and
+    L.charclass(word) holds. Words in several lists ("no") belong to each of them."""
+    old = LANGUAGES.get(name)
+    words = frozenset(unicodedata.normalize("NFC", w).casefold() for w in words)
+    if old is not None:
+        words, charclass = old.words | words, charclass or old.charclass
+    LANGUAGES[name] = Language(name, words, charclass)
+    return LANGUAGES[name]
+
+
+register_language("en", charclass=str.isascii, words="""
+    carry write so far the answer is wait let me check i know it think add digit ones tens yes no sum
+    try then ok done and next a an of to in on at we you that this what need first now get got equals
+    plus minus times result number numbers one two three four five six seven eight nine ten zero
+    correct right wrong again also because but or not with which can hmm step use left""".split())
+register_language("es", words="""
+    llevo escribo hasta ahora la respuesta es espera déjame comprobar yo lo sé pienso sumo dígito
+    unidades decenas sí no suma pruebo entonces vale listo y siguiente el los las de del que en un una
+    uno dos tres cuatro cinco seis siete ocho nueve diez cero más menos por para pero porque resultado
+    número números primero bien mal correcto igual veces otra vez hay tengo necesito paso a""".split())
+
+_WORD_RE = re.compile(r"[^\W\d_]+")  # runs of unicode letters; digits, '_' and symbols are not words
+_SPECIAL_RE = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
+
+
+def chain_of_thought(text: str) -> str:
+    """The think block's text if there is a `<think>` (up to `</think>`, `<answer>` or the end), else
+    the whole text; special-token text removed either way."""
+    start = text.find(THINK_OPEN)
+    if start >= 0:
+        text = text[start + len(THINK_OPEN):]
+        ends = [i for i in (text.find(THINK_CLOSE), text.find(ANSWER_OPEN)) if i >= 0]
+        text = text[:min(ends)] if ends else text
+    return _SPECIAL_RE.sub(" ", text)
+
+
+def language_consistency_reward(text: str, target_language: str) -> float:
+    """R1 stage 2 (section 2.3.2): the fraction of the chain-of-thought's words that belong to
+    `target_language` (a key of LANGUAGES; an unknown key is a config error and raises KeyError).
+    Words are runs of unicode letters, casefolded and NFC-normalised; numbers and symbols are not
+    words. Text with NO words scores 1.0: there is nothing to be inconsistent about (the format and
+    accuracy rewards, not this one, punish an empty or digits-only chain of thought)."""
+    lang = LANGUAGES[target_language]
+    words = [w.casefold() for w in _WORD_RE.findall(unicodedata.normalize("NFC", chain_of_thought(text)))]
+    if not words:
+        return 1.0
+    others = [L.words for L in LANGUAGES.values() if L.name != lang.name]
+    hits = sum(1 for w in words if w in lang.words or (
+        lang.charclass is not None and lang.charclass(w) and not any(w in o for o in others)))
+    return hits / len(words)
+
+
+# ----------------------------------------------------------------------------- 7. registry
+
+# A problem is a plain mapping. Keys read here: "family" (always, for accuracy), then per family
+# "numbers" + "target" (countdown), "gold" (math, add, mul), "tests" (code: [{"input", "output"}]),
+# and the optional "language" (the language reward's target, default "en").
+
+def accuracy_reward(completion: str, problem: Mapping[str, Any]) -> float:
+    """Dispatch on problem["family"]: "countdown" -> countdown_reward(problem["numbers"],
+    problem["target"]); "math"/"add"/"mul" -> math_reward(problem["gold"]); "code" ->
+    code_reward(problem["tests"]). An unknown family is a config error: ValueError."""
+    family = problem["family"]
+    if family == "countdown":
+        return countdown_reward(completion, problem["numbers"], problem["target"])
+    if family in ("math", "add", "mul"):
+        return math_reward(completion, problem["gold"])
+    if family == "code":
+        return code_reward(completion, problem["tests"])
+    raise ValueError(f"accuracy reward: unknown problem family {family!r}")
+
+
+RewardFn = Callable[[str, Mapping[str, Any]], float]  # (completion, problem) -> reward
+REWARDS: dict[str, RewardFn] = {
+    "accuracy": accuracy_reward,
+    "format": lambda completion, problem: format_reward(completion),
+    "language": lambda completion, problem: language_consistency_reward(completion, problem.get("language", "en")),
+}
+
+
+def register_reward(name: str, fn: RewardFn) -> None:
+    """Make `fn(completion, problem) -> float` available to parse_reward_spec under `name`."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(f"bad reward name {name!r}")
+    REWARDS[name] = fn
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """A weighted sum of named rewards. Calling it returns (total, {name: unweighted value})."""
+    terms: tuple[tuple[float, str], ...]  # (weight, reward name)
+
+    def __call__(self, completion: str, problem: Mapping[str, Any]) -> tuple[float, dict[str, float]]:
+        return self._combine(completion, problem, {})
+
+    def _combine(self, completion, problem, precomputed: dict[str, float]) -> tuple[float, dict[str, float]]:
+        components = {name: precomputed[name] if name in precomputed else float(REWARDS[name](completion, problem))
+                      for _, name in self.terms}
+        return sum(w * components[name] for w, name in self.terms), components
+
+    def score_batch(self, completions: list[str], problems: list[Mapping[str, Any]],
+                    max_workers: int | None = None) -> list[tuple[float, dict[str, float]]]:
+        """Like calling the spec on each pair, but every code problem's accuracy is computed in one
+        parallel sandbox batch first."""
+        code = [i for i, p in enumerate(problems) if p.get("family") == "code"]
+        pre: dict[int, dict[str, float]] = {i: {} for i in code}
+        if code and any(name == "accuracy" for _, name in self.terms):
+            scores = code_rewards([completions[i] for i in code], [problems[i]["tests"] for i in code],
+                                  max_workers=max_workers)
+            for i, s in zip(code, scores):
+                pre[i]["accuracy"] = s
+        return [self._combine(c, p, pre.get(i, {})) for i, (c, p) in enumerate(zip(completions, problems))]
+
+
+_TERM_RE = re.compile(r"\s*(?:([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*)?([A-Za-z_][A-Za-z0-9_]*)\s*")
+
+
+def parse_reward_spec(spec: str) -> RewardSpec:
+    """"accuracy + 0.1*format + 0.2*language" -> RewardSpec. Terms are joined by '+', each an optional
+    non-negative `weight*` then a registered reward name; a name may appear once. ValueError otherwise."""
+    terms, seen = [], set()
+    for part in spec.split("+"):
+        m = _TERM_RE.fullmatch(part)
+        if m is None:
+            raise ValueError(f"bad reward term {part!r} in {spec!r} (expected e.g. '0.1*format')")
+        weight, name = float(m.group(1)) if m.group(1) else 1.0, m.group(2)
+        if name not in REWARDS:
+            raise ValueError(f"unknown reward {name!r}; known: {sorted(REWARDS)}")
+        if name in seen:
+            raise ValueError(f"reward {name!r} appears twice in {spec!r}")
+        seen.add(name)
+        terms.append((weight, name))
+    return RewardSpec(tuple(terms))
+
+
+def main() -> None:
+    spec = parse_reward_spec("accuracy + 0.1*format + 0.2*language")
+    problem = {"family": "countdown", "numbers": [3, 5, 7], "target": 22}
+    for completion in ["<think>let me try 3*5 then add 7</think><answer>3*5+7</answer><|endoftext|>",
+                       "<think>pruebo 3*5 y sumo 7</think><answer>(3+5)*7</answer>",
+                       "3*5+7"]:
+        total, parts = spec(completion, problem)
+        print(f"{total:.3f} {parts} {completion!r}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""sandbox.py: ordinary programs behave as under `python main.py`, and a hostile suite where every
+program is contained: it fails its test, the caller is unaffected, no process is left in the process
+table, and no file appears or disappears outside the sandbox. Runs under bubblewrap and, for the
+attacks the fallback claims to stop, under the rlimits-only fallback too."""
+import os
+import socket
+import time
+import uuid
+
+import pytest
+
+import sandbox
+from sandbox import Limits, run_program, run_programs
+
+FAST = Limits(timeout_s=0.5, cpu_s=1)
+HAVE_BWRAP = sandbox.bwrap_path() is not None
+IS_ROOT = os.geteuid() == 0
+MODES = [pytest.param(True, id="bwrap", marks=pytest.mark.skipif(not HAVE_BWRAP, reason="no working bwrap")),
+         pytest.param(False, id="fallback", marks=pytest.mark.skipif(not IS_ROOT, reason="fallback tested as root"))]
+
+
+def sandbox_processes() -> list[str]:
+    """Every process that belongs to a sandbox: a sandbox uid, a driver, or a bwrap."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status") as f:
+                status = f.read()
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        uid = int(status.split("Uid:")[1].split()[0])
+        if uid in sandbox.SANDBOX_UIDS or "--driver" in cmdline or os.path.basename(cmdline.split(" ")[0]) == "bwrap":
+            found.append(f"{name} uid={uid} {cmdline[:80]}")
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes():
+    assert sandbox_processes() == []
+    yield
+    deadline = time.monotonic() + 2.0  # the kernel finishes tearing a pid namespace down asynchronously
+    while sandbox_processes() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sandbox_processes() == [], "a sandboxed process outlived run_program"
+
+
+def run1(source: str, stdin: str = "", mode=None, limits: Limits = FAST) -> sandbox.RunResult:
+    [result] = run_program(source, [stdin], limits, use_bwrap=mode)
+    assert result.error == "", result.error  # whatever the program did, the sandbox itself survived
+    return result
+
+
+# ----------------------------------------------------------------------------- ordinary programs
+
+@pytest.mark.parametrize("mode", MODES)
+def test_runs_each_test_with_its_own_stdin(mode):
+    results = run_program("a, b = map(int, input().split())\nprint(a * b)", ["2 3", "4 5\n", "x"], FAST,
+                          use_bwrap=mode)
+    assert [r.stdout for r in results] == ["6\n", "20\n", ""]
+    assert [r.ok for r in results] == [True, True, False]
+    assert "ValueError" in results[2].stderr and results[2].returncode == 1
+
+
+@pytest.mark.parametrize("source, stdout, returncode", [
+    ("print('héllo ✓')", "héllo ✓\n", 0),
+    ("import sys\nprint(sys.stdin.read()[::-1], end='')", "cba", 0),
+    ("print(__name__, __file__)", "__main__ main.py\n", 0),
+    ("import sys\nprint(1)\nsys.exit(0)", "1\n", 0),
+    ("import sys\nprint(1)\nsys.exit(3)", "1\n", 3),
+    ("import sys\nsys.exit('bye')", "", 1),
+    ("print(1)\nraise ValueError", "1\n", 1),
+    ("import os\nprint(1)\nos._exit(0)", "", 0),                 # as in CPython: the buffer is lost
+    ("import threading\nthreading.Thread(target=lambda: print('t')).start()", "t\n", 0),
+    ("import atexit\natexit.register(print, 'bye')", "bye\n", 0),
+    ("import math, collections, re\nprint(math.gcd(12, 18))", "6\n", 0),
+    ("def f(:", "", 1),
+])
+def test_behaves_like_python_main(source, stdout, returncode):
+    result = run1(source, "abc")
+    assert (result.stdout, result.returncode) == (stdout, returncode)
+
+
+def test_large_stdin_is_fed_without_deadlock():
+    big = "7\n" * 300_000  # 600 KB, far beyond a pipe buffer
+    assert run1("import sys\nprint(sum(map(int, sys.stdin)))", big).stdout == "2100000\n"
+    assert run1("print('ignores stdin')", big).ok  # exits without reading: no EPIPE trouble
+
+
+def test_batch_runs_in_parallel_and_keeps_order():
+    programs = [f"print({i} * int(input()))" for i in range(12)] + ["while True: pass"]
+    stdins = [["2", "3"]] * 13
+    t0 = time.monotonic()
+    results = run_programs(programs, stdins, FAST, max_workers=4)
+    assert [[r.stdout for r in rs] for rs in results[:12]] == [[f"{2 * i}\n", f"{3 * i}\n"] for i in range(12)]
+    assert all(r.timed_out for r in results[12])
+    assert time.monotonic() - t0 < 30
+
+
+# ----------------------------------------------------------------------------- hostile programs
+
+@pytest.mark.parametrize("mode", MODES)
+def test_infinite_loop_times_out(mode):
+    t0 = time.monotonic()
+    result = run1("while True: pass", mode=mode)
+    assert result.timed_out and not result.ok and result.returncode == -9
+    assert time.monotonic() - t0 < 5
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fork_bomb_is_bounded_and_reaped(mode):
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    assert not run1(bomb, mode=mode).ok
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_memory_bomb(mode):
+    result = run1("x = []\nwhile True:\n    x.append(bytearray(10**8))", mode=mode)
+    assert not result.ok and "MemoryError" in result.stderr
+    assert not run1("x = bytearray(10**10)", mode=mode).ok
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_giant_output_is_capped_while_read(mode):
+    t0 = time.monotonic()
+    result = run1("while True:\n    print('x' * 10000)", mode=mode, limits=Limits(timeout_s=5, stdout_kb=64))
+    assert result.output_truncated and not result.ok
+    assert len(result.stdout) == 64 * 1024
+    assert time.monotonic() - t0 < 4  # killed at the cap, not at the timeout
+    assert len(run1("import sys\nwhile True: sys.stderr.write('e' * 10000)", mode=mode).stderr) <= 4 * 1024
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_deep_recursion(mode):
+    python_level = "import sys\nsys.setrecursionlimit(10**6)\ndef f(n): return f(n + 1)\nf(0)"
+    c_level = "import sys\nsys.setrecursionlimit(10**6)\ndef f(n): return list(map(f, [n + 1]))\nf(0)"
+    for source in (python_level, c_level):  # the second overflows the C stack: SIGSEGV
+        assert not run1(source, mode=mode).ok
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_files_outside_the_sandbox_are_untouched(mode, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    marker = tmp_path / f"pwned-{uuid.uuid4().hex}"
+    source = f"""
+import os
+for attempt in (lambda: open({str(marker)!r}, "w").write("x"), lambda: os.remove({str(victim)!r}),
+                lambda: os.rename({str(tmp_path)!r}, "/tmp/moved"), lambda: open(os.path.expanduser("~/x"), "w"),
+                lambda: open("local.txt", "w").write("inside the sandbox's own temp dir is fine")):
+    try:
+        attempt()
+    except Exception as e:
+        print(type(e).__name__)
+print(os.listdir("."))
+"""
+    result = run1(source, mode=mode)
+    assert "local.txt" in result.stdout
+    assert victim.read_text() == "keep me" and not marker.exists()
+
+
+@pytest.mark.skipif(not HAVE_BWRAP, reason="no working bwrap")
+def test_bwrap_hides_the_host_file_system():
+    marker = f"/tmp/pwned-{uuid.uuid4().hex}"  # world-writable on the host, private in the sandbox
+    source = f"""
+import os
+open({marker!r}, "w").write("x")
+for path in ("/home", "/work", "/etc/passwd", {__file__!r}):
+    try:
+        print(path, os.listdir(path) if os.path.isdir(path) else open(path).read()[:20])
+    except Exception as e:
+        print(path, type(e).__name__)
+try:
+    open("/usr/pwned", "w")
+except Exception as e:
+    print("/usr/pwned", type(e).__name__)
+try:
+    open("/tmp/big", "wb").write(b"x" * (2 << 20))
+except Exception as e:
+    print("big", type(e).__name__)
+"""
+    out = run1(source).stdout
+    assert not os.path.exists(marker)
+    assert "/work FileNotFoundError" in out and "/etc/passwd FileNotFoundError" in out
+    assert f"{__file__} FileNotFoundError" in out and "/usr/pwned OSError" in out
+    assert "big OSError" in out  # RLIMIT_FSIZE: 1 MiB per file
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_environment_of_the_trainer_is_unreadable(mode, monkeypatch):
+    secret = f"sk-{uuid.uuid4().hex}"
+    monkeypatch.setenv("TRAINER_API_KEY", secret)
+    source = """
+import os
+found = [v for v in os.environ.values() if v.startswith("sk-")]
+for pid in [os.getppid(), 1] + [p for p in os.listdir("/proc") if p.isdigit()]:
+    try:
+        data = open(f"/proc/{pid}/environ", "rb").read()
+        found += [w.decode() for w in data.split(b"\\0") if b"sk-" in w]
+    except Exception:
+        pass
+print(*found)
+"""
+    result = run1(source, mode=mode)
+    assert secret not in result.stdout and "TRAINER_API_KEY" not in result.stdout
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_killing_the_parent_fails_and_the_driver_survives(mode):
+    source = """
+import os
+pid = int(input())
+for target in (pid, os.getppid(), 1):
+    for sig in (9, 15):
+        try:
+            os.kill(target, sig)
+        except Exception as e:
+            pass
+try:
+    os.kill(-1, 9)      # everything this uid may signal: only its own processes
+except Exception:
+    pass
+print("still here")
+"""
+    results = run_program(source, [str(os.getpid()), str(os.getpid())], FAST, use_bwrap=mode)
+    assert [r.stdout for r in results] == ["still here\n"] * 2  # the driver lived to run test 2
+    assert run1("import os\nos.killpg(0, 9)", mode=mode).returncode == -9  # kills only itself
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_setsid_daemon_is_reaped(mode):
+    source = """
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        time.sleep(60)
+    os._exit(0)
+print("parent done")
+"""
+    assert run1(source, mode=mode).stdout == "parent done\n"
+    # the autouse fixture checks that the sleeping grandchild is gone
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the uid drop only happens as root")
+@pytest.mark.parametrize("mode", MODES)
+def test_root_privileges_are_gone(mode):
+    source = """
+import os, resource
+for name, attempt in [("nproc", lambda: resource.setrlimit(resource.RLIMIT_NPROC, (10**6, 10**6))),
+                      ("cpu", lambda: resource.setrlimit(resource.RLIMIT_CPU, (-1, -1))),
+                      ("setuid", lambda: os.setuid(0))]:
+    try:
+        attempt()
+        print(name, "RAISED")
+    except Exception:
+        print(name, "denied")
+print(os.getuid() != 0, open("/proc/self/status").read().split("CapEff:")[1].split()[0])
+"""
+    assert run1(source, mode=mode).stdout == "nproc denied\ncpu denied\nsetuid denied\nTrue 0000000000000000\n"
+
+
+@pytest.mark.skipif(not HAVE_BWRAP, reason="no working bwrap")
+def test_no_network():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.2)
+    port = server.getsockname()[1]
+    source = f"""
+import socket
+for host in ("127.0.0.1", "8.8.8.8"):
+    try:
+        socket.create_connection((host, {port}), timeout=0.3)
+        print("connected", host)
+    except OSError as e:
+        print("refused", host)
+try:
+    socket.getaddrinfo("example.com", 80)
+    print("resolved")
+except OSError:
+    print("no dns")
+"""
+    try:
+        out = run1(source).stdout
+        assert "connected" not in out and "resolved" not in out
+        with pytest.raises(socket.timeout):
+            server.accept()
+    finally:
+        server.close()
+
+
+@pytest.mark.skipif(not HAVE_BWRAP or sandbox._seccomp_bpf() is None, reason="no bwrap or no seccomp filter here")
+def test_no_new_user_namespaces():
+    source = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+print(libc.unshare(0x10000000), ctypes.get_errno())      # CLONE_NEWUSER
+"""
+    assert run1(source).stdout == "-1 1\n"  # EPERM from the seccomp filter
+
+
+def test_fallback_warns_once(capsys):
+    if not IS_ROOT:
+        pytest.skip("fallback tested as root")
+    sandbox._bwrap_state.pop("warned", None)
+    run1("print(1)", mode=False)
+    run1("print(1)", mode=False)
+    err = capsys.readouterr().err
+    assert err.count("WARNING") == 1 and "NOT protected" in err
+
+
+def test_sandbox_failure_is_reported_not_raised(monkeypatch):
+    monkeypatch.setattr(sandbox, "_python", lambda: "/nonexistent/python")
+    results = run_program("print(1)", ["", ""], FAST)
+    assert len(results) == 2 and all(r.error and not r.ok for r in results)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_caller_deadline_tears_down_the_whole_sandbox(mode):
+    # startup_s < 0 makes the caller give up long before the driver's own per-test timeout, so the
+    # caller must kill the driver, the program and the program's setsid'd daemon itself
+    source = """
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    time.sleep(60)
+time.sleep(60)
+"""
+    t0 = time.monotonic()
+    [result] = run_program(source, [""], Limits(timeout_s=5, startup_s=-5.2), use_bwrap=mode)
+    assert result.error and not result.ok and time.monotonic() - t0 < 3
