@@ -22,7 +22,6 @@ import math
 import os
 import random
 import re
-import sys
 import time
 import typing
 from contextlib import nullcontext

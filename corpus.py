@@ -61,11 +61,11 @@ _TEXT = {
 
 @dataclass
 class CorpusConfig:
-    p_quick: float = 0.62          # share of task documents that answer at once (a guess)
-    p_trace: float = 0.20          # share with a worked, always-correct trace
-    p_check: float = 0.08          # share that guess, then "wait, let me check" with a trace
+    p_quick: float = 0.55          # share of task documents that answer at once (a guess)
+    p_trace: float = 0.25          # share with a worked, always-correct trace
+    p_check: float = 0.10          # share that guess, then "wait, let me check" with a trace
     p_bare: float = 0.10           # share with a bare <answer> and no <think> (fails the format)
-    p_text: float = 0.10           # share of ALL documents that are plain text, not problems
+    p_text: float = 0.05           # share of ALL documents that are plain text, not problems
     quick_correct: float = 0.15    # probability a quick (or bare, or first) guess is right
     p_second_lang: float = 0.30    # share of documents reasoning in the second language (es)
     p_mixed: float = 0.10          # share of traces that switch language halfway
@@ -98,7 +98,7 @@ def addition_trace(a: int, b: int, lang: str = "en", switch_at: int | None = Non
         x, y = a % 10, b % 10
         s = x + y + carry
         so_far = str(s % 10) + so_far
-        lines.append(f"{a}+{b}, {w['carry']} {carry}: {x}+{y}+{carry}={s}, {w['so_far']} {so_far}.")
+        lines.append(f"{a}+{b}, {w['carry']} {carry}: {x}+{y}+{carry}={s:02d}, {w['so_far']} {so_far}.")
         a, b, carry, col = a // 10, b // 10, s // 10, col + 1
     w = PHRASES[other if switch_at is not None else lang]
     lines.append(f"{w['answer_is']} {int(so_far)}.")

@@ -70,23 +70,19 @@ def sample_completions(model, tok, prompts: list[str], max_new_tokens: int, temp
 # ----------------------------------------------------------------------------- per-completion facts
 
 
-def think_text(completion: str) -> str:
-    m = re.search(r"<think>(.*?)(</think>|$)", completion, re.DOTALL)
-    return m.group(1) if m else ""
-
-
 def reasons(completion: str) -> bool:
     """Does the completion work something out before answering? (its think block holds an "=")"""
-    return "=" in think_text(completion)
+    from rewards import chain_of_thought
+
+    return "=" in chain_of_thought(completion)
 
 
 def mixes_languages(completion: str) -> bool:
     """Words of both languages inside one chain of thought (R1-Zero's language mixing)."""
     from rewards import language_consistency_reward
 
-    text = think_text(completion)
-    en = language_consistency_reward(text, "en")
-    es = language_consistency_reward(text, "es")
+    en = language_consistency_reward(completion, "en")  # scores the think block when there is one
+    es = language_consistency_reward(completion, "es")
     return 0.0 < en < 1.0 and 0.0 < es < 1.0
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import random
 import time
 from dataclasses import dataclass
 
@@ -49,14 +48,14 @@ class GRPOConfig:
     resume: bool = False                # continue from out_dir/ckpt.pt
     task: str = "add"                   # task family (tasks.TASKS)
     min_digits: int = 3                 # fewest digits of an operand
-    max_digits: int = 5                 # most digits of an operand
+    max_digits: int = 3                 # most digits of an operand
     reward: str = "accuracy + 0.1*format"  # reward spec for rewards.parse_reward_spec; no length term
-    steps: int = 60                     # RL steps (rollout batches)
+    steps: int = 40                     # RL steps (rollout batches)
     prompts_per_step: int = 16          # N: questions per step (over all ranks)
     group_size: int = 8                 # G: completions per question
-    max_new_tokens: int = 320           # cap on completion length, tokens
+    max_new_tokens: int = 256           # cap on completion length, tokens
     temperature: float = 1.0            # rollout sampling temperature (paper: 1.0)
-    lr: float = 5e-5                    # learning rate (AdamW, constant after warmup)
+    lr: float = 1e-4                    # learning rate (AdamW, constant after warmup)
     warmup_steps: int = 0               # linear warmup, optimizer steps
     min_lr_ratio: float = 1.0           # final lr / lr (1.0 = constant)
     weight_decay: float = 0.0           # AdamW weight decay
@@ -69,8 +68,8 @@ class GRPOConfig:
     num_iterations: int = 1             # mu: optimisation passes over each rollout batch
     micro_batch_size: int = 64          # sequences per forward/backward (gradient accumulation)
     ref_reset_every: int = 0            # copy the policy into the reference every N steps (0 = never)
-    eval_every: int = 10                # held-out evaluation every N steps (0 = only at start and end)
-    eval_problems: int = 64             # held-out questions per evaluation
+    eval_every: int = 5                 # held-out evaluation every N steps (0 = only at start and end)
+    eval_problems: int = 50             # held-out questions per evaluation
     eval_k: int = 4                     # samples per question (pass@1 over k, cons@k)
     show_every: int = 20                # print sampled completions every N steps
     seed: int = 0                       # seed for data, sampling and (if pretraining) the base model
@@ -197,20 +196,21 @@ def batched_logprobs(model, tokens, micro_batch_size: int):
     return torch.cat(out)                                                 # (B, T-1)
 
 
-def rollouts(cfg: GRPOConfig, model, ref_model, tok, task, score, dist, start_step: int = 0,
+def rollouts(cfg: GRPOConfig, model, ref_model, tok, task, score_batch, dist, start_step: int = 0,
              evaluate_fn=None):
     """GRPO's batch generator (the shared loop in common.train does the optimizer steps). For each
     RL step: 1. questions, 2. G samples each, 3. rule rewards, 4. group advantages, 5. old and ref
-    log-probs, 6. mu passes of micro-batches. Yields (micro_batches, info) once per optimizer step."""
+    log-probs, 6. mu passes of micro-batches. Yields (micro_batches, info) once per optimizer step.
+    score_batch(texts, problem_dicts) -> [(reward, {component: value})], e.g.
+    rewards.parse_reward_spec("accuracy + 0.1*format").score_batch."""
     from evaluate import sample_completions
     from tasks import format_prompt, sample_problems
 
     device = next(model.parameters()).device
     n_local = cfg.prompts_per_step // dist.world_size
     for step in range(start_step, cfg.steps):
-        info = {}
-        if evaluate_fn is not None and cfg.eval_every and step % cfg.eval_every == 0 and step > 0:
-            info.update(evaluate_fn(step))
+        if evaluate_fn is not None and cfg.eval_every and step % cfg.eval_every == 0 and step > start_step:
+            evaluate_fn(step)  # held-out evaluation; it logs and prints its own line
         if cfg.ref_reset_every and step % cfg.ref_reset_every == 0 and step > 0 and ref_model is not None:
             ref_model.load_state_dict(unwrap(model).state_dict())
         t0 = time.time()
@@ -223,7 +223,7 @@ def rollouts(cfg: GRPOConfig, model, ref_model, tok, task, score, dist, start_st
                                                                cfg.temperature, None, gen, batch_size=len(prompts))
         t1 = time.time()
         # 3. rule-based rewards (no length term)
-        scored = [score(text, problems[i // cfg.group_size].as_dict()) for i, text in enumerate(texts)]
+        scored = score_batch(texts, [problems[i // cfg.group_size].as_dict() for i in range(len(texts))])
         rewards = torch.tensor([total for total, _ in scored])           # (B,)
         t2 = time.time()
         # 4. group-relative advantages, eq. 3
@@ -236,8 +236,8 @@ def rollouts(cfg: GRPOConfig, model, ref_model, tok, task, score, dist, start_st
             if cfg.kl_beta > 0 else None
         lengths = torch.tensor([len(c) for c in completion_ids], dtype=torch.float)
         components = {k: sum(c[k] for _, c in scored) / len(scored) for k in scored[0][1]}
-        info.update({"reward": rewards.mean().item(), **{f"r_{k}": v for k, v in components.items()},
-                     "len": lengths.mean().item(), "t_rollout": t1 - t0, "t_reward": t2 - t1})
+        info = {"rl_step": step + 1, "reward": rewards.mean().item(), **{f"r_{k}": v for k, v in components.items()},
+                "len": lengths.mean().item(), "t_rollout": t1 - t0, "t_reward": t2 - t1}
         if cfg.show_every and step % cfg.show_every == 0 and dist.is_main:
             for i in (0, cfg.group_size):
                 if i < len(texts):
@@ -252,7 +252,6 @@ def rollouts(cfg: GRPOConfig, model, ref_model, tok, task, score, dist, start_st
                               "logp_old": None if logp_old is None else logp_old[sl],
                               "logp_ref": None if logp_ref is None else logp_ref[sl]})
             yield micro, info
-            info = {k: v for k, v in info.items() if not k.startswith("eval/")}  # log eval once
 
 
 def make_loss_fn(cfg: GRPOConfig):
@@ -306,18 +305,20 @@ def plot_aha(metrics_path: str, out_png: str, title: str = "R1-Zero on a CPU") -
 
 
 def ensure_base_model(cfg: GRPOConfig) -> None:
-    """`python grpo.py` on a fresh clone: pretrain the base model first if there is none."""
+    """`python grpo.py` on a fresh clone: pretrain the base model first if there is none, into
+    --init-from, with this run's seed (so `--seed 1 --init-from out/base-s1` is a whole new run)."""
     from common import checkpoint_path
 
     if os.path.exists(checkpoint_path(cfg.init_from)):
         return
-    if cfg.init_from != "out/base":
-        raise FileNotFoundError(f"--init-from {cfg.init_from}: no checkpoint there")
-    print0(f"no base model in {cfg.init_from}/: pretraining one first (python pretrain.py)")
+    if cfg.init_from.endswith(".pt"):
+        raise FileNotFoundError(f"--init-from {cfg.init_from}: no such checkpoint file")
+    print0(f"no base model in {cfg.init_from}/: pretraining one there first "
+           f"(python pretrain.py --seed {cfg.seed} --out-dir {cfg.init_from})")
     import pretrain
 
     pretrain.run(pretrain.PretrainConfig(min_digits=cfg.min_digits, max_digits=cfg.max_digits, seed=cfg.seed,
-                                         device=cfg.device, eval_problems=0))
+                                         device=cfg.device, out_dir=cfg.init_from, eval_problems=0))
 
 
 def run(cfg: GRPOConfig) -> dict:
@@ -333,7 +334,7 @@ def run(cfg: GRPOConfig) -> dict:
     tok = get_tokenizer()
     task = get_task(cfg.task, min_digits=cfg.min_digits, max_digits=cfg.max_digits) \
         if cfg.task in ("add", "mul") else get_task(cfg.task)
-    score = parse_reward_spec(cfg.reward)
+    score_batch = parse_reward_spec(cfg.reward).score_batch
     model, _ = load_model(cfg.init_from, dist.device)
     ref_model = None
     if cfg.kl_beta > 0:  # beta = 0 skips the reference model entirely
@@ -366,11 +367,10 @@ def run(cfg: GRPOConfig) -> dict:
     loop_cfg = LoopConfig(steps=cfg.steps * cfg.num_iterations, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
                           min_lr_ratio=cfg.min_lr_ratio, grad_clip=cfg.grad_clip, log_every=1,
                           ckpt_every=10 * cfg.num_iterations, out_dir=cfg.out_dir)
-    step_logger = _RLStepLogger(logger, cfg.num_iterations)
-    batches = rollouts(cfg, wrapped, ref_model, tok, task, score, dist, start_step, evaluate_fn)
+    batches = rollouts(cfg, wrapped, ref_model, tok, task, score_batch, dist, start_step, evaluate_fn)
     try:
         train(wrapped, optimizer, loop_cfg, batches, make_loss_fn(cfg), start_step=start_opt_step,
-              logger=step_logger, config_dict=dataclasses.asdict(cfg))
+              logger=logger, config_dict=dataclasses.asdict(cfg))
     finally:
         if dist.is_main and os.path.exists(logger.path):
             plot_aha(logger.path, os.path.join(cfg.out_dir, "aha.png"))
@@ -386,16 +386,6 @@ def run(cfg: GRPOConfig) -> dict:
             print0(f"  train len    {rows[0]['len']:.1f} -> {rows[-1]['len']:.1f} tokens")
     teardown_ddp()
     return {"before": before, "after": after}
-
-
-class _RLStepLogger(MetricsLogger):
-    """The loop logs optimizer steps; add the RL step (rollout batch) each record belongs to."""
-
-    def __init__(self, logger: MetricsLogger, num_iterations: int):
-        self.path, self.mu = logger.path, num_iterations
-
-    def log(self, record: dict) -> None:
-        super().log({"rl_step": (record["step"] - 1) // self.mu + 1, **record})
 
 
 def main(argv=None):

@@ -18,11 +18,13 @@ Deliberate deviations from the paper:
    tokens of web text: the point is a base model whose behaviour RL can change, in minutes.
 2. Every row of a batch starts at a document boundary (documents are packed, never split across
    rows): an aid for a tiny rotary model, which learns "where am I in this problem" faster then.
+3. A curriculum (--warm-start 0.5): the first half of the steps sees worked traces only, the second
+   half the web's real mix. Without it, whether the 0.8M model learns the trace within the 5-minute
+   budget was a coin flip (docs/LOG.md); the final mix still sets how often the base model reasons.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -41,11 +43,11 @@ class PretrainConfig(CorpusConfig):
     max_seq_len: int = 512          # model context length, tokens
     task: str = "add"               # task family the web's problems come from (tasks.TASKS)
     min_digits: int = 3             # fewest digits of an operand (difficulty knob)
-    max_digits: int = 5             # most digits of an operand (difficulty knob)
-    steps: int = 600                # optimizer steps
-    batch_size: int = 32            # rows per step (summed over ranks)
-    seq_len: int = 512              # tokens per row
-    lr: float = 3e-3                # peak learning rate (AdamW)
+    max_digits: int = 3             # most digits of an operand (difficulty knob)
+    steps: int = 900                # optimizer steps
+    batch_size: int = 16            # rows per step (summed over ranks)
+    seq_len: int = 256              # tokens per row
+    lr: float = 5e-3                # peak learning rate (AdamW)
     warmup_steps: int = 30          # linear warmup steps
     min_lr_ratio: float = 0.1       # final lr / peak lr (cosine decay)
     weight_decay: float = 0.1       # AdamW weight decay on matrices
@@ -54,6 +56,7 @@ class PretrainConfig(CorpusConfig):
     ckpt_every: int = 200           # checkpoint every N steps
     out_dir: str = "out/base"       # checkpoint + metrics.jsonl go here
     resume: bool = False            # continue from out_dir/ckpt.pt
+    warm_start: float = 0.5         # first fraction of steps that sees worked traces only (curriculum; 0 = off)
     eval_problems: int = 100        # held-out questions in the final report (0 = skip)
     eval_k: int = 4                 # samples per question in the final report
     seed: int = 0                   # seed for init and data
@@ -81,14 +84,17 @@ def batches(cfg: PretrainConfig, tok, task, rank: int, world_size: int, start_st
     rank only. Data for step s comes from a generator seeded by (seed, s, rank), so a resumed run
     sees exactly the batches it would have seen."""
     rows = cfg.batch_size // world_size
+    traces_only = dataclasses.replace(cfg, p_quick=0.0, p_check=0.0, p_bare=0.0)
     for step in range(start_step, cfg.steps):
         rng = random.Random(f"{cfg.seed}/{step}/{rank}")
+        # curriculum: the skill first (worked traces), then the web's real mix of answers
+        corpus = traces_only if step < cfg.warm_start * cfg.steps else cfg
         x = torch.full((rows, cfg.seq_len), tok.pad_id, dtype=torch.long)   # (B, T)
         y = torch.full((rows, cfg.seq_len), -1, dtype=torch.long)           # (B, T), -1 = no loss
         for r in range(rows):
             ids: list[int] = []
             while len(ids) < cfg.seq_len + 1:
-                _, text = sample_document(task, cfg, rng)
+                _, text = sample_document(task, corpus, rng)
                 ids += tok.encode(text, allow_special=True)
             ids = torch.tensor(ids[:cfg.seq_len + 1])
             x[r] = ids[:-1]

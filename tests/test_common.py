@@ -1,9 +1,6 @@
 """common.py: LR schedule, flags from a dataclass, checkpoints, the training loop, and DDP on gloo."""
 import math
 import os
-import socket
-import subprocess
-import sys
 import textwrap
 from dataclasses import dataclass
 
@@ -11,6 +8,7 @@ import pytest
 import torch
 
 import common
+from conftest import run_script
 from common import LoopConfig, config_from_args, lr_at
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -207,26 +205,13 @@ DDP_SCRIPT = textwrap.dedent("""
 """)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_two_processes_match_one_process(tmp_path):
     """Each of 2 gloo ranks sees half the global batch; DDP's averaged gradients, and the parameters
     after 3 steps of the shared loop, equal one process on the whole batch (as 2 micro-batches)."""
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT.format(root=ROOT))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
-    single = subprocess.run([sys.executable, str(script), str(tmp_path / "one.pt")], env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert single.returncode == 0, single.stderr
-    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                            f"--master-port={free_port()}", str(script), str(tmp_path / "two.pt")],
-                           env=env, capture_output=True, text=True, timeout=150)
-    assert multi.returncode == 0, multi.stderr[-3000:]
+    run_script(script, tmp_path / "one.pt")
+    run_script(script, tmp_path / "two.pt", nproc=2)
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     for a, b in zip(one["grads"], two["grads"]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,89 @@
+"""corpus.py: traces are correct, documents have the configured mix, and no test problem leaks."""
+import random
+import re
+from collections import Counter
+
+import pytest
+
+from corpus import CorpusConfig, addition_trace, completion_for, forced_prefixes, sample_document
+from rewards import format_reward, language_consistency_reward
+from tasks import AdditionTask, Problem, split_of
+
+LINE = re.compile(r"(\d+)\+(\d+), (?:carry|llevo) (\d): (\d)\+(\d)\+(\d)=(\d\d), (?:so far|hasta ahora) (\d+)\.")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_addition_trace_is_correct_column_by_column(seed):
+    rng = random.Random(seed)
+    for _ in range(50):
+        a, b = rng.randint(0, 99999), rng.randint(0, 99999)
+        trace = addition_trace(a, b, rng.choice(["en", "es"]))
+        lines = LINE.findall(trace)
+        carry, so_far, (x_rest, y_rest) = 0, "", (a, b)
+        for A, B, c, x, y, c2, s, sf in lines:  # recompute each line independently of the trace
+            assert (int(A), int(B), int(c)) == (x_rest, y_rest, carry)
+            assert (int(x), int(y), int(c2)) == (x_rest % 10, y_rest % 10, carry)
+            total = x_rest % 10 + y_rest % 10 + carry
+            assert int(s) == total
+            so_far = str(total % 10) + so_far
+            assert sf == so_far
+            x_rest, y_rest, carry = x_rest // 10, y_rest // 10, total // 10
+        assert (x_rest, y_rest, carry) == (0, 0, 0)
+        assert trace.endswith(f" {a + b}.")
+
+
+def test_every_completion_kind_scores_as_designed():
+    task = AdditionTask(3, 3)
+    cfg = CorpusConfig(quick_correct=0.0)
+    problem = Problem("add", "What is 472 + 385?", "857", operands=(472, 385), op="+")
+    rng = random.Random(0)
+    for kind, acc, fmt in [("trace", 1.0, 1.0), ("check", 1.0, 1.0), ("quick", 0.0, 1.0), ("bare", 0.0, 0.0)]:
+        for lang in ("en", "es"):
+            text = completion_for(kind, 472, 385, lang, cfg, rng)
+            assert task.accuracy(text, problem) == acc, (kind, text)
+            assert format_reward(text) == fmt, (kind, text)
+    assert completion_for("trace", 472, 385, "en", cfg, rng).startswith(forced_prefixes(problem)["reason"])
+    with pytest.raises(ValueError, match="unknown document kind"):
+        completion_for("essay", 1, 2, "en", cfg, rng)
+
+
+def test_languages_and_mixing():
+    en = addition_trace(472, 385, "en")
+    es = addition_trace(472, 385, "es")
+    mixed = addition_trace(472, 385, "en", switch_at=1)
+    assert language_consistency_reward(en, "en") == 1.0
+    assert language_consistency_reward(es, "es") == 1.0
+    assert 0.0 < language_consistency_reward(mixed, "en") < 1.0
+    assert 0.0 < language_consistency_reward(mixed, "es") < 1.0
+
+
+def test_document_mix_matches_config_and_no_test_problem_leaks():
+    cfg = CorpusConfig()
+    task = AdditionTask(3, 3)
+    rng = random.Random(0)
+    n = 4000
+    kinds = Counter()
+    for _ in range(n):
+        kind, text = sample_document(task, cfg, rng)
+        kinds[kind] += 1
+        m = re.search(r"What is (\d+) \+ (\d+)\?", text)
+        assert (m is None) == (kind == "text")
+        if m:
+            a, b = int(m.group(1)), int(m.group(2))
+            assert split_of(Problem("add", "", "", operands=(a, b), op="+")) == "train"
+    assert kinds["text"] / n == pytest.approx(cfg.p_text, abs=0.02)
+    n_task = n - kinds["text"]
+    total = cfg.p_quick + cfg.p_trace + cfg.p_check + cfg.p_bare
+    for kind, p in [("quick", cfg.p_quick), ("trace", cfg.p_trace), ("check", cfg.p_check), ("bare", cfg.p_bare)]:
+        assert kinds[kind] / n_task == pytest.approx(p / total, abs=0.03), kind
+
+
+def test_quick_guesses_are_right_at_the_configured_rate():
+    cfg = CorpusConfig(quick_correct=0.2)
+    rng = random.Random(1)
+    task = AdditionTask(3, 3)
+    right = 0
+    for _ in range(2000):
+        text = completion_for("quick", 472, 385, "en", cfg, rng)
+        right += task.accuracy(text, {"gold": "857"})
+    assert right / 2000 == pytest.approx(0.2, abs=0.03)

@@ -1,0 +1,56 @@
+"""evaluate.py: the paper's metrics against hand-computed values, and an end-to-end run."""
+import math
+
+import pytest
+import torch
+
+from evaluate import evaluate, mixes_languages, reasons, summarize
+from model import GPT, GPTConfig
+from tasks import AdditionTask, Problem, format_completion
+from tokenizer import get_tokenizer
+
+
+def stat(correct, answer, reasons_=0.0, length=10):
+    return {"correct": correct, "format": 1.0, "length": length, "reasons": reasons_, "self_check": 0.0,
+            "mixed": 0.0, "answer": answer}
+
+
+def test_pass_at_1_and_cons_at_k_by_hand():
+    task = AdditionTask(1, 1)
+    problems = [Problem("add", "What is 1 + 1?", "2", operands=(1, 1), op="+"),
+                Problem("add", "What is 2 + 2?", "4", operands=(2, 2), op="+")]
+    stats = [
+        # question 1: 1 of 3 right, but the majority (2 votes for "3") is wrong
+        [stat(1.0, "2", 1.0, 30), stat(0.0, "3"), stat(0.0, "3")],
+        # question 2: 2 of 3 right, majority right; one sample has no answer at all
+        [stat(1.0, "4", 1.0, 30), stat(1.0, "4"), stat(0.0, None)],
+    ]
+    m = summarize(task, problems, stats)
+    assert m["pass@1"] == pytest.approx((1 / 3 + 2 / 3) / 2)
+    assert m["cons@k"] == pytest.approx(0.5)
+    assert m["length"] == pytest.approx((30 + 10 + 10 + 30 + 10 + 10) / 6)
+    assert m["reasons"] == pytest.approx(2 / 6)
+    assert m["acc_reasoned"] == 1.0 and m["acc_direct"] == pytest.approx(1 / 4)
+
+
+def test_behaviour_detectors():
+    traced = format_completion("472+385, carry 0: 2+5+0=07, so far 7.", "857")
+    quick = format_completion("I know it.", "857")
+    assert reasons(traced) and not reasons(quick)
+    assert not mixes_languages(traced)
+    assert mixes_languages(format_completion("472+385, llevo 0: 2+5+0=07, so far 7.", "857"))
+
+
+def test_evaluate_end_to_end_on_a_random_model():
+    torch.manual_seed(0)
+    tok = get_tokenizer()
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=1, n_embd=16, max_seq_len=64))
+    task = AdditionTask(1, 1)
+    problems = [Problem("add", f"What is {a} + 1?", str(a + 1), operands=(a, 1), op="+") for a in range(3)]
+    m = evaluate(model, tok, task, problems, k=2, max_new_tokens=8)
+    assert set(m) >= {"pass@1", "cons@k", "format", "length", "reasons", "self_check", "mixed"}
+    assert 0.0 <= m["pass@1"] <= 1.0 and 1 <= m["length"] <= 8
+    forced = evaluate(model, tok, task, problems, k=2, max_new_tokens=8,
+                      prefix_fn=lambda p: f"<think>x</think><answer>{p.gold}</answer>")
+    # the forced prefix already holds a complete, correct answer block: every sample is right
+    assert forced["pass@1"] == 1.0 or math.isclose(forced["pass@1"], 1.0)
