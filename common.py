@@ -328,7 +328,10 @@ def config_from_args(cls, argv: list[str] | None = None, presets: dict[str, dict
             parser.set_defaults(**presets[known.preset])
     args = parser.parse_args(argv)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as e:  # a config that cannot work: one clear line and exit 2, no traceback
+        parser.error(str(e))
 
 
 # ----------------------------------------------------------------------------- the training loop

@@ -61,8 +61,8 @@ _TEXT = {
 
 @dataclass
 class CorpusConfig:
-    p_quick: float = 0.55          # share of task documents that answer at once (a guess)
-    p_trace: float = 0.25          # share with a worked, always-correct trace
+    p_quick: float = 0.60          # share of task documents that answer at once (a guess)
+    p_trace: float = 0.20          # share with a worked, always-correct trace
     p_check: float = 0.10          # share that guess, then "wait, let me check" with a trace
     p_bare: float = 0.10           # share with a bare <answer> and no <think> (fails the format)
     p_text: float = 0.05           # share of ALL documents that are plain text, not problems

@@ -30,7 +30,7 @@ SELF_CHECK = re.compile(r"\b(wait|espera)\b", re.IGNORECASE)
 @dataclass
 class EvalConfig:
     ckpt: str = "out/base"          # checkpoint directory (or file) to evaluate
-    task: str = "add"               # task family from tasks.TASKS
+    task: str = ""                  # task family from tasks.TASKS; "" = the one the checkpoint was trained on
     n_problems: int = 100           # held-out (test split) questions
     k: int = 4                      # samples per question (pass@1 over k, cons@k)
     temperature: float = 0.6        # sampling temperature (paper: 0.6)
@@ -161,7 +161,7 @@ def report(model, tok, task, problems, cfg: EvalConfig, forced_fn=None) -> dict:
             forced = evaluate(model, tok, task, problems, prefix_fn=lambda p, w=way: forced_fn(p)[w],
                               progress=True, **kw)
             metrics[f"forced_{way}_pass@1"] = forced["pass@1"]
-    print0(f"report on {len(problems)} held-out {task.name} problems, k={cfg.k}, "
+    print0(f"report on {len(problems)} held-out problems of {task}, k={cfg.k}, "
            f"T={cfg.temperature}, top-p={cfg.top_p}")
     for key, value in metrics.items():
         print0(f"  {key:<22} {value:.3f}")
@@ -175,16 +175,18 @@ def report(model, tok, task, problems, cfg: EvalConfig, forced_fn=None) -> dict:
 
 def main(argv=None):
     cfg = config_from_args(EvalConfig, argv, description=__doc__.split("\n")[0])
-    from tasks import get_task, test_set
+    from corpus import forced_prefixes
+    from tasks import get_task, task_from_config, test_set
     from tokenizer import get_tokenizer
 
     device = get_device(cfg.device or None)
-    model, _ = load_model(cfg.ckpt, device)
+    model, ckpt = load_model(cfg.ckpt, device)
     model.eval()
-    task = get_task(cfg.task)
+    # the task and difficulty the model was trained on (saved in its checkpoint), unless --task says
+    task = get_task(cfg.task) if cfg.task else task_from_config(ckpt.get("config") or {})
     problems = test_set(task, n=cfg.n_problems, seed=cfg.seed)
-    from corpus import forced_prefixes
-    report(model, get_tokenizer(), task, problems, cfg, forced_prefixes if cfg.forced else None)
+    forced = cfg.forced and task.name == "add"  # forced prefixes are written for the addition web
+    report(model, get_tokenizer(), task, problems, cfg, forced_prefixes if forced else None)
 
 
 if __name__ == "__main__":

@@ -324,16 +324,18 @@ def ensure_base_model(cfg: GRPOConfig) -> None:
 def run(cfg: GRPOConfig) -> dict:
     from evaluate import evaluate
     from rewards import parse_reward_spec
-    from tasks import get_task, test_set
+    from tasks import task_from_config, test_set
     from tokenizer import get_tokenizer
 
     t_start = time.time()
     ensure_base_model(cfg)
     dist = setup_ddp(cfg.device or None)
+    if cfg.prompts_per_step % dist.world_size:
+        raise ValueError(f"prompts_per_step ({cfg.prompts_per_step}) must be divisible by the number of "
+                         f"processes ({dist.world_size}): each rank samples an equal share of the questions")
     seed_everything(cfg.seed, dist.rank)
     tok = get_tokenizer()
-    task = get_task(cfg.task, min_digits=cfg.min_digits, max_digits=cfg.max_digits) \
-        if cfg.task in ("add", "mul") else get_task(cfg.task)
+    task = task_from_config(cfg)
     score_batch = parse_reward_spec(cfg.reward).score_batch
     model, _ = load_model(cfg.init_from, dist.device)
     ref_model = None
@@ -348,6 +350,7 @@ def run(cfg: GRPOConfig) -> dict:
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if dist.is_ddp else model
     logger = MetricsLogger(cfg.out_dir, append=cfg.resume)
     problems = test_set(task, n=cfg.eval_problems, seed=0)
+    figure = os.path.join(cfg.out_dir, "aha.png")
 
     def evaluate_fn(step):
         """Held-out evaluation with the paper's settings; rank 0 only."""
@@ -359,6 +362,7 @@ def run(cfg: GRPOConfig) -> dict:
         m = {f"eval/{k}": v for k, v in m.items()}
         logger.log({"rl_step": step, **m})
         print0("eval @ step {} | ".format(step) + MetricsLogger.format_line(m))
+        plot_aha(logger.path, figure)  # the figure grows during the run, not only at its end
         return m
 
     before = evaluate_fn(start_step) if dist.is_main else {}
@@ -371,14 +375,13 @@ def run(cfg: GRPOConfig) -> dict:
     try:
         train(wrapped, optimizer, loop_cfg, batches, make_loss_fn(cfg), start_step=start_opt_step,
               logger=logger, config_dict=dataclasses.asdict(cfg))
-    finally:
+    finally:  # Ctrl-C too: train() has saved a checkpoint; draw what the run has so far
         if dist.is_main and os.path.exists(logger.path):
-            plot_aha(logger.path, os.path.join(cfg.out_dir, "aha.png"))
+            plot_aha(logger.path, figure)
     after = evaluate_fn(cfg.steps) if dist.is_main else {}
     if dist.is_main:
-        png = plot_aha(logger.path, os.path.join(cfg.out_dir, "aha.png"))
         rows = [r for r in read_metrics(logger.path) if "len" in r]
-        print0(f"\nR1-Zero summary ({time.time() - t_start:.0f} s wall clock, figure: {png})")
+        print0(f"\nR1-Zero summary ({time.time() - t_start:.0f} s wall clock, figure: {figure})")
         for key in ("eval/pass@1", "eval/cons@k", "eval/format", "eval/length", "eval/reasons",
                     "eval/self_check", "eval/mixed"):
             print0(f"  {key[5:]:<12} {before.get(key, float('nan')):.3f} -> {after.get(key, float('nan')):.3f}")

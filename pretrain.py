@@ -18,13 +18,18 @@ Deliberate deviations from the paper:
    tokens of web text: the point is a base model whose behaviour RL can change, in minutes.
 2. Every row of a batch starts at a document boundary (documents are packed, never split across
    rows): an aid for a tiny rotary model, which learns "where am I in this problem" faster then.
-3. A curriculum (--warm-start 0.5): the first half of the steps sees worked traces only, the second
-   half the web's real mix. Without it, whether the 0.8M model learns the trace within the 5-minute
-   budget was a coin flip (docs/LOG.md); the final mix still sets how often the base model reasons.
+3. A curriculum in two phases. Phase 1 sees worked traces only, until the model has mastered them:
+   every --mastery-every steps it answers 32 training problems greedily, and phase 1 ends once
+   --mastery of them are right (or at --max-warm-steps, with a warning). Phase 2 is --steps steps on
+   the web's real mix, which sets how often the base model reasons. When a tiny model "gets" the
+   trace varies from seed to seed (docs/LOG.md: at a fixed switch step it was a coin flip), so the
+   switch is gated on the skill, not on a step count: the base model is the same by design, not by
+   luck.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 import time
 from dataclasses import dataclass
@@ -32,7 +37,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from common import (LoopConfig, MetricsLogger, config_from_args, load_checkpoint, print0, restore,
+from common import (LoopConfig, MetricsLogger, all_reduce_mean, config_from_args, load_checkpoint, print0, restore,
                     seed_everything, setup_ddp, teardown_ddp, train, unwrap)
 from corpus import CorpusConfig, sample_document
 
@@ -44,10 +49,13 @@ class PretrainConfig(CorpusConfig):
     task: str = "add"               # task family the web's problems come from (tasks.TASKS)
     min_digits: int = 3             # fewest digits of an operand (difficulty knob)
     max_digits: int = 3             # most digits of an operand (difficulty knob)
-    steps: int = 900                # optimizer steps
+    mastery: float = 0.8            # phase 1 (traces only) ends at this greedy accuracy on train problems (0 = no phase 1)
+    mastery_every: int = 50         # check mastery every N steps of phase 1
+    max_warm_steps: int = 1500      # phase 1 ends here even without mastery (with a warning)
+    steps: int = 300                # phase 2: optimizer steps on the web's real mix
     batch_size: int = 16            # rows per step (summed over ranks)
     seq_len: int = 256              # tokens per row
-    lr: float = 5e-3                # peak learning rate (AdamW)
+    lr: float = 3e-3                # peak learning rate (AdamW)
     warmup_steps: int = 30          # linear warmup steps
     min_lr_ratio: float = 0.1       # final lr / peak lr (cosine decay)
     weight_decay: float = 0.1       # AdamW weight decay on matrices
@@ -56,39 +64,39 @@ class PretrainConfig(CorpusConfig):
     ckpt_every: int = 200           # checkpoint every N steps
     out_dir: str = "out/base"       # checkpoint + metrics.jsonl go here
     resume: bool = False            # continue from out_dir/ckpt.pt
-    warm_start: float = 0.5         # first fraction of steps that sees worked traces only (curriculum; 0 = off)
     eval_problems: int = 100        # held-out questions in the final report (0 = skip)
     eval_k: int = 4                 # samples per question in the final report
     seed: int = 0                   # seed for init and data
     device: str = ""                # "" = auto (cuda, mps, cpu)
 
+    def __post_init__(self):
+        if self.task != "add":  # corpus.py writes worked traces for column addition only
+            raise ValueError(f"task must be 'add' (got {self.task!r}): the synthetic web of corpus.py "
+                             f"is written for addition; other families are for RL and evaluation")
+        if not 0.0 <= self.mastery <= 1.0:
+            raise ValueError(f"mastery must lie in [0, 1] (got {self.mastery})")
+        if self.mastery_every < 1:
+            raise ValueError(f"mastery_every must be >= 1 (got {self.mastery_every})")
+
 
 PRESETS = {
     "tiny": {},                                                           # the defaults: CPU, minutes
     "smoke": {"steps": 2, "batch_size": 2, "seq_len": 128, "max_seq_len": 512, "eval_problems": 0,
-              "log_every": 1, "warmup_steps": 1},                        # tests: seconds
-    "gpu": {"model": "tiny", "steps": 3000, "batch_size": 64, "lr": 1.5e-3},  # one GPU
+              "log_every": 1, "warmup_steps": 1, "mastery": 0.0},        # tests: seconds
+    "gpu": {"model": "tiny", "steps": 2000, "batch_size": 64, "lr": 1.5e-3},  # one GPU
 }
 
 
-def make_task(cfg):
-    from tasks import get_task
-
-    if cfg.task in ("add", "mul"):
-        return get_task(cfg.task, min_digits=cfg.min_digits, max_digits=cfg.max_digits)
-    return get_task(cfg.task)
-
-
-def batches(cfg: PretrainConfig, tok, task, rank: int, world_size: int, start_step: int = 0):
-    """Yield ([(x, y)], info) per step: rows of whole documents packed from position 0, rows of this
-    rank only. Data for step s comes from a generator seeded by (seed, s, rank), so a resumed run
-    sees exactly the batches it would have seen."""
+def batches(cfg: PretrainConfig, tok, task, rank: int, world_size: int, start_step: int = 0,
+            traces_only: bool = False):
+    """Yield ([(x, y)], info) per step, forever: rows of whole documents packed from position 0, rows
+    of this rank only. Data for step s comes from a generator seeded by (seed, s, rank), so a resumed
+    run sees exactly the batches it would have seen. traces_only: the curriculum's phase 1, in which
+    every problem comes with a worked trace."""
     rows = cfg.batch_size // world_size
-    traces_only = dataclasses.replace(cfg, p_quick=0.0, p_check=0.0, p_bare=0.0)
-    for step in range(start_step, cfg.steps):
+    corpus = dataclasses.replace(cfg, p_quick=0.0, p_check=0.0, p_bare=0.0) if traces_only else cfg
+    for step in itertools.count(start_step):
         rng = random.Random(f"{cfg.seed}/{step}/{rank}")
-        # curriculum: the skill first (worked traces), then the web's real mix of answers
-        corpus = traces_only if step < cfg.warm_start * cfg.steps else cfg
         x = torch.full((rows, cfg.seq_len), tok.pad_id, dtype=torch.long)   # (B, T)
         y = torch.full((rows, cfg.seq_len), -1, dtype=torch.long)           # (B, T), -1 = no loss
         for r in range(rows):
@@ -124,31 +132,57 @@ def make_optimizer(model, lr: float, weight_decay: float):
 
 def run(cfg: PretrainConfig):
     """Pretrain; returns the report's metrics (or {} when eval_problems is 0)."""
+    from evaluate import evaluate
     from model import GPT, GPTConfig
+    from tasks import sample_problems, task_from_config
     from tokenizer import get_tokenizer
 
     dist = setup_ddp(cfg.device or None)
     seed_everything(cfg.seed, dist.rank)
     tok = get_tokenizer()
-    task = make_task(cfg)
+    task = task_from_config(cfg)
     torch.manual_seed(cfg.seed)  # same init on every rank
     model = GPT(GPTConfig.from_preset(cfg.model, vocab_size=tok.vocab_size, max_seq_len=cfg.max_seq_len))
     model.to(dist.device)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    start = 0
+    step, mastered_at = 0, None if cfg.mastery > 0 else 0
     if cfg.resume:
-        start = restore(model, optimizer, load_checkpoint(cfg.out_dir, map_location=dist.device))
-        print0(f"resumed from {cfg.out_dir} at step {start}")
+        ckpt = load_checkpoint(cfg.out_dir, map_location=dist.device)
+        step, mastered_at = restore(model, optimizer, ckpt), ckpt["config"].get("mastered_at")
+        print0(f"resumed from {cfg.out_dir} at step {step}")
     n_params = sum(p.numel() for p in model.parameters())
     print0(f"base model: preset {cfg.model}, {n_params / 1e6:.2f}M parameters, {dist.world_size} process(es) "
-           f"on {dist.device}; {cfg.steps} steps x {cfg.batch_size} rows x {cfg.seq_len} tokens")
+           f"on {dist.device}; {cfg.batch_size} rows x {cfg.seq_len} tokens per step")
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if dist.is_ddp else model
     loop_cfg = LoopConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LoopConfig)})
+    logger = MetricsLogger(cfg.out_dir, append=cfg.resume)
     t0 = time.time()
-    train(wrapped, optimizer, loop_cfg, batches(cfg, tok, task, dist.rank, dist.world_size, start), loss_fn,
-          start_step=start, logger=MetricsLogger(cfg.out_dir, append=cfg.resume),
-          config_dict=dataclasses.asdict(cfg))
-    print0(f"pretraining took {time.time() - t0:.0f} s; checkpoint in {cfg.out_dir}/")
+    # Phase 1: worked traces only, at a constant lr after warmup, until greedy answers are right
+    probe = sample_problems(task, 32, "train", seed=cfg.seed + 12345)
+    while mastered_at is None:
+        end = min(step + cfg.mastery_every, cfg.max_warm_steps)
+        train(wrapped, optimizer, dataclasses.replace(loop_cfg, steps=end, min_lr_ratio=1.0),
+              batches(cfg, tok, task, dist.rank, dist.world_size, step, traces_only=True), loss_fn,
+              start_step=step, logger=logger, config_dict={**dataclasses.asdict(cfg), "mastered_at": None})
+        step = end
+        unwrap(model).eval()
+        acc = evaluate(unwrap(model), tok, task, probe, k=1, temperature=0.0, max_new_tokens=320)["pass@1"]
+        acc = all_reduce_mean({"acc": acc})["acc"]  # identical on every rank; averaged to be sure
+        print0(f"phase 1 (worked traces only), step {step}: greedy accuracy {acc:.2f} on {len(probe)} "
+               f"training problems (mastery at {cfg.mastery:.2f})")
+        if acc >= cfg.mastery or step >= cfg.max_warm_steps:
+            mastered_at = step
+            if acc < cfg.mastery:
+                print0(f"WARNING: the trace was not mastered in {step} steps (accuracy {acc:.2f}); the base "
+                       f"model will rarely reason correctly and RL will have little to find")
+    # Phase 2: the web's real mix for cfg.steps steps, lr on a cosine from where phase 1 left it
+    # (lr_at's cosine starts where its warmup ends, so phase 1 counts as the warmup here)
+    phase2 = dataclasses.replace(loop_cfg, steps=mastered_at + cfg.steps,
+                                 warmup_steps=max(cfg.warmup_steps, mastered_at))
+    train(wrapped, optimizer, phase2, batches(cfg, tok, task, dist.rank, dist.world_size, step), loss_fn,
+          start_step=step, logger=logger, config_dict={**dataclasses.asdict(cfg), "mastered_at": mastered_at})
+    print0(f"pretraining took {time.time() - t0:.0f} s ({mastered_at} steps of traces, then {cfg.steps} "
+           f"of the web's mix); checkpoint in {cfg.out_dir}/")
     metrics = {}
     if cfg.eval_problems > 0 and dist.is_main:
         from corpus import forced_prefixes

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 # ----------------------------------------------------------------------------- prompt template
@@ -323,6 +323,18 @@ def get_task(name: str, **kwargs):
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid names: {', '.join(TASKS)}")
     return TASKS[name](**kwargs)
+
+
+def task_from_config(cfg) -> "Task":
+    """The task a stage's config names: `cfg.task` plus the difficulty knobs it carries
+    (min_digits, max_digits for the arithmetic families). `cfg` is a config dataclass or a dict (a
+    checkpoint's saved config), so evaluation can rebuild the exact task a model was trained on."""
+    values = cfg if isinstance(cfg, dict) else vars(cfg)
+    name = values.get("task", "add")
+    family = TASKS.get(name)
+    knobs = {} if family is None else \
+        {f.name: values[f.name] for f in fields(family) if f.name in ("min_digits", "max_digits") and f.name in values}
+    return get_task(name, **knobs)
 
 
 def split_of(problem, test_fraction: float = TEST_FRACTION) -> str:

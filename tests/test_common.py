@@ -70,6 +70,22 @@ def test_config_presets_are_overridden_by_explicit_flags():
         config_from_args(DemoConfig, ["--steps", "many"])
 
 
+def test_a_config_that_cannot_work_is_a_one_line_usage_error(capsys):
+    @dataclass
+    class Checked:
+        group_size: int = 8  # G
+
+        def __post_init__(self):
+            if self.group_size < 2:
+                raise ValueError(f"group_size must be >= 2 (got {self.group_size})")
+
+    with pytest.raises(SystemExit) as exit_info:
+        config_from_args(Checked, ["--group-size", "1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: group_size must be >= 2 (got 1)" in err and "Traceback" not in err
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 class TinyNet(torch.nn.Module):

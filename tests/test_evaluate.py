@@ -54,3 +54,13 @@ def test_evaluate_end_to_end_on_a_random_model():
                       prefix_fn=lambda p: f"<think>x</think><answer>{p.gold}</answer>")
     # the forced prefix already holds a complete, correct answer block: every sample is right
     assert forced["pass@1"] == 1.0 or math.isclose(forced["pass@1"], 1.0)
+
+
+def test_cli_evaluates_the_task_the_checkpoint_was_trained_on(tmp_path):
+    from conftest import ROOT, run_script
+
+    run_script(f"{ROOT}/pretrain.py", "--preset", "smoke", "--min-digits", "2", "--max-digits", "2",
+               "--out-dir", tmp_path)
+    out = run_script(f"{ROOT}/evaluate.py", "--ckpt", tmp_path, "--n-problems", "2", "--k", "1",
+                     "--max-new-tokens", "4").stdout
+    assert "AdditionTask(min_digits=2, max_digits=2)" in out and "forced_reason_pass@1" in out

@@ -1,11 +1,13 @@
 """pretrain.py: the CLI, a 2-step run that writes a loadable checkpoint, resumable data, learning."""
 import dataclasses
+import itertools
 
 import torch
 
 import common
 import pretrain
 from conftest import ROOT, run_script
+from tasks import task_from_config
 from tokenizer import get_tokenizer
 
 
@@ -32,9 +34,9 @@ def test_two_step_run_writes_a_loadable_checkpoint(tmp_path):
 def test_batches_are_a_pure_function_of_the_step():
     """A resumed run (start_step=3) sees exactly the batches an uninterrupted run saw."""
     cfg = pretrain.PretrainConfig(steps=5, batch_size=2, seq_len=64)
-    tok, task = get_tokenizer(), pretrain.make_task(cfg)
-    full = [b[0][0] for b in pretrain.batches(cfg, tok, task, rank=0, world_size=1)]
-    resumed = [b[0][0] for b in pretrain.batches(cfg, tok, task, rank=0, world_size=1, start_step=3)]
+    tok, task = get_tokenizer(), task_from_config(cfg)
+    full = [b[0][0] for b in itertools.islice(pretrain.batches(cfg, tok, task, rank=0, world_size=1), 5)]
+    resumed = [b[0][0] for b in itertools.islice(pretrain.batches(cfg, tok, task, 0, 1, start_step=3), 2)]
     for (x1, y1), (x2, y2) in zip(full[3:], resumed):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
     x, y = full[0]
@@ -49,3 +51,20 @@ def test_short_seeded_run_learns(tmp_path):
     pretrain.run(cfg)
     losses = [r["loss"] for r in common.read_metrics(str(tmp_path / "metrics.jsonl"))]
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+
+
+def test_curriculum_phase_1_runs_until_mastery_then_phase_2_and_resumes(tmp_path, capsys):
+    """An unreachable mastery bar: phase 1 stops at max_warm_steps with a warning, phase 2 follows
+    with the lr on a cosine from its peak; a resumed run continues phase 2 and skips phase 1."""
+    cfg = smoke_cfg(tmp_path, mastery=1.0, mastery_every=2, max_warm_steps=4, steps=2)
+    pretrain.run(cfg)
+    out = capsys.readouterr().out
+    assert out.count("phase 1 (worked traces only)") == 2 and "WARNING: the trace was not mastered" in out
+    _, ckpt = common.load_model(str(tmp_path))
+    assert ckpt["step"] == 6 and ckpt["config"]["mastered_at"] == 4
+    lrs = [r["lr"] for r in common.read_metrics(str(tmp_path / "metrics.jsonl"))]
+    assert lrs[1:5] == [cfg.lr] * 4 and lrs[5] < cfg.lr     # constant after warmup, then the cosine
+    pretrain.run(dataclasses.replace(cfg, resume=True, steps=4))
+    assert "phase 1" not in capsys.readouterr().out
+    _, ckpt = common.load_model(str(tmp_path))
+    assert ckpt["step"] == 8 and len(common.read_metrics(str(tmp_path / "metrics.jsonl"))) == 8

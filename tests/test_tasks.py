@@ -221,6 +221,24 @@ def test_unknown_task_name_lists_the_valid_ones():
         get_task("gsm8k")
 
 
+def test_task_from_config_takes_the_family_and_its_knobs_from_a_config_or_a_checkpoint_dict():
+    from dataclasses import dataclass
+
+    @dataclass
+    class StageConfig:
+        task: str = "add"
+        min_digits: int = 2
+        max_digits: int = 4
+        lr: float = 1e-3
+
+    assert tasks.task_from_config(StageConfig()) == AdditionTask(2, 4)
+    assert tasks.task_from_config({"task": "mul", "min_digits": 1, "max_digits": 1, "steps": 3}) == \
+        MultiplicationTask(1, 1)
+    assert tasks.task_from_config({"task": "countdown", "min_digits": 3}) == CountdownTask()  # no digit knobs
+    with pytest.raises(ValueError, match="valid names"):
+        tasks.task_from_config({"task": "gsm8k"})
+
+
 # ----------------------------------------------------------------------------- splits
 
 
