@@ -2,12 +2,13 @@
 DeepSeek-V3-Base pretraining data (R1 paper: R1-Zero starts from a base model that can already
 reason now and then, without being trained to; RL makes that behaviour win).
 
-The default task is multi-digit addition (tasks.AdditionTask, 3 to 5 digits). On this web a problem
+The task is multi-digit addition (tasks.AdditionTask; pretrain.py's default is 3-digit operands,
+the --min-digits / --max-digits knobs go up to any size). On this web a problem
 appears in one of these shapes, each a document `<|user|>question<|assistant|>completion<|endoftext|>`:
 
   quick   <think>I know it.</think><answer>5010</answer>        most common, and mostly WRONG: a
           guess of the right size, correct only `quick_correct` of the time (as quick answers on the
-          web often are). A tiny model cannot add 3-5 digit numbers in one shot, so it cannot learn
+          web often are). A tiny model cannot add 3-digit numbers in one shot, so it cannot learn
           to make these right: the only way up is to reason.
   trace   <think>4725+385, carry 0: 5+5+0=10, so far 0. 472+38, carry 1: 2+8+1=11, so far 10. ...
           so the answer is 5110.</think><answer>5110</answer>          a worked solution, always

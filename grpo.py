@@ -50,7 +50,7 @@ class GRPOConfig:
     min_digits: int = 3                 # fewest digits of an operand
     max_digits: int = 3                 # most digits of an operand
     reward: str = "accuracy + 0.1*format"  # reward spec for rewards.parse_reward_spec; no length term
-    steps: int = 40                     # RL steps (rollout batches)
+    steps: int = 25                     # RL steps (rollout batches)
     prompts_per_step: int = 16          # N: questions per step (over all ranks)
     group_size: int = 8                 # G: completions per question
     max_new_tokens: int = 256           # cap on completion length, tokens
