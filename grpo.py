@@ -286,7 +286,7 @@ def plot_aha(metrics_path: str, out_png: str, title: str = "R1-Zero on a CPU") -
     ax1.plot([r["rl_step"] for r in evals], [r["eval/pass@1"] for r in evals], "o-", label="pass@1")
     ax1.plot([r["rl_step"] for r in evals], [r["eval/cons@k"] for r in evals], "s--", label="cons@k")
     ax1.set(xlabel="RL step", ylabel="held-out accuracy", ylim=(0, 1), title="accuracy (cf. R1 Fig. 2)")
-    ax1.legend()
+    ax1.legend(loc="lower right")
     ax2.plot([r["rl_step"] for r in train_rows], [r["len"] for r in train_rows], color="tab:red", alpha=0.8,
              label="training rollouts")
     ax2.plot([r["rl_step"] for r in evals], [r["eval/length"] for r in evals], "o", color="tab:purple",

@@ -325,7 +325,7 @@ def get_task(name: str, **kwargs):
     return TASKS[name](**kwargs)
 
 
-def task_from_config(cfg) -> "Task":
+def task_from_config(cfg):
     """The task a stage's config names: `cfg.task` plus the difficulty knobs it carries
     (min_digits, max_digits for the arithmetic families). `cfg` is a config dataclass or a dict (a
     checkpoint's saved config), so evaluation can rebuild the exact task a model was trained on."""
