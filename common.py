@@ -115,7 +115,8 @@ def all_reduce_mean(metrics: dict[str, float]) -> dict[str, float]:
         vals = vals.cuda()
     dist.all_reduce(vals, op=dist.ReduceOp.SUM)
     vals = (vals / dist.get_world_size()).cpu().tolist()
-    return {k: metrics_v for k, metrics_v in zip(keys, vals)}
+    reduced = dict(zip(keys, vals))            # reduced in sorted order, the same on every rank
+    return {k: reduced[k] for k in metrics}    # returned in the caller's order (the log line's)
 
 
 # ----------------------------------------------------------------------------- seeding

@@ -215,8 +215,10 @@ DDP_SCRIPT = textwrap.dedent("""
     grads = [p.grad.clone() for p in model.parameters()]
     opt.zero_grad()
     common.train(wrapped, opt, cfg, batches(info.rank, info.world_size), loss_fn)
+    reduced = common.all_reduce_mean({{"zeta": float(info.rank), "alpha": 1.0}})
     if info.is_main:
-        torch.save({{"grads": grads, "params": [p.detach() for p in model.parameters()]}}, sys.argv[1])
+        torch.save({{"grads": grads, "params": [p.detach() for p in model.parameters()],
+                    "reduced": list(reduced.items())}}, sys.argv[1])
     common.teardown_ddp()
 """)
 
@@ -233,3 +235,5 @@ def test_ddp_two_processes_match_one_process(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     for a, b in zip(one["params"], two["params"]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # metrics are averaged over ranks and keep the caller's order (the log line's fixed fields)
+    assert one["reduced"] == [("zeta", 0.0), ("alpha", 1.0)] and two["reduced"] == [("zeta", 0.5), ("alpha", 1.0)]
