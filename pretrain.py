@@ -49,7 +49,7 @@ class PretrainConfig(CorpusConfig):
     task: str = "add"               # task family the web's problems come from (tasks.TASKS)
     min_digits: int = 3             # fewest digits of an operand (difficulty knob)
     max_digits: int = 3             # most digits of an operand (difficulty knob)
-    mastery: float = 0.8            # phase 1 (traces only) ends at this greedy accuracy on train problems (0 = no phase 1)
+    mastery: float = 0.6            # phase 1 (traces only) ends at this greedy accuracy on train problems (0 = no phase 1)
     mastery_every: int = 50         # check mastery every N steps of phase 1
     max_warm_steps: int = 1500      # phase 1 ends here even without mastery (with a warning)
     steps: int = 300                # phase 2: optimizer steps on the web's real mix
