@@ -192,7 +192,7 @@ def run(cfg: PretrainConfig):
         unwrap(model).eval()
         ecfg = EvalConfig(k=cfg.eval_k, seed=cfg.seed)
         problems = test_set(task, n=cfg.eval_problems, seed=cfg.seed)
-        metrics = report(model, tok, task, problems, ecfg, forced_prefixes if cfg.task == "add" else None)
+        metrics = report(model, tok, task, problems, ecfg, forced_prefixes)  # task is "add" (__post_init__)
     teardown_ddp()
     return metrics
 
