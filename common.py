@@ -5,8 +5,14 @@ Every training script (pretrain.py, sft.py, grpo.py, distill.py) supplies only w
   - a `batches` iterator that yields `(micro_batches, info)` once per optimizer step, where
     `micro_batches` is a list (gradient accumulation: one backward each) and `info` a dict of
     step-level metrics to log (GRPO puts its rollout rewards there);
-  - a `loss_fn(model, micro_batch) -> (loss, metrics)`.
-`train()` below does the rest, top to bottom, with no callbacks.
+  - a `loss_fn(model, micro_batch) -> (loss, metrics)` that returns the micro-batch's SHARE of the
+    whole batch's loss: its sums divided by whole-batch counts (rows or tokens, over every
+    micro-batch and every rank; `sum_over_ranks` gives them). Shares add up to the full-batch loss,
+    so the accumulated gradient equals the one-shot full-batch gradient for any micro-batch size
+    and any number of processes. Metrics are shares too: they are summed, not averaged.
+`optimizer_step()` does one step over a list of micro-batches; `train()` below is the loop around
+it for pretraining and SFT, top to bottom, with no callbacks. GRPO writes its own short loop
+(grpo.py:run) around the same `optimizer_step`, so evaluation and the reference reset are visible.
 
 Distributed (torchrun --standalone --nproc_per_node=N script.py): `setup_ddp()` reads RANK /
 LOCAL_RANK / WORLD_SIZE, picks nccl on CUDA and gloo on CPU (so the multi-process path is testable
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import inspect
 import json
 import math
@@ -30,6 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from model import GPT, GPTConfig
 
 # ----------------------------------------------------------------------------- devices and DDP
 
@@ -105,26 +114,47 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def all_reduce_mean(metrics: dict[str, float]) -> dict[str, float]:
-    """Average each scalar metric over ranks (identity with one process)."""
+def all_reduce(metrics: dict[str, float], op: str = "mean") -> dict[str, float]:
+    """Average ("mean") or add up ("sum") each scalar metric over ranks; identity with one process.
+    Returned in the caller's order (the log line's fixed fields)."""
+    if op not in ("mean", "sum"):
+        raise ValueError(f"op must be 'mean' or 'sum' (got {op!r})")
     if not (dist.is_available() and dist.is_initialized()) or not metrics:
-        return metrics
-    keys = sorted(metrics)
+        return dict(metrics)
+    keys = sorted(metrics)                     # reduced in sorted order, the same on every rank
     vals = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
     if dist.get_backend() == "nccl":
         vals = vals.cuda()
     dist.all_reduce(vals, op=dist.ReduceOp.SUM)
-    vals = (vals / dist.get_world_size()).cpu().tolist()
-    reduced = dict(zip(keys, vals))            # reduced in sorted order, the same on every rank
-    return {k: reduced[k] for k in metrics}    # returned in the caller's order (the log line's)
+    if op == "mean":
+        vals = vals / dist.get_world_size()
+    reduced = dict(zip(keys, vals.cpu().tolist()))
+    return {k: reduced[k] for k in metrics}
+
+
+def sum_over_ranks(x: float) -> float:
+    """A count (rows, tokens) added up over all ranks: the whole batch's size, for loss shares."""
+    return all_reduce({"x": float(x)}, "sum")["x"]
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 # ----------------------------------------------------------------------------- seeding
 
 
+def derive_seed(seed: int, *labels) -> int:
+    """The one rule for seeds: a 63-bit integer from the run's seed and labels naming the stream,
+    e.g. derive_seed(seed, "rollouts", step, rank). SHA-256 (not Python's salted hash()), so
+    streams never collide, and a run is reproducible on any machine from its --seed."""
+    digest = hashlib.sha256(repr((seed, *labels)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
 def seed_everything(seed: int, rank: int = 0) -> None:
-    """Seed python, numpy and torch; offset by rank so ranks sample different data."""
-    s = seed + 1000 * rank
+    """Seed python, numpy and torch's global generators, differently on each rank."""
+    s = derive_seed(seed, "global", rank)
     random.seed(s)
     np.random.seed(s % 2**32)
     torch.manual_seed(s)
@@ -174,6 +204,11 @@ def save_checkpoint(out_dir: str, model, optimizer=None, step: int = 0, config: 
     return path
 
 
+def run_dir(prefix: str, seed: int) -> str:
+    """A stage's default output directory: out/base for seed 0, out/base-s1 for seed 1, ..."""
+    return prefix if seed == 0 else f"{prefix}-s{seed}"
+
+
 def checkpoint_path(path: str) -> str:
     """Accept a run directory (out/base) or the file itself."""
     return os.path.join(path, CKPT_NAME) if os.path.isdir(path) else path
@@ -197,8 +232,6 @@ def check_model_config(expected: dict, found) -> None:
 
 def load_model(path: str, device="cpu", **overrides):
     """Build a GPT from a checkpoint directory and load its weights. Returns (model, ckpt)."""
-    from model import GPT, GPTConfig  # local import: common.py stays importable on its own
-
     ckpt = load_checkpoint(path, map_location=device)
     cfg = GPTConfig(**{**ckpt["model_config"], **overrides})
     model = GPT(cfg).to(device)
@@ -237,19 +270,27 @@ def lr_at(step: int, max_lr: float, warmup_steps: int, total_steps: int, min_lr_
 
 class MetricsLogger:
     """One JSON object per line in out_dir/metrics.jsonl, plus the console line
-    `step 12/100 | loss 1.234 | ...` with fields in a fixed order. Rank 0 only."""
+    `step 12/100 | loss 1.234 | ...` with fields in a fixed order. Rank 0 only. Every record says
+    what it is in its "kind" field ("train", "eval", ...), never by which keys it happens to have.
 
-    def __init__(self, out_dir: str | None, filename: str = "metrics.jsonl", append: bool = False):
+    keep=None starts a fresh log; keep=N (a resumed run) keeps the first N records, the ones
+    written before the checkpoint it resumes from, so the resumed log equals an uninterrupted one."""
+
+    def __init__(self, out_dir: str | None, filename: str = "metrics.jsonl", keep: int | None = None):
         self.path = os.path.join(out_dir, filename) if out_dir else None
+        self.n_records = 0  # records in the file: a checkpoint stores it as its "keep"
         if self.path and is_main_process():
             os.makedirs(out_dir, exist_ok=True)
-            if not append and os.path.exists(self.path):
-                os.remove(self.path)
+            kept = read_metrics(self.path)[:keep] if keep and os.path.exists(self.path) else []
+            with open(self.path, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in kept)
+            self.n_records = len(kept)
 
     def log(self, record: dict) -> None:
         if self.path and is_main_process():
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            self.n_records += 1
 
     @staticmethod
     def format_line(record: dict) -> str:
@@ -296,10 +337,12 @@ def _parse_type(tp):
 
 
 def config_from_args(cls, argv: list[str] | None = None, presets: dict[str, dict] | None = None,
-                     description: str | None = None):
+                     description: str | None = None, check=None):
     """Build a `cls` instance from the command line: one --kebab-case flag per dataclass field, help
     text from the field's trailing comment, defaults shown. With `presets`, --preset NAME sets a
-    group of defaults first, and explicit flags override them."""
+    group of defaults first, and explicit flags override them. A config that cannot work (a
+    ValueError from the dataclass's __post_init__, or from `check(cfg)`, which may look at files)
+    ends here, before any work: one `error: ...` line and exit status 2, no traceback."""
     comments = _field_comments(cls)
     hints = typing.get_type_hints(cls)  # resolves string annotations too
     parser = argparse.ArgumentParser(description=description,
@@ -330,9 +373,34 @@ def config_from_args(cls, argv: list[str] | None = None, presets: dict[str, dict
     args = parser.parse_args(argv)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
     try:
-        return cls(**values)
+        cfg = cls(**values)
+        if check is not None:
+            check(cfg)
     except ValueError as e:  # a config that cannot work: one clear line and exit 2, no traceback
         parser.error(str(e))
+    return cfg
+
+
+def flag(name: str) -> str:
+    """A config field's command-line spelling: prompts_per_step -> --prompts-per-step."""
+    return "--" + name.replace("_", "-")
+
+
+def check_ranges(cfg, *, positive=(), non_negative=(), fraction=(), choices: dict | None = None) -> None:
+    """Raise ValueError naming the flag of the first field out of range: `positive` fields must be
+    > 0, `non_negative` >= 0, `fraction` in [0, 1], `choices` {field: allowed values}."""
+    for name in positive:
+        if not getattr(cfg, name) > 0:
+            raise ValueError(f"{flag(name)} must be > 0 (got {getattr(cfg, name)})")
+    for name in non_negative:
+        if not getattr(cfg, name) >= 0:
+            raise ValueError(f"{flag(name)} must be >= 0 (got {getattr(cfg, name)})")
+    for name in fraction:
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ValueError(f"{flag(name)} must lie in [0, 1] (got {getattr(cfg, name)})")
+    for name, allowed in (choices or {}).items():
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"{flag(name)} must be one of {', '.join(map(str, allowed))} (got {getattr(cfg, name)!r})")
 
 
 # ----------------------------------------------------------------------------- the training loop
@@ -352,54 +420,71 @@ class LoopConfig:
     out_dir: str = ""           # where checkpoints and metrics go ("" = nowhere)
 
 
+def optimizer_step(model, optimizer, micro_batches, loss_fn, grad_clip: float = 0.0) -> dict:
+    """One optimizer step over a whole batch given as micro-batches (gradient accumulation):
+    forward + backward each micro-batch, clip the global grad norm, step. `loss_fn` returns each
+    micro-batch's SHARE of the whole batch's loss (sums over its rows or tokens divided by the
+    whole batch's counts over all ranks), so the backward passes add up to exactly the full-batch
+    gradient. DDP averages gradients over ranks, so each share is scaled by the world size first;
+    gradients are synchronised on the last micro-batch only. Returns the metric shares summed over
+    micro-batches and ranks (the whole batch's values), plus grad_norm."""
+    ddp = dist.is_available() and dist.is_initialized() and hasattr(model, "no_sync")
+    scale = world_size() if ddp else 1
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    sums: dict[str, float] = {}
+    for i, mb in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        with nullcontext() if (last or not ddp) else model.no_sync():
+            loss, metrics = loss_fn(model, mb)
+            (loss * scale).backward()
+        for k, v in {"loss": loss.item(), **metrics}.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    optimizer.step()
+    return {**all_reduce(sums, "sum"), "grad_norm": float(grad_norm)}
+
+
+def set_lr(optimizer, lr: float) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
 def train(model, optimizer, cfg, batches, loss_fn, *, start_step: int = 0,
           logger: MetricsLogger | None = None, config_dict: dict | None = None) -> dict:
-    """The one training loop. Each step: set the lr; take (micro_batches, info) from `batches`;
-    forward+backward each micro-batch (gradients synchronised across ranks on the last one only);
-    clip; step; average metrics over ranks; log; checkpoint. Ctrl-C saves a checkpoint, then
-    re-raises. Returns the last step's metrics."""
+    """The training loop of pretraining and SFT. Each step: set the lr; take (micro_batches, info)
+    from `batches`; optimizer_step; log one line + one record; checkpoint every cfg.ckpt_every
+    steps and at the end. Ctrl-C saves a checkpoint, then re-raises. Returns the last record."""
     raw = unwrap(model)
-    ddp = dist.is_available() and dist.is_initialized() and hasattr(model, "no_sync")
     record: dict = {}
     step = start_step
     t_last = time.time()
 
     def save(at_step):
         if cfg.out_dir:
-            save_checkpoint(cfg.out_dir, raw, optimizer, at_step, config_dict)
+            save_checkpoint(cfg.out_dir, raw, optimizer, at_step, config_dict,
+                            keep=logger.n_records if logger else None)
 
     try:
         while step < cfg.steps:
             # 1. learning rate for this step (warmup + cosine)
-            lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            # 2. the stage's data for this step (for GRPO: rollouts, rewards, advantages)
+            lr = set_lr(optimizer, lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio))
+            # 2. the stage's data for this step, and 3. one optimizer step over it
             micro_batches, info = next(batches)
-            # 3. forward + backward, one micro-batch at a time
-            model.train()
-            optimizer.zero_grad(set_to_none=True)
-            sums: dict[str, float] = {}
-            for i, mb in enumerate(micro_batches):
-                last = i == len(micro_batches) - 1
-                with nullcontext() if (last or not ddp) else model.no_sync():
-                    loss, metrics = loss_fn(model, mb)
-                    (loss / len(micro_batches)).backward()
-                for k, v in {"loss": loss.item(), **metrics}.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) / len(micro_batches)
-            # 4. clip and step
-            grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            optimizer.step()
+            metrics = optimizer_step(model, optimizer, micro_batches, loss_fn, cfg.grad_clip)
             step += 1
-            # 5. metrics, averaged over ranks, one line + one JSON record
+            # 4. one JSON record (info averaged over ranks) and, every log_every steps, one line
             now = time.time()
-            record = {"step": step, **all_reduce_mean({**info, **sums, "grad_norm": float(grad_norm)}),
-                      "lr": lr, "dt": now - t_last}
+            record = {"kind": "train", "step": step, **all_reduce(info), **metrics, "lr": lr, "dt": now - t_last}
             t_last = now
             if logger is not None:
                 logger.log(record)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                print0(MetricsLogger.format_line({"step": f"{step}/{cfg.steps}", **{k: v for k, v in record.items() if k != "step"}}))
+                print0(MetricsLogger.format_line({"step": f"{step}/{cfg.steps}",
+                                                  **{k: v for k, v in record.items() if k not in ("kind", "step")}}))
+            # 5. checkpoint
             if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
                 save(step)
     except KeyboardInterrupt:
@@ -408,3 +493,29 @@ def train(model, optimizer, cfg, batches, loss_fn, *, start_step: int = 0,
         raise
     save(step)
     return record
+
+
+# ----------------------------------------------------------------------------- batches and optimizer
+
+
+def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int):
+    """Right-padded (B, T) tokens = prompt + completion, and the (B, T-1) mask that marks which
+    next-token positions (as model.token_logprobs returns them) are completion tokens: the only
+    ones a loss is taken on (GRPO's policy tokens, SFT's targets)."""
+    B = len(prompt_ids)
+    T = max(len(p) + len(c) for p, c in zip(prompt_ids, completion_ids))
+    tokens = torch.full((B, T), pad_id, dtype=torch.long)                 # (B, T)
+    mask = torch.zeros((B, T - 1))                                        # (B, T-1)
+    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+        tokens[i, :len(p) + len(c)] = torch.tensor(p + c)
+        mask[i, len(p) - 1:len(p) - 1 + len(c)] = 1.0  # logp of token t+1 sits at index t
+    return tokens, mask
+
+
+def make_optimizer(model, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.95)):
+    """AdamW with weight decay on matrices only (not on norms' gains), as in nanoGPT."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)

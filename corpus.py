@@ -35,6 +35,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from tasks import format_completion, format_prompt, split_of
+from tokenizer import ANSWER_CLOSE, ANSWER_OPEN, EOT, THINK_CLOSE, THINK_OPEN
+
 # The words each language uses. Keep these inside rewards.LANGUAGES' word lists.
 PHRASES = {
     "en": {
@@ -122,26 +125,25 @@ def completion_for(kind: str, a: int, b: int, lang: str, cfg: CorpusConfig, rng:
     w = PHRASES[lang]
     answer = a + b
     if kind == "quick":
-        return f"<think>{rng.choice(w['quick'])}</think><answer>{guess(answer, cfg.quick_correct, rng)}</answer>"
+        think = rng.choice(w["quick"])  # drawn before the guess: the corpus depends on the rng order
+        return format_completion(think, str(guess(answer, cfg.quick_correct, rng)))
     if kind == "bare":
-        return f"<answer>{guess(answer, cfg.quick_correct, rng)}</answer>"
+        return ANSWER_OPEN + str(guess(answer, cfg.quick_correct, rng)) + ANSWER_CLOSE
     trace = addition_trace(a, b, lang, switch_at)
     if kind == "trace":
-        return f"<think>{trace}</think><answer>{answer}</answer>"
+        return format_completion(trace, str(answer))
     if kind == "check":
         first = guess(answer, cfg.quick_correct, rng)
-        return f"<think>{w['guess']} {first}. {w['check']} {trace}</think><answer>{answer}</answer>"
+        return format_completion(f"{w['guess']} {first}. {w['check']} {trace}", str(answer))
     raise ValueError(f"unknown document kind {kind!r}")
 
 
 def sample_document(task, cfg: CorpusConfig, rng: random.Random) -> tuple[str, str]:
     """One web document (kind, text), for a TRAIN-split problem of `task` (the held-out test split
     never appears in any training text)."""
-    from tasks import format_prompt, split_of
-
     lang = "es" if rng.random() < cfg.p_second_lang else "en"
     if rng.random() < cfg.p_text:
-        return "text", plain_text(rng, lang) + "<|endoftext|>"
+        return "text", plain_text(rng, lang) + EOT
     while True:
         problem = task.sample(rng)
         if split_of(problem) == "train":
@@ -152,7 +154,7 @@ def sample_document(task, cfg: CorpusConfig, rng: random.Random) -> tuple[str, s
     n_cols = max(len(str(a)), len(str(b)))
     switch_at = rng.randint(1, n_cols - 1) if kind in ("trace", "check") and rng.random() < cfg.p_mixed else None
     completion = completion_for(kind, a, b, lang, cfg, rng, switch_at)
-    return kind, format_prompt(problem.question) + completion + "<|endoftext|>"
+    return kind, format_prompt(problem.question) + completion + EOT
 
 
 # ----------------------------------------------------------------------------- forced starts
@@ -164,6 +166,6 @@ def forced_prefixes(problem) -> dict[str, str]:
     find."""
     a, b = problem.operands
     return {
-        "direct": f"<think>{PHRASES['en']['quick'][0]}</think><answer>",
-        "reason": f"<think>{a}+{b}, {PHRASES['en']['carry']} 0:",
+        "direct": THINK_OPEN + PHRASES["en"]["quick"][0] + THINK_CLOSE + ANSWER_OPEN,
+        "reason": THINK_OPEN + f"{a}+{b}, {PHRASES['en']['carry']} 0:",
     }

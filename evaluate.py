@@ -1,6 +1,8 @@
-"""Evaluation as the R1 paper does it ("Evaluation" in R1-NOTES.md): k samples per held-out question
-at temperature 0.6, top-p 0.95; pass@1 = (1/k) sum_i p_i averaged over questions; cons@k = majority
-vote over the k extracted answers. Greedy decoding is avoided, as in the paper.
+"""Evaluation as the R1 paper does it (R1 v1 section 3, "Evaluation Setup"; docs/PAPER.md): k samples
+per held-out question at temperature 0.6, top-p 0.95; pass@1 = (1/k) sum_i p_i averaged over
+questions; cons@k = majority vote over the k answers' meanings (rewards.answer_key: "110", "110.0"
+and "0110" are one vote; rewards.majority_vote breaks ties toward the answer seen first), scored
+by the winner's correctness. Greedy decoding is avoided, as in the paper.
 
 Besides accuracy it measures what the R1-Zero story is about: format rate, mean response length,
 the share of completions that reason (their <think> block works something out, i.e. holds an "="),
@@ -15,15 +17,21 @@ Deliberate deviations: none in the metrics; the k and question counts are small 
 """
 from __future__ import annotations
 
+import os
 import re
-from collections import Counter
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
-from common import config_from_args, get_device, load_model, print0
+from common import check_ranges, checkpoint_path, config_from_args, get_device, load_checkpoint, load_model, print0
+from corpus import forced_prefixes
+from model import sample_completions
+from rewards import (accuracy_reward, answer_key, chain_of_thought, format_reward, language_consistency_reward,
+                     majority_vote)
+from tasks import TASKS, format_prompt, get_task, task_from_config, test_set
+from tokenizer import get_tokenizer
 
+EVAL_MAX_NEW_TOKENS = 320  # the one default cap on an evaluated completion's length, tokens
 SELF_CHECK = re.compile(r"\b(wait|espera)\b", re.IGNORECASE)
 
 
@@ -35,36 +43,31 @@ class EvalConfig:
     k: int = 4                      # samples per question (pass@1 over k, cons@k)
     temperature: float = 0.6        # sampling temperature (paper: 0.6)
     top_p: float = 0.95             # nucleus sampling (paper: 0.95)
-    max_new_tokens: int = 320       # cap on completion length, tokens
+    max_new_tokens: int = EVAL_MAX_NEW_TOKENS  # cap on completion length, tokens
     batch_size: int = 128           # sequences sampled together
     forced: bool = True             # also report accuracy with the direct answer vs reasoning forced
     seed: int = 0                   # sampling seed
     device: str = ""                # "" = auto (cuda, mps, cpu)
 
+    def __post_init__(self):
+        check_ranges(self, positive=("n_problems", "k", "max_new_tokens", "batch_size"),
+                     non_negative=("temperature",), choices={"task": ("", *TASKS)})
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"--top-p must lie in (0, 1] (got {self.top_p})")
 
-# ----------------------------------------------------------------------------- sampling
 
-
-@torch.no_grad()
-def sample_completions(model, tok, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
-                       top_p: float | None = None, generator: torch.Generator | None = None,
-                       batch_size: int = 128, progress: bool = False):
-    """Sample one completion per prompt string (repeat a prompt G times for a group). Returns
-    (prompt_ids, completion_ids, texts): token lists and the decoded completion texts. Sampling
-    stops at </answer> or <|endoftext|>; the stop token is part of the completion."""
-    from model import generate
-
-    stop = (tok.special_ids["</answer>"], tok.eot_id)
-    prompt_ids = [tok.encode(p, allow_special=True) for p in prompts]
-    completion_ids: list[list[int]] = []
-    starts = range(0, len(prompts), batch_size)
-    for s in tqdm(starts, desc="sampling", disable=not progress, leave=False):
-        chunk = prompt_ids[s:s + batch_size]
-        new, lengths = generate(model, chunk, max_new_tokens, temperature=temperature, top_p=top_p,
-                                stop_tokens=stop, generator=generator, pad_id=tok.pad_id)
-        completion_ids += [row[:n].tolist() for row, n in zip(new, lengths)]
-    texts = [tok.decode(ids) for ids in completion_ids]
-    return prompt_ids, completion_ids, texts
+def check_files(cfg: EvalConfig) -> None:
+    """--ckpt must be a checkpoint, and its model must hold the longest prompt + --max-new-tokens."""
+    if not os.path.exists(checkpoint_path(cfg.ckpt)):
+        raise ValueError(f"--ckpt {cfg.ckpt}: no checkpoint there")
+    ckpt = load_checkpoint(cfg.ckpt)
+    task = get_task(cfg.task) if cfg.task else task_from_config(ckpt["config"])
+    longest = max(len(get_tokenizer().encode(format_prompt(p.question), allow_special=True))
+                  for p in test_set(task, n=cfg.n_problems, seed=cfg.seed))
+    max_seq_len = ckpt["model_config"]["max_seq_len"]
+    if longest + cfg.max_new_tokens > max_seq_len:
+        raise ValueError(f"--max-new-tokens {cfg.max_new_tokens} + the longest prompt ({longest} tokens) > the "
+                         f"model's max_seq_len {max_seq_len}; use at most {max_seq_len - longest}")
 
 
 # ----------------------------------------------------------------------------- per-completion facts
@@ -72,48 +75,41 @@ def sample_completions(model, tok, prompts: list[str], max_new_tokens: int, temp
 
 def reasons(completion: str) -> bool:
     """Does the completion work something out before answering? (its think block holds an "=")"""
-    from rewards import chain_of_thought
-
     return "=" in chain_of_thought(completion)
 
 
 def mixes_languages(completion: str) -> bool:
     """Words of both languages inside one chain of thought (R1-Zero's language mixing)."""
-    from rewards import language_consistency_reward
-
     en = language_consistency_reward(completion, "en")  # scores the think block when there is one
     es = language_consistency_reward(completion, "es")
     return 0.0 < en < 1.0 and 0.0 < es < 1.0
 
 
-def completion_stats(task, problem, completion: str, n_tokens: int) -> dict:
-    from rewards import extract_answer, format_reward
-
+def completion_stats(problem, completion: str, n_tokens: int) -> dict:
+    """The facts of one completion: correct (rewards.accuracy_reward, the one judge), format,
+    length in tokens, behaviour flags, and the key cons@k votes on."""
+    mapping = problem.as_dict()
     return {
-        "correct": task.accuracy(completion, problem),
+        "correct": accuracy_reward(completion, mapping),
         "format": format_reward(completion),
         "length": n_tokens,
         "reasons": float(reasons(completion)),
         "self_check": float(bool(SELF_CHECK.search(completion))),
         "mixed": float(mixes_languages(completion)),
-        "answer": extract_answer(completion),
+        "key": answer_key(completion, mapping),  # what cons@k votes on: the answer's meaning
     }
 
 
-def summarize(task, problems, stats: list[list[dict]], prefix: str = "") -> dict:
+def summarize(problems, stats: list[list[dict]], prefix: str = "") -> dict:
     """Aggregate per-completion stats ([question][sample] -> dict) into the paper's metrics."""
-    from tasks import format_completion
-
     flat = [s for row in stats for s in row]
     mean = lambda key, rows=flat: sum(s[key] for s in rows) / max(1, len(rows))  # noqa: E731
     reasoned = [s for s in flat if s["reasons"]]
     direct = [s for s in flat if not s["reasons"]]
     cons = 0.0
-    for problem, row in zip(problems, stats):
-        votes = Counter(s["answer"].strip() for s in row if s["answer"] is not None)
-        if votes:
-            majority = votes.most_common(1)[0][0]
-            cons += task.accuracy(format_completion("", majority), problem)
+    for row in stats:  # cons@k: the majority answer's correctness, 0 when no sample answered
+        winner = majority_vote([s["key"] for s in row])
+        cons += row[winner]["correct"] if winner is not None else 0.0
     return {
         f"{prefix}pass@1": mean("correct"),
         f"{prefix}cons@k": cons / max(1, len(problems)),
@@ -130,13 +126,11 @@ def summarize(task, problems, stats: list[list[dict]], prefix: str = "") -> dict
 # ----------------------------------------------------------------------------- evaluation
 
 
-def evaluate(model, tok, task, problems, k: int = 4, temperature: float = 0.6, top_p: float = 0.95,
-             max_new_tokens: int = 320, batch_size: int = 128, seed: int = 0, prefix_fn=None,
+def evaluate(model, tok, problems, k: int = 4, temperature: float = 0.6, top_p: float = 0.95,
+             max_new_tokens: int = EVAL_MAX_NEW_TOKENS, batch_size: int = 128, seed: int = 0, prefix_fn=None,
              progress: bool = False) -> dict:
     """pass@1 over k samples, cons@k and the behaviour metrics on `problems`. With `prefix_fn`
     (problem -> completion prefix), every completion is forced to start with that prefix."""
-    from tasks import format_prompt
-
     prompts, prefixes = [], []
     for p in problems:
         prefix = prefix_fn(p) if prefix_fn else ""
@@ -145,9 +139,9 @@ def evaluate(model, tok, task, problems, k: int = 4, temperature: float = 0.6, t
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     _, ids, texts = sample_completions(model, tok, prompts, max_new_tokens, temperature, top_p, gen,
                                        batch_size, progress)
-    stats = [[completion_stats(task, p, prefixes[i * k + j] + texts[i * k + j], len(ids[i * k + j]))
+    stats = [[completion_stats(p, prefixes[i * k + j] + texts[i * k + j], len(ids[i * k + j]))
               for j in range(k)] for i, p in enumerate(problems)]
-    return summarize(task, problems, stats)
+    return summarize(problems, stats)
 
 
 def report(model, tok, task, problems, cfg: EvalConfig, forced_fn=None) -> dict:
@@ -155,10 +149,10 @@ def report(model, tok, task, problems, cfg: EvalConfig, forced_fn=None) -> dict:
     answer forced vs reasoning forced. Prints a table and returns the numbers."""
     kw = dict(k=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
               batch_size=cfg.batch_size, seed=cfg.seed)
-    metrics = evaluate(model, tok, task, problems, progress=True, **kw)
+    metrics = evaluate(model, tok, problems, progress=True, **kw)
     if forced_fn is not None:
         for way in ("direct", "reason"):
-            forced = evaluate(model, tok, task, problems, prefix_fn=lambda p, w=way: forced_fn(p)[w],
+            forced = evaluate(model, tok, problems, prefix_fn=lambda p, w=way: forced_fn(p)[w],
                               progress=True, **kw)
             metrics[f"forced_{way}_pass@1"] = forced["pass@1"]
     print0(f"report on {len(problems)} held-out problems of {task}, k={cfg.k}, "
@@ -174,16 +168,12 @@ def report(model, tok, task, problems, cfg: EvalConfig, forced_fn=None) -> dict:
 
 
 def main(argv=None):
-    cfg = config_from_args(EvalConfig, argv, description=__doc__.split("\n")[0])
-    from corpus import forced_prefixes
-    from tasks import get_task, task_from_config, test_set
-    from tokenizer import get_tokenizer
-
+    cfg = config_from_args(EvalConfig, argv, description=__doc__.split("\n")[0], check=check_files)
     device = get_device(cfg.device or None)
     model, ckpt = load_model(cfg.ckpt, device)
     model.eval()
     # the task and difficulty the model was trained on (saved in its checkpoint), unless --task says
-    task = get_task(cfg.task) if cfg.task else task_from_config(ckpt.get("config") or {})
+    task = get_task(cfg.task) if cfg.task else task_from_config(ckpt["config"])
     problems = test_set(task, n=cfg.n_problems, seed=cfg.seed)
     forced = cfg.forced and task.name == "add"  # forced prefixes are written for the addition web
     report(model, get_tokenizer(), task, problems, cfg, forced_prefixes if forced else None)

@@ -26,6 +26,9 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
+
+from tokenizer import ANSWER_CLOSE, get_tokenizer
 
 
 # ----------------------------------------------------------------------------- config
@@ -284,16 +287,30 @@ def check_config_match(config: GPTConfig, state_dict) -> None:
 # ----------------------------------------------------------------------------- log-probs
 
 
-def token_logprobs(model, tokens):
-    """log p(tokens[:, t+1] | tokens[:, :t+1]) for t = 0..T-2, shape (B, T-1): the quantity behind
-    SFT's loss, GRPO's ratio pi_theta / pi_old and its KL to pi_ref (DeepSeekMath eqs. 1-3).
+def token_logprobs(model, tokens, temperature: float = 1.0):
+    """log p(tokens[:, t+1] | tokens[:, :t+1]) for t = 0..T-2, shape (B, T-1), under the policy
+    softmax(logits / temperature): the quantity behind SFT's loss and GRPO's ratio pi_theta / pi_old
+    and KL to pi_ref (docs/PAPER.md). Rollouts sampled at temperature T come from the tempered
+    policy, so GRPO scores them at the same T (as verl and nano-aha-moment do).
     Equals log_softmax(logits).gather(targets) without materialising a second (B, T-1, V) tensor."""
     if tokens.dim() != 2 or tokens.size(1) < 2:
         raise ValueError(f"tokens must have shape (B, T) with T >= 2, got {tuple(tokens.shape)}")
-    logits = model(tokens[:, :-1]).float()                                  # (B, T-1, V)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logits = model(tokens[:, :-1]).float() / temperature                    # (B, T-1, V)
     targets = tokens[:, 1:].unsqueeze(-1)                                   # (B, T-1, 1)
     target_logits = logits.gather(-1, targets).squeeze(-1)                  # (B, T-1)
     return target_logits - torch.logsumexp(logits, dim=-1)                  # (B, T-1)
+
+
+@torch.no_grad()
+def batched_logprobs(model, tokens, micro_batch_size: int, temperature: float = 1.0):
+    """token_logprobs without autograd, micro_batch_size rows at a time (pi_old and pi_ref in GRPO).
+    Chunked like the training micro-batches, so pi_old's numbers are bit-identical to pi_theta's on
+    the first update pass (ratio exactly 1)."""
+    out = [token_logprobs(model, tokens[s:s + micro_batch_size], temperature)
+           for s in range(0, len(tokens), micro_batch_size)]
+    return torch.cat(out)                                                   # (B, T-1)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -353,12 +370,16 @@ def _check_generate_args(config: GPTConfig, prompts, max_new_tokens, temperature
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, stop_tokens=(), generator: torch.Generator | None = None,
-             use_cache: bool = True, pad_id: int = 0):
+             use_cache: bool = True, pad_id: int = 0, return_logprobs: bool = False):
     """Sample continuations of a batch of prompts (lists of token ids, of any lengths).
 
     Returns (new_tokens (B, max_new_tokens) long, lengths (B,) long). Row b generated
     new_tokens[b, :lengths[b]]; if it stopped early, that INCLUDES the stop token that ended it, and the
     rest of the row is pad_id. Rows stop independently; the loop ends when all have stopped.
+    With return_logprobs, a third (B, max_new_tokens) float tensor: the log-prob of each sampled
+    token under softmax(logits / temperature) (the tempered policy before top-k/top-p truncation,
+    which is what token_logprobs(..., temperature) scores; temperature 0 scores at 1), 0 after a
+    row's end.
 
     Ragged batches: prompts are left-padded to the longest one, P tokens. Each row's rotary positions
     start at 0 at its first real token, and the mask hides pad keys, so a prompt samples the same
@@ -390,6 +411,7 @@ def generate(model, prompts, max_new_tokens: int, temperature: float = 1.0, top_
 
     stop = torch.tensor(sorted({int(s) for s in stop_tokens}), dtype=torch.long, device=device)  # (n_stop,)
     new_tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)  # (B, max_new)
+    new_logprobs = torch.zeros((B, max_new_tokens), device=device)         # (B, max_new)
     lengths = torch.zeros(B, dtype=torch.long, device=device)               # (B,)
     done = torch.zeros(B, dtype=torch.bool, device=device)                  # (B,)
     dtype = next(model.parameters()).dtype
@@ -401,9 +423,14 @@ def generate(model, prompts, max_new_tokens: int, temperature: float = 1.0, top_
         for step in range(max_new_tokens):
             start = cur - 1 if (use_cache and step > 0) else 0  # cache: only feed the newest token
             logits = model(tokens[:, start:cur], positions[:, start:cur], attn_mask(start, cur), cache)
-            next_tok = sample_next(logits[:, -1].float(), temperature, top_k, top_p, generator)  # (B,)
+            last = logits[:, -1].float()                                    # (B, V)
+            next_tok = sample_next(last, temperature, top_k, top_p, generator)  # (B,)
             next_tok = torch.where(done, pad_id, next_tok)                 # (B,) finished rows: pad
             new_tokens[:, step] = next_tok
+            if return_logprobs:
+                logp = torch.log_softmax(last / (temperature or 1.0), dim=-1)   # (B, V)
+                picked = logp.gather(-1, next_tok[:, None]).squeeze(-1)        # (B,)
+                new_logprobs[:, step] = torch.where(done, 0.0, picked)
             lengths += (~done).long()
             done = done | torch.isin(next_tok, stop)
             tokens[:, cur] = next_tok
@@ -412,7 +439,26 @@ def generate(model, prompts, max_new_tokens: int, temperature: float = 1.0, top_
                 break
     finally:
         model.train(was_training)
-    return new_tokens, lengths
+    return (new_tokens, lengths, new_logprobs) if return_logprobs else (new_tokens, lengths)
+
+
+def sample_completions(model, tok, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
+                       top_p: float | None = None, generator: torch.Generator | None = None,
+                       batch_size: int = 128, progress: bool = False):
+    """Sample one completion per prompt string (repeat a prompt G times for a group). Returns
+    (prompt_ids, completion_ids, texts): token lists and the decoded completion texts. Sampling
+    stops at </answer> or <|endoftext|>; the stop token is part of the completion."""
+    stop = (tok.special_ids[ANSWER_CLOSE], tok.eot_id)
+    prompt_ids = [tok.encode(p, allow_special=True) for p in prompts]
+    completion_ids: list[list[int]] = []
+    starts = range(0, len(prompts), batch_size)
+    for s in tqdm(starts, desc="sampling", disable=not progress, leave=False):
+        chunk = prompt_ids[s:s + batch_size]
+        new, lengths = generate(model, chunk, max_new_tokens, temperature=temperature, top_p=top_p,
+                                stop_tokens=stop, generator=generator, pad_id=tok.pad_id)
+        completion_ids += [row[:n].tolist() for row, n in zip(new, lengths)]
+    texts = [tok.decode(ids) for ids in completion_ids]
+    return prompt_ids, completion_ids, texts
 
 
 # ----------------------------------------------------------------------------- Hugging Face export
@@ -422,8 +468,6 @@ def export_hf(model: GPT, out_dir: str) -> None:
     """Write a Hugging Face Llama checkpoint (config.json + pytorch_model.bin) that
     `transformers.LlamaForCausalLM.from_pretrained(out_dir)` loads. Our parameter names are HF's
     without the leading "model." and our rotary layout is HF's, so this is a rename."""
-    from tokenizer import get_tokenizer  # only for the special token ids written into config.json
-
     c = model.config
     tok = get_tokenizer()
     eos = tok.eot_id if tok.eot_id < c.vocab_size else None

@@ -1,18 +1,49 @@
-"""Regenerate the README's figures from the metric logs committed under docs/runs/.
+"""The figures: the aha figure of a GRPO run, drawn from its metrics log (no torch, no model).
 
-    python plots.py          # writes assets/aha.png from docs/runs/grpo-seed0.jsonl
+    python plots.py          # redraws the README's assets/aha.png from docs/runs/grpo-seed0.jsonl
 
-A run's own figure is written by grpo.py itself (out/grpo/aha.png); this script only redraws the
-committed ones, so the README's picture always matches a log in the repository.
+grpo.py calls plot_aha after every held-out evaluation, so a run's own figure (out/grpo/aha.png)
+grows while it trains; this script redraws the committed figures, so the README's picture always
+matches a log in the repository.
 """
 import os
 
-from grpo import plot_aha
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display: works on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
+from common import read_metrics  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 FIGURES = {  # figure -> (metrics log, title)
     "assets/aha.png": ("docs/runs/grpo-seed0.jsonl", "R1-Zero from scratch on a 2-core CPU (python grpo.py, seed 0)"),
 }
+
+
+def plot_aha(metrics_path: str, out_png: str, title: str = "R1-Zero on a CPU") -> str:
+    """The aha figure (R1 paper, Figures 2 and 3): held-out pass@1 and cons@k, and the mean response
+    length of the training rollouts, against RL step."""
+    records = read_metrics(metrics_path)
+    evals = [r for r in records if r["kind"] == "eval"]
+    train_rows = [r for r in records if r["kind"] == "train" and r.get("pass", 1) == 1]  # one per RL step
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot([r["step"] for r in evals], [r["pass@1"] for r in evals], "o-", label="pass@1")
+    ax1.plot([r["step"] for r in evals], [r["cons@k"] for r in evals], "s--", label="cons@k")
+    ax1.set(xlabel="RL step", ylabel="held-out accuracy", ylim=(0, 1), title="accuracy (cf. R1 Fig. 2)")
+    ax1.legend(loc="lower right")
+    ax2.plot([r["step"] for r in train_rows], [r["len"] for r in train_rows], color="tab:red", alpha=0.8,
+             label="training rollouts")
+    ax2.plot([r["step"] for r in evals], [r["length"] for r in evals], "o", color="tab:purple",
+             label="held-out samples")
+    ax2.set(xlabel="RL step", ylabel="mean response length (tokens)", title="response length (cf. R1 Fig. 3)")
+    ax2.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(out_png) or ".", exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
 
 
 def main():

@@ -6,8 +6,9 @@ by next-token prediction on documents in which addition problems appear the way 
 web: mostly with a quick (usually wrong) answer, sometimes with a worked trace, sometimes with a
 self-check, plus plain text. See corpus.py for every choice and why.
 
-    python pretrain.py                         # tiny CPU preset, out/base/, a few minutes on 2 cores
-    python pretrain.py --preset gpu            # a larger model for one GPU
+    python pretrain.py                         # the cpu preset (model nano), out/base/, minutes on 2 cores
+    python pretrain.py --seed 1                # another base model, out/base-s1/
+    python pretrain.py --preset gpu            # a larger model (model preset tiny) for one GPU
     torchrun --standalone --nproc_per_node=N pretrain.py --preset gpu
 
 At the end it prints the base-model report (evaluate.report): pass@1, format rate, length, how
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -37,9 +39,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from common import (LoopConfig, MetricsLogger, all_reduce_mean, config_from_args, load_checkpoint, print0, restore,
-                    seed_everything, setup_ddp, teardown_ddp, train, unwrap)
-from corpus import CorpusConfig, sample_document
+from common import (LoopConfig, MetricsLogger, all_reduce, check_ranges, checkpoint_path, config_from_args,
+                    derive_seed, load_checkpoint, make_optimizer, print0, restore, run_dir, seed_everything,
+                    setup_ddp, sum_over_ranks, teardown_ddp, train, unwrap)
+from corpus import CorpusConfig, forced_prefixes, sample_document
+from evaluate import EVAL_MAX_NEW_TOKENS, EvalConfig, evaluate, report
+from model import GPT, PRESETS as MODEL_PRESETS, GPTConfig
+from tasks import format_prompt, sample_problems, task_from_config, test_set
+from tokenizer import get_tokenizer
 
 
 @dataclass
@@ -62,7 +69,7 @@ class PretrainConfig(CorpusConfig):
     grad_clip: float = 1.0          # max global grad norm
     log_every: int = 20             # console line every N steps
     ckpt_every: int = 200           # checkpoint every N steps
-    out_dir: str = "out/base"       # checkpoint + metrics.jsonl go here
+    out_dir: str = ""               # checkpoint + metrics.jsonl; "" = out/base (out/base-sN for --seed N)
     resume: bool = False            # continue from out_dir/ckpt.pt
     eval_problems: int = 100        # held-out questions in the final report (0 = skip)
     eval_k: int = 4                 # samples per question in the final report
@@ -70,17 +77,36 @@ class PretrainConfig(CorpusConfig):
     device: str = ""                # "" = auto (cuda, mps, cpu)
 
     def __post_init__(self):
+        self.out_dir = self.out_dir or run_dir("out/base", self.seed)
         if self.task != "add":  # corpus.py writes worked traces for column addition only
-            raise ValueError(f"task must be 'add' (got {self.task!r}): the synthetic web of corpus.py "
+            raise ValueError(f"--task must be 'add' (got {self.task!r}): the synthetic web of corpus.py "
                              f"is written for addition; other families are for RL and evaluation")
-        if not 0.0 <= self.mastery <= 1.0:
-            raise ValueError(f"mastery must lie in [0, 1] (got {self.mastery})")
-        if self.mastery_every < 1:
-            raise ValueError(f"mastery_every must be >= 1 (got {self.mastery_every})")
+        check_ranges(self, positive=("max_seq_len", "mastery_every", "steps", "batch_size", "seq_len", "lr",
+                                     "log_every", "eval_k"),
+                     non_negative=("max_warm_steps", "warmup_steps", "weight_decay", "grad_clip", "ckpt_every",
+                                   "eval_problems"),
+                     fraction=("mastery", "min_lr_ratio", "p_quick", "p_trace", "p_check", "p_bare", "p_text",
+                               "quick_correct", "p_second_lang", "p_mixed"),
+                     choices={"model": tuple(MODEL_PRESETS)})
+        if self.p_quick + self.p_trace + self.p_check + self.p_bare <= 0:
+            raise ValueError("--p-quick, --p-trace, --p-check and --p-bare are all 0: no problem documents")
+        if self.seq_len > self.max_seq_len:
+            raise ValueError(f"--seq-len {self.seq_len} > --max-seq-len {self.max_seq_len}")
+        task_from_config(self)  # a bad difficulty knob fails here, before any work
+        longest = max(len(get_tokenizer().encode(format_prompt(p.question), allow_special=True))
+                      for p in sample_problems(task_from_config(self), 100, "test", seed=0))
+        if longest + EVAL_MAX_NEW_TOKENS > self.max_seq_len:
+            raise ValueError(f"--max-seq-len {self.max_seq_len} cannot hold a {longest}-token prompt and the "
+                             f"{EVAL_MAX_NEW_TOKENS}-token evaluation budget")
+
+
+def check_files(cfg: PretrainConfig) -> None:
+    if cfg.resume and not os.path.exists(checkpoint_path(cfg.out_dir)):
+        raise ValueError(f"--resume: no checkpoint in {cfg.out_dir}")
 
 
 PRESETS = {
-    "tiny": {},                                                           # the defaults: CPU, minutes
+    "cpu": {},                                                            # the defaults: model nano, minutes
     "smoke": {"steps": 2, "batch_size": 2, "seq_len": 128, "max_seq_len": 512, "eval_problems": 0,
               "log_every": 1, "warmup_steps": 1, "mastery": 0.0},        # tests: seconds
     "gpu": {"model": "tiny", "steps": 2000, "batch_size": 64, "lr": 1.5e-3},  # one GPU
@@ -89,14 +115,15 @@ PRESETS = {
 
 def batches(cfg: PretrainConfig, tok, task, rank: int, world_size: int, start_step: int = 0,
             traces_only: bool = False):
-    """Yield ([(x, y)], info) per step, forever: rows of whole documents packed from position 0, rows
-    of this rank only. Data for step s comes from a generator seeded by (seed, s, rank), so a resumed
-    run sees exactly the batches it would have seen. traces_only: the curriculum's phase 1, in which
-    every problem comes with a worked trace."""
+    """Yield ([micro_batch], info) per step, forever: rows of whole documents packed from position 0,
+    rows of this rank only; micro_batch = {"x", "y", "n_targets"}, the last the whole batch's number
+    of target tokens over all ranks (the loss is a share, common.optimizer_step). Data for step s
+    comes from a generator seeded by (seed, s, rank), so a resumed run sees exactly the batches it
+    would have seen. traces_only: the curriculum's phase 1: every problem has a worked trace."""
     rows = cfg.batch_size // world_size
     corpus = dataclasses.replace(cfg, p_quick=0.0, p_check=0.0, p_bare=0.0) if traces_only else cfg
     for step in itertools.count(start_step):
-        rng = random.Random(f"{cfg.seed}/{step}/{rank}")
+        rng = random.Random(derive_seed(cfg.seed, "pretrain-data", step, rank))
         x = torch.full((rows, cfg.seq_len), tok.pad_id, dtype=torch.long)   # (B, T)
         y = torch.full((rows, cfg.seq_len), -1, dtype=torch.long)           # (B, T), -1 = no loss
         for r in range(rows):
@@ -107,36 +134,19 @@ def batches(cfg: PretrainConfig, tok, task, rank: int, world_size: int, start_st
             ids = torch.tensor(ids[:cfg.seq_len + 1])
             x[r] = ids[:-1]
             y[r] = ids[1:]
-        yield [(x, y)], {}
+        yield [{"x": x, "y": y, "n_targets": sum_over_ranks((y != -1).sum().item())}], {}
 
 
-def loss_fn(model, batch):
-    x, y = batch
-    logits = model(x.to(_device(model)))                                     # (B, T, V)
-    loss = F.cross_entropy(logits.flatten(0, 1), y.to(logits.device).flatten(), ignore_index=-1)
-    return loss, {}
-
-
-def _device(model):
-    return next(model.parameters()).device
-
-
-def make_optimizer(model, lr: float, weight_decay: float):
-    """AdamW with weight decay on matrices only (not norms' gains), as in nanoGPT."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=False)
+def loss_fn(model, mb):
+    """Next-token cross-entropy: this micro-batch's share of the whole batch's mean over targets."""
+    device = next(model.parameters()).device
+    logits = model(mb["x"].to(device))                                      # (B, T, V)
+    loss = F.cross_entropy(logits.flatten(0, 1), mb["y"].to(device).flatten(), ignore_index=-1, reduction="sum")
+    return loss / mb["n_targets"], {}
 
 
 def run(cfg: PretrainConfig):
     """Pretrain; returns the report's metrics (or {} when eval_problems is 0)."""
-    from evaluate import evaluate
-    from model import GPT, GPTConfig
-    from tasks import sample_problems, task_from_config
-    from tokenizer import get_tokenizer
-
     dist = setup_ddp(cfg.device or None)
     seed_everything(cfg.seed, dist.rank)
     tok = get_tokenizer()
@@ -145,20 +155,20 @@ def run(cfg: PretrainConfig):
     model = GPT(GPTConfig.from_preset(cfg.model, vocab_size=tok.vocab_size, max_seq_len=cfg.max_seq_len))
     model.to(dist.device)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    step, mastered_at = 0, None if cfg.mastery > 0 else 0
+    step, mastered_at, keep = 0, None if cfg.mastery > 0 else 0, None
     if cfg.resume:
         ckpt = load_checkpoint(cfg.out_dir, map_location=dist.device)
-        step, mastered_at = restore(model, optimizer, ckpt), ckpt["config"].get("mastered_at")
+        step, mastered_at, keep = restore(model, optimizer, ckpt), ckpt["config"]["mastered_at"], ckpt["keep"]
         print0(f"resumed from {cfg.out_dir} at step {step}")
     n_params = sum(p.numel() for p in model.parameters())
     print0(f"base model: preset {cfg.model}, {n_params / 1e6:.2f}M parameters, {dist.world_size} process(es) "
            f"on {dist.device}; {cfg.batch_size} rows x {cfg.seq_len} tokens per step")
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if dist.is_ddp else model
     loop_cfg = LoopConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LoopConfig)})
-    logger = MetricsLogger(cfg.out_dir, append=cfg.resume)
+    logger = MetricsLogger(cfg.out_dir, keep=keep)
     t0 = time.time()
     # Phase 1: worked traces only, at a constant lr after warmup, until greedy answers are right
-    probe = sample_problems(task, 32, "train", seed=cfg.seed + 12345)
+    probe = sample_problems(task, 32, "train", seed=derive_seed(cfg.seed, "mastery-probe"))
     while mastered_at is None:
         end = min(step + cfg.mastery_every, cfg.max_warm_steps)
         train(wrapped, optimizer, dataclasses.replace(loop_cfg, steps=end, min_lr_ratio=1.0),
@@ -166,8 +176,8 @@ def run(cfg: PretrainConfig):
               start_step=step, logger=logger, config_dict={**dataclasses.asdict(cfg), "mastered_at": None})
         step = end
         unwrap(model).eval()
-        acc = evaluate(unwrap(model), tok, task, probe, k=1, temperature=0.0, max_new_tokens=320)["pass@1"]
-        acc = all_reduce_mean({"acc": acc})["acc"]  # identical on every rank; averaged to be sure
+        acc = evaluate(unwrap(model), tok, probe, k=1, temperature=0.0)["pass@1"]
+        acc = all_reduce({"acc": acc})["acc"]  # identical on every rank; averaged to be sure
         print0(f"phase 1 (worked traces only), step {step}: greedy accuracy {acc:.2f} on {len(probe)} "
                f"training problems (mastery at {cfg.mastery:.2f})")
         if acc >= cfg.mastery or step >= cfg.max_warm_steps:
@@ -185,10 +195,6 @@ def run(cfg: PretrainConfig):
            f"of the web's mix); checkpoint in {cfg.out_dir}/")
     metrics = {}
     if cfg.eval_problems > 0 and dist.is_main:
-        from corpus import forced_prefixes
-        from evaluate import EvalConfig, report
-        from tasks import test_set
-
         unwrap(model).eval()
         ecfg = EvalConfig(k=cfg.eval_k, seed=cfg.seed)
         problems = test_set(task, n=cfg.eval_problems, seed=cfg.seed)
@@ -198,7 +204,8 @@ def run(cfg: PretrainConfig):
 
 
 def main(argv=None):
-    cfg = config_from_args(PretrainConfig, argv, presets=PRESETS, description=__doc__.split("\n")[0])
+    cfg = config_from_args(PretrainConfig, argv, presets=PRESETS, description=__doc__.split("\n")[0],
+                           check=check_files)
     run(cfg)
 
 

@@ -18,7 +18,9 @@ What is here:
   4. math_equal / math_reward            numeric answers (decimals, fractions, \\boxed, %, units)
   5. code_reward / code_rewards          programs run against stdin/stdout tests in sandbox.py
   6. language_consistency_reward         R1 stage 2: fraction of CoT words in the target language
-  7. parse_reward_spec / RewardSpec      "accuracy + 0.1*format + 0.2*language" -> (total, components)
+  7. accuracy_reward / answer_key        a problem family's judge, and the meaning of an answer
+     majority_vote                       cons@k: the vote over answer_keys (110 = 110.0 = 0110)
+  8. parse_reward_spec / RewardSpec      "accuracy + 0.1*format + 0.2*language" -> (total, components)
 
 Deliberate deviations from the paper:
   1. The accuracy reward for code scores the FRACTION of tests passed, a denser signal for small
@@ -31,19 +33,19 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Hashable, Iterable, Mapping
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
-EOT = "<|endoftext|>"
-SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>", "<|user|>", "<|assistant|>",
-                  THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+from tokenizer import (ANSWER_CLOSE, ANSWER_OPEN, ASSISTANT, EOT, PAD, SPECIAL_TOKENS, THINK_CLOSE, THINK_OPEN,
+                       USER)
 
 # ----------------------------------------------------------------------------- 1. format
 
-_FORMAT_RE = re.compile(r"\s*<think>(.*)</think>\s*<answer>(.*)</answer>\s*(?:<\|endoftext\|>\s*)?", re.S)
+# \s* <think> (.*) </think> \s* <answer> (.*) </answer> \s* [<|endoftext|> \s*]
+_FORMAT_RE = re.compile(r"\s*{}(.*){}\s*{}(.*){}\s*(?:{}\s*)?".format(
+    *map(re.escape, (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE, EOT))), re.S)
 
 
 def format_reward(completion: str, prefill: str = "") -> float:
@@ -60,7 +62,7 @@ def format_reward(completion: str, prefill: str = "") -> float:
     for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE):
         if text.count(tag) != 1:
             return 0.0
-    for tag in ("<|pad|>", "<|user|>", "<|assistant|>"):
+    for tag in (PAD, USER, ASSISTANT):
         if tag in text:
             return 0.0
     m = _FORMAT_RE.fullmatch(text)
@@ -166,32 +168,37 @@ class _CountdownParser:
         return Fraction(int(tok))
 
 
-def countdown_reward(completion: str, numbers: Iterable[int], target: int) -> float:
-    """1.0 iff the answer block is an expression over `+ - * /`, parentheses, ASCII integers and
-    spaces that uses every number in `numbers` exactly once (as a multiset) and equals `target`
-    EXACTLY in rational arithmetic (so 7/2*2 = 7, and no float rounding can be exploited); else 0.0.
-    A trailing `= target` is allowed. Rejected: unary minus, `**`, `//`, decimals, names, leading
-    zeros ("07"), unicode digits, division by zero, nesting deeper than 32, answers over 1000 chars.
-    Only the answer block is judged; whether the completion is well formed is format_reward's job."""
-    answer, target = extract_answer(completion), Fraction(target)
-    if answer is None or len(answer) > _MAX_EXPR_CHARS:
-        return 0.0
-    expr = answer
-    if "=" in answer:
-        expr, _, rhs = answer.partition("=")
-        rhs = rhs.strip()
-        if not (rhs.isascii() and rhs.isdigit()) or len(rhs) > _MAX_DIGITS or int(rhs) != target:
-            return 0.0
+def _countdown_value(answer: str, numbers: Iterable[int]) -> Fraction | None:
+    """The exact value of `answer` if it is a valid Countdown expression over `numbers`, else None.
+    Valid: `+ - * /`, parentheses, ASCII integers and spaces, every number in `numbers` used exactly
+    once (as a multiset), and, if there is a trailing `= n`, n equal to the value. Rejected: unary
+    minus, `**`, `//`, decimals, names, leading zeros ("07"), unicode digits, division by zero,
+    nesting deeper than 32, answers over 1000 chars. Rational arithmetic, so 7/2*2 is exactly 7."""
+    if len(answer) > _MAX_EXPR_CHARS:
+        return None
+    expr, equals, rhs = answer.partition("=")
     try:
         parser = _CountdownParser(_tokenize_countdown(expr))
         value = parser.expr(0)
-        if parser.pos != len(parser.tokens):
-            return 0.0
     except _Reject:
+        return None
+    if parser.pos != len(parser.tokens) or sorted(parser.used) != sorted(int(n) for n in numbers):
+        return None
+    if equals:
+        rhs = rhs.strip()
+        if not (rhs.isascii() and rhs.isdigit()) or len(rhs) > _MAX_DIGITS or int(rhs) != value:
+            return None
+    return value
+
+
+def countdown_reward(completion: str, numbers: Iterable[int], target: int) -> float:
+    """1.0 iff the answer block is a valid expression over `numbers` (_countdown_value) whose value is
+    `target` EXACTLY (no float rounding can be exploited); else 0.0. A trailing `= target` is allowed.
+    Only the answer block is judged; whether the completion is well formed is format_reward's job."""
+    answer = extract_answer(completion)
+    if answer is None:
         return 0.0
-    if sorted(parser.used) != sorted(int(n) for n in numbers):
-        return 0.0
-    return 1.0 if value == target else 0.0
+    return 1.0 if _countdown_value(answer, numbers) == Fraction(target) else 0.0
 
 
 # ----------------------------------------------------------------------------- 4. numeric answers
@@ -261,6 +268,13 @@ def parse_number(text: str) -> Fraction | None:
     return -value if sign == "-" else value
 
 
+def _math_value(text: str) -> Fraction | str:
+    """What math_equal compares: the single number in `text` as an exact Fraction, else the
+    normalised text with all whitespace removed (a str, never equal to a Fraction)."""
+    number = parse_number(text)
+    return number if number is not None else "".join(_normalize_math(text).split())
+
+
 def math_equal(pred: str, gold: Any) -> bool:
     """True iff `pred` and `gold` hold the same number, compared EXACTLY as fractions.
 
@@ -277,15 +291,13 @@ def math_equal(pred: str, gold: Any) -> bool:
     European separators ("1 000", "0,5"), unit conversion (1 km vs 1000 m), more than 100 digits."""
     pred = pred if isinstance(pred, str) else str(pred)
     gold = gold if isinstance(gold, str) else str(gold)
+    if len(pred) > _MAX_MATH_CHARS:  # too long to judge: equal to nothing
+        return False
     try:
-        p, g = parse_number(pred), parse_number(gold)
+        p, g = _math_value(pred), _math_value(gold)
     except (ValueError, ZeroDivisionError, OverflowError):  # defensive: the regex makes these unreachable
         return False
-    if p is not None and g is not None:
-        return p == g
-    if p is None and g is None and len(pred) <= _MAX_MATH_CHARS:
-        return "".join(_normalize_math(pred).split()) == "".join(_normalize_math(gold).split()) != ""
-    return False
+    return p == g != ""  # an empty answer equals nothing
 
 
 def math_reward(completion: str, gold: Any) -> float:
@@ -310,13 +322,16 @@ def extract_program(completion: str) -> str | None:
     return program if program.strip() else None
 
 
+def _rstrip_lines(text: str) -> str:
+    """`text` without trailing whitespace: at the end of every line and at the end of the text."""
+    return "\n".join(line.rstrip() for line in text.rstrip().split("\n"))
+
+
 def outputs_match(got: str, expected: str) -> bool:
     """Compare stdout with the expected output after stripping trailing whitespace: at the end of every
     line and at the end of the text (so "\\r\\n" = "\\n" and a missing final newline is fine).
     Leading whitespace and blank lines in the middle still count."""
-    def norm(s: str) -> str:
-        return "\n".join(line.rstrip() for line in s.rstrip().split("\n"))
-    return norm(got) == norm(expected)
+    return _rstrip_lines(got) == _rstrip_lines(expected)
 
 
 def code_rewards(completions: list[str], tests_list: list[list[Mapping[str, str]]], *,
@@ -418,11 +433,13 @@ def language_consistency_reward(text: str, target_language: str) -> float:
     return hits / len(words)
 
 
-# ----------------------------------------------------------------------------- 7. registry
+# ----------------------------------------------------------------------------- 7. judge and vote
 
 # A problem is a plain mapping. Keys read here: "family" (always, for accuracy), then per family
 # "numbers" + "target" (countdown), "gold" (math, add, mul), "tests" (code: [{"input", "output"}]),
 # and the optional "language" (the language reward's target, default "en").
+# A task family is judged here and nowhere else: a new family adds a branch to accuracy_reward
+# (is it right?) and to answer_key (which answers mean the same?).
 
 def accuracy_reward(completion: str, problem: Mapping[str, Any]) -> float:
     """Dispatch on problem["family"]: "countdown" -> countdown_reward(problem["numbers"],
@@ -436,6 +453,49 @@ def accuracy_reward(completion: str, problem: Mapping[str, Any]) -> float:
     if family == "code":
         return code_reward(completion, problem["tests"])
     raise ValueError(f"accuracy reward: unknown problem family {family!r}")
+
+
+def answer_key(completion: str, problem: Mapping[str, Any]) -> Hashable | None:
+    """The meaning of the completion's final answer: what cons@k's majority vote counts, so that
+    spellings of one answer pool their votes. None when there is no answer block (no vote).
+      "math"/"add"/"mul"  the number as an exact Fraction, so answers that math_equal calls equal
+                          ("110", "110.0", "0110", "\\boxed{110}") share a key. An answer that is not
+                          one number is keyed by its normalised text with all whitespace removed.
+      "countdown"         the exact value of a valid expression over problem["numbers"] (see
+                          _countdown_value), so "3*5+7" and "7+5*3" are one key, the key of every
+                          correct answer is the target, and a key's answers are all right or all wrong.
+                          An invalid expression is keyed by its text with all whitespace removed.
+      "code"              the program (extract_program) with trailing whitespace stripped: votes on
+                          program text, not on behaviour (grouping programs by behaviour would cost
+                          sandbox runs on inputs of its own). An empty program is keyed "".
+    An unknown family is a config error: ValueError, as in accuracy_reward."""
+    family = problem["family"]
+    if family not in ("countdown", "math", "add", "mul", "code"):
+        raise ValueError(f"answer key: unknown problem family {family!r}")
+    answer = extract_answer(completion)
+    if answer is None:
+        return None
+    if family == "countdown":
+        value = _countdown_value(answer, problem["numbers"])
+        return value if value is not None else "".join(answer.split())
+    if family == "code":
+        return _rstrip_lines(extract_program(completion) or "")
+    return _math_value(answer)
+
+
+def majority_vote(keys: list[Hashable | None]) -> int | None:
+    """cons@k's vote: the index of the winning answer among k samples' answer_keys. The winner is the
+    key held by the most samples (None keys do not vote); a tie goes to the key whose first sample
+    comes earliest. Returns that first sample's index (the class's representative), or None if every
+    key is None. Example: keys [A, B, B, None, A] -> A and B tie at 2, A appears first -> 0."""
+    votes = Counter(key for key in keys if key is not None)  # keys in order of first appearance
+    if not votes:
+        return None
+    winner = max(votes, key=votes.__getitem__)  # max keeps the first of equals: ties go to the earliest
+    return keys.index(winner)
+
+
+# ----------------------------------------------------------------------------- 8. registry
 
 
 RewardFn = Callable[[str, Mapping[str, Any]], float]  # (completion, problem) -> reward

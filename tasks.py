@@ -4,8 +4,8 @@ template every stage uses, and the train/test split.
 
     python tasks.py        # prints a few problems of every family with their split
 
-The families (each a small class: `name`, `sample(rng) -> Problem`, `accuracy(completion, problem)`,
-and a difficulty knob set at construction):
+The families, each a small class with a `name`, `sample(rng) -> Problem` and a difficulty knob set
+at construction:
 
   countdown  CountdownTask(n_numbers=(3, 4), max_number=25, target_range=(1, 100))
              "Using the numbers [3, 7, 25, 5], make 84. Use each number once with + - * /."
@@ -24,6 +24,12 @@ and a difficulty knob set at construction):
              Each problem carries 3-5 generated stdin/stdout test cases and a reference program as
              `gold`; rewards.code_reward runs the program in the answer block against them. Knob: which
              kinds of program (the parameterised ones, e.g. "prints 7*n + 3", make many problems).
+
+A family is only a generator. Whether a completion solves a problem is decided in one place,
+rewards.accuracy_reward(completion, problem.as_dict()), which the RL reward and evaluation both call.
+Adding a family therefore takes three pieces: a class here (the generator, registered in TASKS), a
+branch in rewards.accuracy_reward (the judge) and one in rewards.answer_key (which answers mean the
+same, for cons@k's vote).
 
 Splits: a problem's identity is `Problem.key` (("add", 385, 4725); operands of + and * are sorted, so
 "a + b" and "b + a" are the same problem). `split_of` hashes repr(key) with SHA-256 (not Python's
@@ -47,6 +53,8 @@ import random
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
+from tokenizer import ANSWER_CLOSE, ANSWER_OPEN, ASSISTANT, THINK_CLOSE, THINK_OPEN, USER
+
 # ----------------------------------------------------------------------------- prompt template
 
 # R1 paper, Table 1: the template of DeepSeek-R1-Zero ("prompt" is replaced by the question). We do
@@ -59,7 +67,6 @@ R1_ZERO_SYSTEM = (
     "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> "
     "<answer> answer here </answer>."
 )
-USER, ASSISTANT, END_OF_TEXT = "<|user|>", "<|assistant|>", "<|endoftext|>"  # tokenizer.py special tokens
 
 
 def format_prompt(question: str, system: bool = False) -> str:
@@ -69,7 +76,7 @@ def format_prompt(question: str, system: bool = False) -> str:
 
 def format_completion(think: str, answer: str) -> str:
     """A completion in exactly the shape rewards.format_reward accepts (reasoning, then answer)."""
-    return "<think>" + think + "</think><answer>" + answer + "</answer>"
+    return THINK_OPEN + think + THINK_CLOSE + ANSWER_OPEN + answer + ANSWER_CLOSE
 
 
 # ----------------------------------------------------------------------------- problems
@@ -111,11 +118,6 @@ class Problem:
                 d[name] = [dict(t) for t in value] if name == "tests" else \
                     list(value) if isinstance(value, tuple) else value
         return d
-
-
-def _field(problem, name: str):
-    """A field of a Problem or of its as_dict()."""
-    return problem[name] if isinstance(problem, dict) else getattr(problem, name)
 
 
 # ----------------------------------------------------------------------------- countdown
@@ -170,11 +172,6 @@ class CountdownTask:
         question = f"Using the numbers {numbers}, make {target}. Use each number once with + - * /."
         return Problem(self.name, question, solution, numbers=tuple(numbers), target=target)
 
-    def accuracy(self, completion: str, problem) -> float:
-        from rewards import countdown_reward
-
-        return countdown_reward(completion, list(_field(problem, "numbers")), _field(problem, "target"))
-
 
 # ----------------------------------------------------------------------------- arithmetic
 
@@ -198,11 +195,6 @@ class _ArithmeticTask:
         a, b = (_random_int_with_digits(rng, rng.randint(self.min_digits, self.max_digits)) for _ in range(2))
         answer = a + b if self.op == "+" else a * b
         return Problem(self.name, f"What is {a} {self.op} {b}?", str(answer), operands=(a, b), op=self.op)
-
-    def accuracy(self, completion: str, problem) -> float:
-        from rewards import math_reward
-
-        return math_reward(completion, _field(problem, "gold"))
 
 
 @dataclass
@@ -305,11 +297,6 @@ class CodeTask:
                 break
         question = f"Write a Python program that {text.format(*params)}."
         return Problem(self.name, question, program.format(*params), tests=tuple(tests), spec=(kind, *params))
-
-    def accuracy(self, completion: str, problem) -> float:
-        from rewards import code_reward
-
-        return code_reward(completion, [dict(t) for t in _field(problem, "tests")])
 
 
 # ----------------------------------------------------------------------------- registry and splits

@@ -14,12 +14,9 @@ Optional: `get_tokenizer(merges_file)` adds BPE merges from a file in tiktoken's
 `data/`. The pre-tokenizer pattern splits every digit into its own piece, so no merge can ever join
 digits. Byte-level (no file) is the default and what every script uses.
 
-Special tokens (ids right after the mergeable ranks, so 256..263 for the byte-level tokenizer):
-    <|endoftext|>   end of a document / of a completion (eot_id)
-    <|pad|>         padding (pad_id); never trained on
-    <|user|>        starts the user's turn of the prompt template
-    <|assistant|>   starts the assistant's turn; a completion is everything after it
-    <think> </think> <answer> </answer>   R1's reasoning / answer tags (R1 paper, Table 1 template)
+Special tokens (ids right after the mergeable ranks, so 256..263 for the byte-level tokenizer) are
+the constants EOT, PAD, USER, ASSISTANT, THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE below.
+This is their one home: tasks.py, rewards.py and corpus.py import them, none spells them again.
 
 Usage:
     tok = get_tokenizer()
@@ -31,8 +28,14 @@ import functools
 
 import tiktoken
 
-SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>", "<|user|>", "<|assistant|>",
-                  "<think>", "</think>", "<answer>", "</answer>")
+EOT = "<|endoftext|>"                                # end of a document / of a completion (eot_id)
+PAD = "<|pad|>"                                      # padding (pad_id); never trained on
+USER = "<|user|>"                                    # starts the user's turn of the prompt template
+ASSISTANT = "<|assistant|>"                          # starts the assistant's turn; the completion follows
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"      # R1's reasoning tags (R1 paper, Table 1 template)
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"  # R1's answer tags
+# In id order: the ids are part of every checkpoint, so append new tokens, never reorder.
+SPECIAL_TOKENS = (EOT, PAD, USER, ASSISTANT, THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
 
 # Pre-tokenizer (splits text before merges; irrelevant when there are no merges). GPT-4's pattern,
 # except that numbers are split into single digits (\p{N} rather than \p{N}{1,3}).
@@ -73,8 +76,8 @@ class Tokenizer:
                                      pat_str=PAT_STR, mergeable_ranks=ranks,
                                      special_tokens=self.special_ids)
         self.vocab_size: int = n + len(SPECIAL_TOKENS)  # 264 for the byte-level tokenizer
-        self.eot_id: int = self.special_ids["<|endoftext|>"]
-        self.pad_id: int = self.special_ids["<|pad|>"]
+        self.eot_id: int = self.special_ids[EOT]
+        self.pad_id: int = self.special_ids[PAD]
 
     def encode(self, text: str, allow_special: bool = False) -> list[int]:
         """Text -> token ids. With allow_special=False, special-token text such as a literal

@@ -1,6 +1,7 @@
 """common.py: LR schedule, flags from a dataclass, checkpoints, the training loop, and DDP on gloo."""
 import math
 import os
+import re
 import textwrap
 from dataclasses import dataclass
 
@@ -140,14 +141,44 @@ def regression_batches(seed, n_micro=2, bs=8):
         micro = []
         for _ in range(n_micro):
             x = torch.randn(bs, 4, generator=g)
-            micro.append((x, x @ w))
+            micro.append({"x": x, "y": x @ w, "n_rows": n_micro * bs})
         yield micro, {"batch_rows": float(n_micro * bs)}
 
 
-def mse_loss(model, batch):
-    x, y = batch
-    loss = ((model(x) - y) ** 2).mean()
+def mse_loss(model, mb):
+    """This micro-batch's share of the whole batch's mean squared error."""
+    loss = ((model(mb["x"]) - mb["y"]) ** 2).sum() / mb["n_rows"]
     return loss, {"mse": loss.item()}
+
+
+def masked_token_loss(model, mb):
+    """A token-mean loss over a ragged mask: the share of the whole batch's mean over its tokens."""
+    per_token = (model(mb["x"]) - mb["y"]) ** 2                    # (b, T)
+    return (per_token * mb["mask"]).sum() / mb["n_tokens"], {}
+
+
+@pytest.mark.parametrize("sizes", [[10], [5, 5], [4, 4, 2], [3, 3, 3, 1]])
+def test_optimizer_step_accumulates_the_full_batch_gradient(sizes):
+    """Micro-batch shares normalised by whole-batch counts: any split, uneven included, gives the
+    one-shot full-batch gradient (rel. error < 1e-5) and the full-batch loss."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(10, 6, 4, generator=g), torch.randn(10, 6, generator=g)
+    mask = (torch.rand(10, 6, generator=g) > 0.4).float()        # ragged: rows have 0-6 tokens
+    net = TinyNet()
+    full = ((net(x) - y) ** 2 * mask).sum() / mask.sum()
+    full.backward()
+    expected = [p.grad.clone() for p in net.parameters()]
+    bounds = torch.tensor([0] + sizes).cumsum(0).tolist()
+    micro = [{"x": x[a:b], "y": y[a:b], "mask": mask[a:b], "n_tokens": mask.sum().item()}
+             for a, b in zip(bounds, bounds[1:])]
+    metrics = common.optimizer_step(net, torch.optim.SGD(net.parameters(), lr=0.0), micro, masked_token_loss)
+    for p, e in zip(net.parameters(), expected):
+        assert (p.grad - e).norm() <= 1e-5 * e.norm()
+    assert metrics["loss"] == pytest.approx(full.item(), rel=1e-6)
+    old_way = sum((((net(m["x"]) - m["y"]) ** 2 * m["mask"]).sum() / m["mask"].sum()).item() / len(micro) for m in micro)
+    if len(sizes) > 1:   # the old rule (each micro-batch's own mean / number of micro-batches) was not exact
+        assert abs(old_way - full.item()) > 1e-4
 
 
 def test_train_loop_learns_logs_and_checkpoints(tmp_path, capsys):
@@ -158,7 +189,7 @@ def test_train_loop_learns_logs_and_checkpoints(tmp_path, capsys):
     logger = common.MetricsLogger(str(tmp_path))
     last = common.train(net, opt, cfg, regression_batches(0), mse_loss, logger=logger)
     records = common.read_metrics(str(tmp_path / "metrics.jsonl"))
-    assert len(records) == 60 and records[-1]["step"] == 60
+    assert len(records) == 60 and records[-1]["step"] == 60 and {r["kind"] for r in records} == {"train"}
     assert records[-1]["mse"] < 0.05 * records[0]["mse"]
     assert last["batch_rows"] == 16.0 and "grad_norm" in last and "lr" in last
     out = capsys.readouterr().out
@@ -197,10 +228,12 @@ DDP_SCRIPT = textwrap.dedent("""
         while True:
             tokens = torch.randint(0, 64, (8, 24), generator=g)     # the global batch (B, T)
             rows = tokens[rank::world]                                # this rank's shard
-            yield [rows[:4], rows[4:]] if world == 1 else [rows], {{}}
+            n = tokens[:, 1:].numel()                                 # targets in the whole batch
+            parts = [rows[:4], rows[4:]] if world == 1 else [rows]
+            yield [{{"tokens": t, "n": n}} for t in parts], {{}}
 
-    def loss_fn(model, tokens):
-        return -token_logprobs(model, tokens).mean(), {{}}
+    def loss_fn(model, mb):
+        return -token_logprobs(model, mb["tokens"]).sum() / mb["n"], {{}}
 
     info = common.setup_ddp("cpu")
     torch.manual_seed(0)
@@ -209,16 +242,17 @@ DDP_SCRIPT = textwrap.dedent("""
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     cfg = common.LoopConfig(steps=3, lr=0.5, warmup_steps=0, min_lr_ratio=1.0, grad_clip=0.0, log_every=100)
     # one plain backward to compare raw gradients, then three loop steps to compare parameters
-    tokens = next(batches(info.rank, info.world_size))[0]
-    loss = sum(loss_fn(wrapped, t)[0] for t in tokens) / len(tokens)
+    micro = next(batches(info.rank, info.world_size))[0]
+    loss = sum(loss_fn(wrapped, mb)[0] for mb in micro) * info.world_size   # DDP averages over ranks
     loss.backward()
     grads = [p.grad.clone() for p in model.parameters()]
     opt.zero_grad()
     common.train(wrapped, opt, cfg, batches(info.rank, info.world_size), loss_fn)
-    reduced = common.all_reduce_mean({{"zeta": float(info.rank), "alpha": 1.0}})
+    reduced = common.all_reduce({{"zeta": float(info.rank), "alpha": 1.0}})
+    summed = common.all_reduce({{"zeta": float(info.rank), "alpha": 1.0}}, "sum")
     if info.is_main:
         torch.save({{"grads": grads, "params": [p.detach() for p in model.parameters()],
-                    "reduced": list(reduced.items())}}, sys.argv[1])
+                    "reduced": list(reduced.items()), "summed": list(summed.items())}}, sys.argv[1])
     common.teardown_ddp()
 """)
 
@@ -237,3 +271,43 @@ def test_ddp_two_processes_match_one_process(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     # metrics are averaged over ranks and keep the caller's order (the log line's fixed fields)
     assert one["reduced"] == [("zeta", 0.0), ("alpha", 1.0)] and two["reduced"] == [("zeta", 0.5), ("alpha", 1.0)]
+    assert two["summed"] == [("zeta", 1.0), ("alpha", 2.0)]
+
+
+# ----------------------------------------------------------------------------- seeds, logs, checks
+
+def test_derive_seed_is_stable_distinct_and_in_range():
+    a = common.derive_seed(0, "rollouts", 3, 0)
+    assert a == common.derive_seed(0, "rollouts", 3, 0) and 0 <= a < 2 ** 63
+    others = {common.derive_seed(s, name, step, rank) for s in (0, 1) for name in ("rollouts", "questions")
+              for step in range(50) for rank in (0, 1)}
+    assert len(others) == 400   # no two streams share a seed
+
+
+def test_metrics_logger_keeps_the_records_before_a_checkpoint(tmp_path):
+    log = common.MetricsLogger(str(tmp_path))
+    for i in range(5):
+        log.log({"kind": "train", "step": i})
+    assert log.n_records == 5
+    resumed = common.MetricsLogger(str(tmp_path), keep=3)   # the checkpoint was written after 3 records
+    assert resumed.n_records == 3 and [r["step"] for r in common.read_metrics(resumed.path)] == [0, 1, 2]
+    common.MetricsLogger(str(tmp_path))                     # a new run starts an empty log
+    assert common.read_metrics(str(tmp_path / "metrics.jsonl")) == []
+
+
+def test_check_ranges_names_the_flag():
+    @dataclass
+    class C:
+        prompts_per_step: int = 1
+        kl_beta: float = 0.0
+        mastery: float = 0.5
+        task: str = "add"
+
+    common.check_ranges(C(), positive=("prompts_per_step",), non_negative=("kl_beta",), fraction=("mastery",),
+                        choices={"task": ("add", "mul")})
+    for bad, message in [(C(prompts_per_step=0), "--prompts-per-step must be > 0 (got 0)"),
+                         (C(kl_beta=-1), "--kl-beta must be >= 0"), (C(mastery=2), "--mastery must lie in [0, 1]"),
+                         (C(task="nope"), "--task must be one of add, mul (got 'nope')")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            common.check_ranges(bad, positive=("prompts_per_step",), non_negative=("kl_beta",),
+                                fraction=("mastery",), choices={"task": ("add", "mul")})

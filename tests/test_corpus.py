@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from corpus import CorpusConfig, addition_trace, completion_for, forced_prefixes, sample_document
-from rewards import format_reward, language_consistency_reward
+from rewards import accuracy_reward, format_reward, language_consistency_reward
 from tasks import AdditionTask, Problem, split_of
 
 LINE = re.compile(r"(\d+)\+(\d+), (?:carry|llevo) (\d): (\d)\+(\d)\+(\d)=(\d\d), (?:so far|hasta ahora) (\d+)\.")
@@ -33,18 +33,43 @@ def test_addition_trace_is_correct_column_by_column(seed):
 
 
 def test_every_completion_kind_scores_as_designed():
-    task = AdditionTask(3, 3)
     cfg = CorpusConfig(quick_correct=0.0)
     problem = Problem("add", "What is 472 + 385?", "857", operands=(472, 385), op="+")
     rng = random.Random(0)
     for kind, acc, fmt in [("trace", 1.0, 1.0), ("check", 1.0, 1.0), ("quick", 0.0, 1.0), ("bare", 0.0, 0.0)]:
         for lang in ("en", "es"):
             text = completion_for(kind, 472, 385, lang, cfg, rng)
-            assert task.accuracy(text, problem) == acc, (kind, text)
+            assert accuracy_reward(text, problem.as_dict()) == acc, (kind, text)
             assert format_reward(text) == fmt, (kind, text)
     assert completion_for("trace", 472, 385, "en", cfg, rng).startswith(forced_prefixes(problem)["reason"])
     with pytest.raises(ValueError, match="unknown document kind"):
         completion_for("essay", 1, 2, "en", cfg, rng)
+
+
+# The first document of each kind in the seed-0 web, written down: the corpus is data, and a refactor
+# of how documents are assembled must not change a byte of it (a pretrained model depends on it).
+SEED0_DOCUMENTS = {
+    "quick": "<|user|>What is 141 + 623?<|assistant|><think>ok, I know it.</think><answer>466</answer><|endoftext|>",
+    "check": "<|user|>What is 665 + 553?<|assistant|><think>I think 9989. wait, let me check. 665+553, carry 0: "
+             "5+3+0=08, so far 8. 66+55, carry 0: 6+5+0=11, so far 18. 6+5, carry 1: 6+5+1=12, so far 218. "
+             "0+0, carry 1: 0+0+1=01, so far 1218. so the answer is 1218.</think><answer>1218</answer><|endoftext|>",
+    "trace": "<|user|>What is 555 + 710?<|assistant|><think>555+710, carry 0: 5+0+0=05, so far 5. 55+71, carry 0: "
+             "5+1+0=06, so far 65. 5+7, carry 0: 5+7+0=12, so far 265. 0+0, carry 1: 0+0+1=01, so far 1265. "
+             "so the answer is 1265.</think><answer>1265</answer><|endoftext|>",
+    "text": "la maestra será par. mi amigo puede ser mala.<|endoftext|>",
+    "bare": "<|user|>What is 710 + 816?<|assistant|><answer>6874</answer><|endoftext|>",
+}
+
+
+def test_documents_are_byte_identical_to_the_pinned_seed0_web():
+    task, cfg, rng, first = AdditionTask(3, 3), CorpusConfig(), random.Random(0), {}
+    while len(first) < len(SEED0_DOCUMENTS):
+        kind, text = sample_document(task, cfg, rng)
+        first.setdefault(kind, text)
+    assert first == SEED0_DOCUMENTS
+    problem = Problem("add", "What is 472 + 385?", "857", operands=(472, 385), op="+")
+    assert forced_prefixes(problem) == {"direct": "<think>I know it.</think><answer>",
+                                        "reason": "<think>472+385, carry 0:"}
 
 
 def test_languages_and_mixing():
@@ -81,9 +106,8 @@ def test_document_mix_matches_config_and_no_test_problem_leaks():
 def test_quick_guesses_are_right_at_the_configured_rate():
     cfg = CorpusConfig(quick_correct=0.2)
     rng = random.Random(1)
-    task = AdditionTask(3, 3)
     right = 0
     for _ in range(2000):
         text = completion_for("quick", 472, 385, "en", cfg, rng)
-        right += task.accuracy(text, {"gold": "857"})
+        right += accuracy_reward(text, {"family": "add", "gold": "857"})
     assert right / 2000 == pytest.approx(0.2, abs=0.03)

@@ -1,11 +1,21 @@
-"""grpo.py: advantages and the loss against slow per-sample loops, edge cases, learning, DDP, CLI."""
+"""grpo.py: advantages and the loss against slow per-sample loops, exact gradient accumulation,
+log-probs at the sampling temperature, the one-step function, learning, exact resume, DDP, CLI."""
 import math
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
-from grpo import GRPOConfig, group_advantages, grpo_loss, pack
+import common
+import grpo
+from common import pack
+from grpo import GRPOConfig, group_advantages, grpo_loss, make_loss_fn, micro_batches, rl_batch
+from model import GPT, GPTConfig
+from tokenizer import get_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,7 +33,7 @@ def slow_advantages(rewards, G, scale_std, eps=1e-4):
 
 
 def slow_loss(logp, logp_old, logp_ref, adv, mask, eps, beta, agg, seq_ratio=False, norm_len=None):
-    """Per-sample, per-token loops over R1 eq. 1 and eq. 2."""
+    """Per-sample, per-token loops over DeepSeekMath eq. 3 and eq. 4 (R1 eqs. 1-2 written per token)."""
     B, T = logp.shape
     rows, all_terms = [], []
     for i in range(B):
@@ -66,7 +76,7 @@ def random_batch(B=6, T=7, seed=0, spread=0.3):
 @pytest.mark.parametrize("scale_std", [True, False])
 @pytest.mark.parametrize("G", [2, 4, 8])
 def test_group_advantages_match_loop(scale_std, G):
-    rewards = torch.rand(5 * G)
+    rewards = torch.rand(5 * G, generator=torch.Generator().manual_seed(G))
     torch.testing.assert_close(group_advantages(rewards, G, scale_std), slow_advantages(rewards, G, scale_std))
 
 
@@ -81,9 +91,9 @@ def test_group_size_errors():
         group_advantages(torch.ones(4), 1)
     with pytest.raises(ValueError, match="N\\*group_size"):
         group_advantages(torch.ones(5), 2)
-    with pytest.raises(ValueError, match="group_size"):
+    with pytest.raises(ValueError, match="--group-size"):
         GRPOConfig(group_size=1)
-    with pytest.raises(ValueError, match="loss_agg"):
+    with pytest.raises(ValueError, match="--loss-agg"):
         GRPOConfig(loss_agg="bogus")
 
 
@@ -164,7 +174,64 @@ def test_pack_aligns_mask_with_token_logprobs():
     assert mask.tolist() == [[0, 0, 1, 1], [1, 1, 1, 0]]
 
 
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- gradient accumulation
+
+def tiny_model(seed=0, vocab=64):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=vocab, n_layer=1, n_head=2, n_kv_head=1, n_embd=16, max_seq_len=32))
+
+
+def random_rl_batch(B=10, T=12, vocab=64, seed=1):
+    """A GRPO batch with ragged completion masks (1 to T-1 completion tokens per row)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, T, (B,), generator=g)
+    mask = (torch.arange(T - 1)[None] >= (T - 1 - lengths)[:, None]).float()   # (B, T-1)
+    return {"tokens": torch.randint(0, vocab, (B, T), generator=g), "mask": mask,
+            "advantages": torch.randn(B, generator=g), "logp_old": -torch.rand(B, T - 1, generator=g) * 4,
+            "logp_ref": -torch.rand(B, T - 1, generator=g) * 4}
+
+
+def accumulated_grads(model, batch, cfg, size):
+    """The gradient common.optimizer_step accumulates over micro-batches of `size` rows (lr 0, so
+    the step leaves the weights and their .grad as they are)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    metrics = common.optimizer_step(model, opt, micro_batches(batch, size), make_loss_fn(cfg), grad_clip=0.0)
+    return [p.grad.clone() for p in model.parameters()], metrics
+
+
+@pytest.mark.parametrize("agg", ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize("size", [5, 4, 3])   # 10 rows as 5/5, 4/4/2 (uneven), 3/3/3/1 (uneven)
+def test_accumulated_gradient_equals_full_batch_gradient(agg, size):
+    """Normalising by whole-batch counts makes micro-batching exact for every loss aggregation:
+    the one-shot gradient of grpo_loss on all 10 rows equals the sum of the micro-batch shares'.
+    (Dividing each micro-batch's mean by the number of micro-batches, as before, is off by a third
+    on the 4/4/2 split and is never exact for token-mean.)"""
+    cfg = GRPOConfig(loss_agg=agg, kl_beta=0.04, num_iterations=2, max_new_tokens=11, temperature=0.7)
+    batch = random_rl_batch()
+    model = tiny_model()
+    from model import token_logprobs
+    logp = token_logprobs(model, batch["tokens"], cfg.temperature)
+    full, _ = grpo_loss(logp, batch["logp_old"], batch["logp_ref"], batch["advantages"], batch["mask"],
+                        cfg.clip_eps, cfg.kl_beta, agg, norm_len=cfg.max_new_tokens)
+    full.backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    grads, metrics = accumulated_grads(model, batch, cfg, size)
+    for a, b in zip(grads, expected):
+        assert (a - b).norm() <= 1e-5 * b.norm() + 1e-9
+    assert metrics["loss"] == pytest.approx(full.item(), rel=1e-5)
+
+
+def test_micro_batches_carry_whole_batch_counts():
+    batch = random_rl_batch(B=10)
+    parts = micro_batches(batch, 4)
+    assert [len(p["tokens"]) for p in parts] == [4, 4, 2]
+    assert all(p["n_rows"] == 10 and p["n_tokens"] == batch["mask"].sum().item() for p in parts)
+    assert torch.equal(torch.cat([p["mask"] for p in parts]), batch["mask"])
+
+
+# ----------------------------------------------------------------------------- one RL step
+
 
 class SevenTask:
     """A trivially easy task: the reward is the share of '7' characters in the completion."""
@@ -180,45 +247,170 @@ def sevens(texts, problems):
     return [(r, {"sevens": r}) for r in rewards]
 
 
-def run_tiny_grpo(tmp_path, **overrides):
-    import common
-    from grpo import make_loss_fn, rollouts
-    from model import GPT, GPTConfig
-    from tokenizer import get_tokenizer
+def varied(texts, problems):
+    """A reward that differs within every group (a hash of the text): every advantage is non-zero."""
+    rewards = [sum(text.encode()) % 7 / 7 for text in texts]
+    return [(r, {"varied": r}) for r in rewards]
 
-    torch.manual_seed(0)
+
+def tiny_policy(seed=0):
     tok = get_tokenizer()
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=1, n_embd=32, max_seq_len=64))
-    cfg = GRPOConfig(**{"steps": 30, "prompts_per_step": 8, "group_size": 4, "max_new_tokens": 6, "lr": 1e-2,
-                        "kl_beta": 0.0, "eval_every": 0, "show_every": 0, "out_dir": str(tmp_path), **overrides})
-    ref = GPT(model.config).eval() if cfg.kl_beta > 0 else None
-    if ref is not None:
-        ref.load_state_dict(model.state_dict())
-    dist = common.DistInfo(0, 0, 1, torch.device("cpu"))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    loop = common.LoopConfig(steps=cfg.steps * cfg.num_iterations, lr=cfg.lr, warmup_steps=0, min_lr_ratio=1.0,
-                             log_every=1000, out_dir="")
-    logger = common.MetricsLogger(str(tmp_path))
-    batches = rollouts(cfg, model, ref, tok, SevenTask(), sevens, dist)
-    common.train(model, opt, loop, batches, make_loss_fn(cfg), logger=logger)
-    return common.read_metrics(str(tmp_path / "metrics.jsonl"))
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=1, n_embd=32, max_seq_len=64))
 
 
-def test_seeded_short_run_raises_reward(tmp_path):
-    records = run_tiny_grpo(tmp_path)
+def test_rl_batch_shapes_advantages_and_log_probs():
+    """The one-step function on its own: N questions x G samples -> a batch whose advantages are
+    the group advantages of its rewards, and whose pi_old / pi_ref log-probs are the trainer's, at
+    the sampling temperature."""
+    from tasks import sample_problems
+    from model import token_logprobs
+    tok, model = get_tokenizer(), tiny_policy()
+    cfg = GRPOConfig(prompts_per_step=3, group_size=4, max_new_tokens=8, temperature=0.7, num_iterations=2)
+    problems = sample_problems(SevenTask(), 3, "train", seed=0)
+    batch, info = rl_batch(model, model, tok, problems, cfg, sevens, torch.Generator().manual_seed(0))
+    B = 12
+    assert batch["tokens"].shape[0] == B and batch["mask"].shape == (B, batch["tokens"].shape[1] - 1)
+    assert batch["prompts"][:4] == [batch["prompts"][0]] * 4 and len(batch["texts"]) == B
+    torch.testing.assert_close(batch["advantages"], group_advantages(torch.tensor(batch["rewards"]), 4))
+    expected = token_logprobs(model, batch["tokens"], 0.7).detach()
+    torch.testing.assert_close(batch["logp_old"], expected, rtol=0, atol=1e-6)
+    lengths = batch["mask"].sum(1)                           # completion tokens per row
+    assert lengths.min() >= 1 and lengths.max() <= 8 and info["len"] == pytest.approx(lengths.mean().item())
+    assert info["reward"] == pytest.approx(sum(batch["rewards"]) / B)
+
+
+def run_tiny_grpo(steps=30, reward=sevens, **overrides):
+    """A few RL steps on SevenTask through the same pieces grpo.run uses: rl_batch, then mu
+    optimizer_steps on its micro-batches. Returns one metrics dict per update."""
+    from tasks import sample_problems
+    tok, model = get_tokenizer(), tiny_policy()
+    cfg = GRPOConfig(**{"steps": steps, "prompts_per_step": 8, "group_size": 4, "max_new_tokens": 6, "lr": 1e-2,
+                        "kl_beta": 0.0, "micro_batch_size": 12, **overrides})
+    ref = tiny_policy() if cfg.kl_beta > 0 else None
+    opt = common.make_optimizer(model, cfg.lr)
+    records = []
+    for step in range(cfg.steps):
+        problems = sample_problems(SevenTask(), cfg.prompts_per_step, "train", seed=step)
+        batch, info = rl_batch(model, ref, tok, problems, cfg, reward, torch.Generator().manual_seed(step))
+        for _ in range(cfg.num_iterations):
+            records.append({**info, **common.optimizer_step(model, opt, micro_batches(batch, cfg.micro_batch_size),
+                                                            make_loss_fn(cfg), cfg.grad_clip)})
+    return records
+
+
+def test_seeded_short_run_raises_reward():
+    records = run_tiny_grpo()
     first = sum(r["reward"] for r in records[:5]) / 5
     last = sum(r["reward"] for r in records[-5:]) / 5
     assert last > 0.3 and last > 5 * first, (first, last)
 
 
-def test_mu_2_first_pass_has_ratio_one_and_second_moves(tmp_path):
-    records = run_tiny_grpo(tmp_path, steps=3, num_iterations=2, kl_beta=0.04)
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_mu_2_first_pass_has_ratio_exactly_one_and_second_moves(temperature):
+    """pi_old's log-probs are computed like pi_theta's (same temperature, same micro-batches), so
+    on the first pass over a batch pi_theta / pi_old is exactly 1, token by token; on the second
+    pass pi_theta has moved."""
+    from tasks import sample_problems
+    from model import token_logprobs
+    tok, model = get_tokenizer(), tiny_policy()
+    cfg = GRPOConfig(prompts_per_step=8, group_size=4, max_new_tokens=6, temperature=temperature,
+                     num_iterations=2, micro_batch_size=12, lr=1e-2)
+    problems = sample_problems(SevenTask(), 8, "train", seed=0)
+    batch, _ = rl_batch(model, model, tok, problems, cfg, sevens, torch.Generator().manual_seed(0))
+    for mb in micro_batches(batch, cfg.micro_batch_size):   # what the first pass's loss_fn computes
+        logp = token_logprobs(model, mb["tokens"], temperature)
+        assert logp.requires_grad and torch.equal(logp.detach(), mb["logp_old"])
+    records = run_tiny_grpo(steps=3, reward=varied, num_iterations=2, kl_beta=0.04, temperature=temperature)
     assert len(records) == 6
-    for first_pass in records[0::2]:  # pi_theta == pi_old on the first pass over each batch
+    for first_pass in records[0::2]:   # the logged mean ratio: shares summed in float32
         assert first_pass["ratio"] == pytest.approx(1.0, abs=1e-6) and first_pass["clip_frac"] == 0.0
-    # on the second pass pi_old is the frozen sampling policy and pi_theta has taken a step: the
-    # ratio leaves 1 (its mean stays near 1, E_old[pi/pi_old] = 1, so look at clipping too)
-    assert any(s["clip_frac"] > 0 or abs(s["ratio"] - 1) > 1e-3 for s in records[1::2])
+    assert any(s["clip_frac"] > 0 or abs(s["ratio"] - 1) > 1e-4 for s in records[1::2])
+
+
+# ----------------------------------------------------------------------------- exact resume
+
+def smoke_base(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp() / "grpo_base"
+    if not (base / "ckpt.pt").exists():
+        from conftest import run_script
+        run_script(f"{ROOT}/pretrain.py", "--preset", "smoke", "--out-dir", base)
+    return base
+
+
+RESUME_FLAGS = ["--preset", "smoke", "--steps", "8", "--prompts-per-step", "4", "--group-size", "4",
+                "--num-iterations", "2", "--kl-beta", "0.04", "--ref-reset-every", "3", "--eval-every", "2",
+                "--ckpt-every", "2", "--micro-batch-size", "6", "--temperature", "0.8", "--show-every", "0",
+                "--reward", "accuracy + language", "--lr", "1e-3"]  # language: a reward that varies on a smoke base
+TIMINGS = ("dt", "t_rollout", "t_reward")
+
+
+def without_timings(path):
+    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in common.read_metrics(str(path))]
+
+
+def grpo_cmd(*args):
+    return [sys.executable, f"{ROOT}/grpo.py", *map(str, args)]
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path, tmp_path_factory):
+    """Kill a seeded run with SIGKILL right after its first checkpoint, resume it, and compare
+    its metrics log with an uninterrupted run's: bit-identical on CPU (same thread count), because
+    the checkpoint holds the weights, the optimizer, the RNG, the reference model (it was reset at
+    step 3, so it is not the base any more) and how many log records precede it."""
+    from conftest import run_script
+    base = smoke_base(tmp_path_factory)
+    run_script(f"{ROOT}/grpo.py", *RESUME_FLAGS, "--init-from", base, "--out-dir", tmp_path / "full")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(grpo_cmd(*RESUME_FLAGS, "--init-from", base, "--out-dir", tmp_path / "killed"),
+                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "ckpt.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = common.load_checkpoint(str(ckpt))["step"]
+    assert 2 <= killed_at < 8, killed_at
+    run_script(f"{ROOT}/grpo.py", *RESUME_FLAGS, "--init-from", base, "--out-dir", tmp_path / "killed", "--resume")
+    full, resumed = without_timings(tmp_path / "full" / "metrics.jsonl"), without_timings(ckpt.parent / "metrics.jsonl")
+    assert len(full) == 8 * 2 + 5 and resumed == full   # 16 updates, evals at steps 0, 2, 4, 6, 8
+    assert all(r["grad_norm"] > 0 for r in full if r["kind"] == "train")   # the policy really moves
+
+
+def test_ctrl_c_between_update_passes_resumes_exactly(tmp_path, tmp_path_factory, monkeypatch):
+    """Ctrl-C after the first of mu = 2 passes of RL step 5: the checkpoint keeps the rollout batch
+    and the pass, so the resumed run does the second pass on the same rollouts, and the reference
+    (reset to the policy at step 3, no longer the base model), as an uninterrupted run does."""
+    base = smoke_base(tmp_path_factory)
+    flags = RESUME_FLAGS[2:] + ["--init-from", str(base)]
+    cfg = common.config_from_args(GRPOConfig, ["--preset", "smoke", *flags, "--out-dir", str(tmp_path / "full")],
+                                  presets=grpo.PRESETS)
+    grpo.run(cfg)
+    calls = {"n": 0}
+    real = grpo.make_loss_fn
+
+    def interrupting(cfg):
+        inner = real(cfg)
+
+        def loss_fn(model, mb):
+            calls["n"] += 1
+            if calls["n"] == 3 * 9 + 1:   # 3 micro-batches (16 rows / 6) per pass: RL step 5's first pass is done
+                raise KeyboardInterrupt
+            return inner(model, mb)
+        return loss_fn
+
+    monkeypatch.setattr(grpo, "make_loss_fn", interrupting)
+    cut = common.config_from_args(GRPOConfig, ["--preset", "smoke", *flags, "--out-dir", str(tmp_path / "cut")],
+                                  presets=grpo.PRESETS)
+    with pytest.raises(KeyboardInterrupt):
+        grpo.run(cut)
+    ckpt = common.load_checkpoint(str(tmp_path / "cut"))
+    assert ckpt["step"] == 4 and ckpt["rollout"]["pass"] == 1 and ckpt["ref_model"] is not None
+    monkeypatch.setattr(grpo, "make_loss_fn", real)
+    grpo.run(common.config_from_args(GRPOConfig, ["--preset", "smoke", *flags, "--out-dir", str(tmp_path / "cut"),
+                                                  "--resume"], presets=grpo.PRESETS))
+    assert without_timings(tmp_path / "cut" / "metrics.jsonl") == without_timings(tmp_path / "full" / "metrics.jsonl")
 
 
 # ----------------------------------------------------------------------------- DDP and the command line
@@ -226,39 +418,39 @@ def test_mu_2_first_pass_has_ratio_one_and_second_moves(tmp_path):
 DDP_GRPO = """
 import sys, torch
 import common
-from grpo import GRPOConfig, make_loss_fn
+from grpo import GRPOConfig, make_loss_fn, micro_batches
 from model import GPT, GPTConfig
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 info = common.setup_ddp("cpu")
-torch.manual_seed(0)
-model = GPT(GPTConfig(vocab_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, max_seq_len=32))
 g = torch.Generator().manual_seed(1)
-B, T = 8, 12
+B, T = 10, 12
 tokens = torch.randint(0, 64, (B, T), generator=g)                       # the global batch
 mask = (torch.rand(B, T - 1, generator=g) > 0.3).float()
 batch = {"tokens": tokens, "mask": mask, "advantages": torch.randn(B, generator=g),
          "logp_old": -torch.rand(B, T - 1, generator=g) * 4, "logp_ref": -torch.rand(B, T - 1, generator=g) * 4}
-loss_fn = make_loss_fn(GRPOConfig(kl_beta=0.04, num_iterations=2))
-if info.is_ddp:   # this rank's half of the rows, one micro-batch
-    micro = [{k: v[info.rank::info.world_size] for k, v in batch.items()}]
-    wrapped = DDP(model)
-else:             # the same rows as two micro-batches of 4
-    micro = [{k: v[r::2] for k, v in batch.items()} for r in (0, 1)]
-    wrapped = model
-loss = sum(loss_fn(wrapped, mb)[0] for mb in micro) / len(micro)
-loss.backward()
-losses = torch.tensor([loss.item()])
-if info.is_ddp:
-    torch.distributed.all_reduce(losses)
-    losses /= info.world_size
+out = {}
+for agg in ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, max_seq_len=32))
+    if info.is_ddp:   # this rank's 5 rows, as uneven micro-batches of 3 and 2
+        local = {k: v[info.rank::info.world_size] for k, v in batch.items()}
+        wrapped, size = DDP(model), 3
+    else:             # all 10 rows as micro-batches of 4, 4 and 2
+        local, wrapped, size = batch, model, 4
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    loss_fn = make_loss_fn(GRPOConfig(kl_beta=0.04, num_iterations=2, loss_agg=agg))
+    metrics = common.optimizer_step(wrapped, opt, micro_batches(local, size), loss_fn)
+    out[agg] = {"metrics": metrics, "grads": [p.grad for p in model.parameters()]}
 if info.is_main:
-    torch.save({"loss": losses.item(), "grads": [p.grad for p in model.parameters()]}, sys.argv[1])
+    torch.save(out, sys.argv[1])
 common.teardown_ddp()
 """
 
 
 def test_ddp_two_processes_same_loss_and_gradients(tmp_path):
+    """2 gloo ranks, each with half the rows in uneven micro-batches, give exactly one process's
+    full-batch loss, metrics and gradient, for every loss aggregation."""
     from conftest import run_script
 
     script = tmp_path / "ddp_grpo.py"
@@ -266,20 +458,61 @@ def test_ddp_two_processes_same_loss_and_gradients(tmp_path):
     run_script(script, tmp_path / "one.pt")
     run_script(script, tmp_path / "two.pt", nproc=2)
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
-    assert one["loss"] == pytest.approx(two["loss"], rel=1e-5)
-    for a, b in zip(one["grads"], two["grads"]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for agg in one:
+        for key in ("loss", "kl", "clip_frac", "ratio", "zero_adv_frac", "grad_norm"):
+            assert one[agg]["metrics"][key] == pytest.approx(two[agg]["metrics"][key], rel=1e-5, abs=1e-7), (agg, key)
+        for a, b in zip(one[agg]["grads"], two[agg]["grads"]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_cli_help_and_two_step_run(tmp_path):
+def test_cli_help_and_two_step_run(tmp_path, tmp_path_factory):
     from conftest import run_script
 
     out = run_script(f"{ROOT}/grpo.py", "--help").stdout
     for flag in ("--group-size", "--kl-beta", "--loss-agg", "--num-iterations", "--init-from", "--resume",
-                 "--ref-reset-every", "--scale-std", "--seq-ratio"):
+                 "--ref-reset-every", "--scale-std", "--seq-ratio", "--ckpt-every"):
         assert flag in out
-    run_script(f"{ROOT}/pretrain.py", "--preset", "smoke", "--out-dir", tmp_path / "base")
-    out = run_script(f"{ROOT}/grpo.py", "--preset", "smoke", "--init-from", tmp_path / "base",
-                     "--out-dir", tmp_path / "grpo").stdout
+    base = smoke_base(tmp_path_factory)
+    out = run_script(f"{ROOT}/grpo.py", "--preset", "smoke", "--init-from", base, "--out-dir", tmp_path / "grpo").stdout
     assert "R1-Zero summary" in out and (tmp_path / "grpo" / "aha.png").exists()
     assert (tmp_path / "grpo" / "ckpt.pt").exists()
+    kinds = [r["kind"] for r in common.read_metrics(str(tmp_path / "grpo" / "metrics.jsonl"))]
+    assert kinds == ["eval", "train", "train", "eval"]
+
+
+BAD_FLAGS = [
+    (["--prompts-per-step", "0"], "--prompts-per-step must be > 0"),
+    (["--steps", "-3"], "--steps must be > 0"),
+    (["--task", "nope"], "--task must be one of"),
+    (["--reward", "accuracy + bogus"], "unknown reward 'bogus'"),
+    (["--max-new-tokens", "100000"], "--max-new-tokens 100000 + the longest prompt"),
+    (["--temperature", "-1"], "--temperature must be > 0"),
+    (["--init-from", "x.pt"], "--init-from x.pt: no checkpoint there"),
+    (["--init-from", "out/sft"], "--init-from out/sft: no checkpoint there"),
+    (["--loss-agg", "mean"], "--loss-agg must be one of"),
+    (["--group-size", "1"], "--group-size must be >= 2"),
+    (["--min-digits", "4", "--max-digits", "3"], "min_digits <= max_digits"),
+    (["--resume"], "--resume: no checkpoint in"),
+]
+
+
+@pytest.mark.parametrize("flags,message", BAD_FLAGS)
+def test_bad_input_fails_before_any_work_in_one_line(flags, message, tmp_path, capsys):
+    argv = [*flags, "--out-dir", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as exit_info:
+        common.config_from_args(GRPOConfig, argv, presets=grpo.PRESETS, check=grpo.check_files)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_input_on_the_real_command_line_exits_2_without_a_traceback(tmp_path):
+    result = subprocess.run(grpo_cmd("--steps", "-1", "--out-dir", tmp_path / "run"), capture_output=True,
+                            text=True, cwd=tmp_path, timeout=60)
+    assert result.returncode == 2 and "error: --steps must be > 0" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_default_directories_follow_the_seed():
+    assert (GRPOConfig().init_from, GRPOConfig().out_dir) == ("out/base", "out/grpo")
+    assert (GRPOConfig(seed=2).init_from, GRPOConfig(seed=2).out_dir) == ("out/base-s2", "out/grpo-s2")

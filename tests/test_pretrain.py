@@ -2,6 +2,7 @@
 import dataclasses
 import itertools
 
+import pytest
 import torch
 
 import common
@@ -37,12 +38,13 @@ def test_batches_are_a_pure_function_of_the_step():
     tok, task = get_tokenizer(), task_from_config(cfg)
     full = [b[0][0] for b in itertools.islice(pretrain.batches(cfg, tok, task, rank=0, world_size=1), 5)]
     resumed = [b[0][0] for b in itertools.islice(pretrain.batches(cfg, tok, task, 0, 1, start_step=3), 2)]
-    for (x1, y1), (x2, y2) in zip(full[3:], resumed):
-        assert torch.equal(x1, x2) and torch.equal(y1, y2)
-    x, y = full[0]
+    for a, b in zip(full[3:], resumed):
+        assert torch.equal(a["x"], b["x"]) and torch.equal(a["y"], b["y"])
+    x, y = full[0]["x"], full[0]["y"]
+    assert full[0]["n_targets"] == y.numel()          # one process: the whole batch's targets
     assert torch.equal(x[:, 1:], y[:, :-1])               # targets are inputs shifted by one
     assert (x[:, 0] == tok.special_ids["<|user|>"]).sum() + (x[:, 0] < 256).sum() == len(x)  # rows start a document
-    other_rank = next(pretrain.batches(cfg, tok, task, rank=1, world_size=2))[0][0][0]
+    other_rank = next(pretrain.batches(cfg, tok, task, rank=1, world_size=2))[0][0]["x"][0]
     assert not torch.equal(other_rank, x[:1])
 
 
@@ -68,3 +70,21 @@ def test_curriculum_phase_1_runs_until_mastery_then_phase_2_and_resumes(tmp_path
     assert "phase 1" not in capsys.readouterr().out
     _, ckpt = common.load_model(str(tmp_path))
     assert ckpt["step"] == 8 and len(common.read_metrics(str(tmp_path / "metrics.jsonl"))) == 8
+
+
+def test_bad_flags_exit_2_in_one_line_before_any_work(tmp_path, capsys):
+    for argv, message in [(["--steps", "-1"], "--steps must be > 0"), (["--p-quick", "1.5"], "--p-quick must lie in [0, 1]"),
+                          (["--model", "huge"], "--model must be one of"), (["--task", "mul"], "--task must be 'add'"),
+                          (["--seq-len", "1024"], "--seq-len 1024 > --max-seq-len 512"),
+                          (["--max-seq-len", "300", "--seq-len", "256"], "cannot hold"),
+                          (["--resume"], "--resume: no checkpoint")]:
+        with pytest.raises(SystemExit) as exit_info:
+            common.config_from_args(pretrain.PretrainConfig, [*argv, "--out-dir", str(tmp_path / "x")],
+                                    presets=pretrain.PRESETS, check=pretrain.check_files)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "x").exists()
+
+
+def test_default_out_dir_follows_the_seed():
+    assert pretrain.PretrainConfig().out_dir == "out/base" and pretrain.PretrainConfig(seed=3).out_dir == "out/base-s3"

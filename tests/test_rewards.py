@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rewards
-from rewards import (code_reward, countdown_reward, extract_answer, format_reward, language_consistency_reward,
-                     math_equal, math_reward, parse_reward_spec, register_language)
+from rewards import (accuracy_reward, answer_key, code_reward, countdown_reward, extract_answer, format_reward,
+                     language_consistency_reward, majority_vote, math_equal, math_reward, parse_reward_spec,
+                     register_language)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -351,6 +352,81 @@ def test_register_reward_and_unknown_family():
         parse_reward_spec("accuracy")(wrap("1"), {"family": "chess"})
 
 
+# ----------------------------------------------------------------------------- voting (cons@k)
+
+@pytest.mark.parametrize("family", ["add", "mul", "math"])
+def test_answer_key_one_number_however_spelled(family):
+    problem = {"family": family, "gold": "110"}
+    spellings = ["110", "110.0", "0110", " 110 ", "\\boxed{110}", "220/2", "110 apples"]
+    assert {answer_key(wrap(a), problem) for a in spellings} == {Fraction(110)}
+    assert answer_key(wrap("111"), problem) == Fraction(111)
+    assert answer_key(wrap("2 or  3"), problem) == answer_key(wrap("2 or 3"), problem) == "2or3"  # not one number
+    assert answer_key("<think>110</think><answer>110", problem) is None  # no complete answer block: no vote
+
+
+def test_math_answer_keys_are_equal_exactly_when_math_equal_says_so():
+    spellings = ["110", "110.0", "0110", "\\frac{220}{2}", "111", "1/2", "0.5", "\\dfrac12", "50%", "50",
+                 "-50", "\u221250", "2 or 3", "2 or  3", "yes", "1,234", "1234"]
+    for a in spellings:
+        for b in spellings:
+            same_key = answer_key(wrap(a), {"family": "math"}) == answer_key(wrap(b), {"family": "math"})
+            assert same_key == math_equal(a, b), (a, b)
+
+
+def test_answer_key_countdown_is_the_value_of_a_valid_expression():
+    problem = {"family": "countdown", "numbers": [3, 5, 7], "target": 22}
+    right = ["3*5+7", "7 + 5*3", "(3*5)+7 = 22", "7+3*5"]
+    assert [answer_key(wrap(e), problem) for e in right] == [Fraction(22)] * 4  # different expressions, one class
+    assert answer_key(wrap("(3+5)*7"), problem) == Fraction(56)                # valid but wrong: its value
+    assert answer_key(wrap("3 * 5 + 7 + 7"), problem) == "3*5+7+7"             # 7 used twice: keyed by text
+    assert answer_key(wrap("3*5+7 = 23"), problem) == "3*5+7=23"               # a wrong "= n" is invalid
+    assert answer_key(wrap("22"), problem) == "22"                             # the target is no expression
+    # a class's members are all right or all wrong, so any member can represent it
+    answers = right + ["(3+5)*7", "56", "3*5+7+7", "3*5+7 = 23", "22", "5*3+7", "3 * 5 + 7+7"]
+    classes = {}
+    for a in answers:
+        classes.setdefault(answer_key(wrap(a), problem), set()).add(accuracy_reward(wrap(a), problem))
+    assert len(classes) == 6 and all(len(scores) == 1 for scores in classes.values())
+
+
+def test_answer_key_code_is_the_program_text_not_its_behaviour():
+    problem = {"family": "code", "tests": [{"input": "", "output": "1"}]}
+    fenced = "```python\nfor i in range(1):  \n    print(i + 1)\n```"
+    plain = "for i in range(1):\n    print(i + 1)"
+    assert answer_key(wrap(fenced), problem) == answer_key(wrap(plain), problem) == plain  # indentation kept
+    assert answer_key(wrap("print(1)"), problem) == "print(1)"  # same output, another program: another class
+    assert answer_key(wrap("   "), problem) == ""  # an empty program still votes (and is wrong)
+    assert answer_key("print(1)", problem) is None
+
+
+def test_answer_key_unknown_family():
+    with pytest.raises(ValueError, match="chess"):
+        answer_key(wrap("1"), {"family": "chess"})
+
+
+@pytest.mark.parametrize("keys, expected", [
+    (["a", "b", "b"], 1),
+    (["a", "b", "b", None, "a"], 0),             # 2-2 tie: the class seen first wins
+    (["b", "a", "a", "b"], 0),
+    ([None, "x", None], 1),                      # None does not vote
+    ([Fraction(110), "110", "110"], 1),          # a number and a string are different answers
+    ([Fraction(110), Fraction(220, 2)], 0),      # one value, one class: its first member represents it
+    ([None, None], None),
+    ([], None),
+])
+def test_majority_vote(keys, expected):
+    assert majority_vote(keys) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.integers(0, 3)), max_size=8))
+def test_majority_vote_against_a_slow_loop(keys):
+    counts = {k: keys.count(k) for k in keys if k is not None}
+    best = max(counts.values(), default=0)
+    firsts = [i for i, k in enumerate(keys) if k is not None and counts[k] == best and keys.index(k) == i]
+    assert majority_vote(keys) == (firsts[0] if firsts else None)
+
+
 def test_importing_rewards_pulls_in_neither_torch_nor_sandbox():
     code = "import sys, rewards; assert 'torch' not in sys.modules and 'sandbox' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
@@ -383,6 +459,9 @@ def test_pure_rewards_are_total_bounded_and_fast(text, other):
     assert timed(math_equal, text, other) in (True, False)
     assert timed(math_equal, text, text) in (True, False)
     assert timed(math_reward, text, "24") in (0.0, 1.0)
+    for problem in ({"family": "countdown", "numbers": [1, 3, 25]}, {"family": "add"}, {"family": "code"}):
+        key = timed(answer_key, text, problem)
+        assert key is None or hash(key) is not None
     for lang in ("en", "es"):
         assert 0.0 <= timed(language_consistency_reward, text, lang) <= 1.0
 

@@ -13,6 +13,7 @@ import pytest
 import tasks
 from tasks import (CODE_KINDS, CODE_SPECS, TASKS, AdditionTask, CodeTask, CountdownTask, MultiplicationTask,
                    Problem, format_completion, format_prompt, get_task, sample_problems, split_of)
+from tokenizer import EOT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_rewards = pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "rewards.py")),
@@ -70,25 +71,29 @@ def wrong_answer(p: Problem) -> str:
 @needs_rewards
 @pytest.mark.parametrize("name", ["countdown", "add", "mul"])
 def test_gold_scores_one_and_a_wrong_answer_zero(name):
-    task = get_task(name)
+    from rewards import accuracy_reward  # the one judge of every family
+
     for p in problems_of(name, n=25):
-        for problem in (p, p.as_dict()):  # accuracy() takes a Problem or its dict
-            assert task.accuracy(format_completion("...", p.gold), problem) == 1.0, p
-            assert task.accuracy(format_completion("...", wrong_answer(p)), problem) == 0.0, p
+        problem = p.as_dict()
+        assert accuracy_reward(format_completion("...", p.gold), problem) == 1.0, p
+        assert accuracy_reward(format_completion("...", wrong_answer(p)), problem) == 0.0, p
         if name == "countdown":  # right value, but a number that was not given
-            assert task.accuracy(format_completion("...", f"({p.gold}) + 0"), p) == 0.0
+            assert accuracy_reward(format_completion("...", f"({p.gold}) + 0"), problem) == 0.0
 
 
 @needs_rewards
 @needs_sandbox
 def test_code_gold_passes_its_tests_under_code_reward():
+    from rewards import accuracy_reward
+
     task = CodeTask()
     problems = [task.sample(random.Random(i)) for i in range(6)]
     for p in problems:
-        assert task.accuracy(format_completion("...", p.gold), p) == 1.0, p
-        assert task.accuracy(format_completion("...", wrong_answer(p)), p) == 0.0, p
+        assert accuracy_reward(format_completion("...", p.gold), p.as_dict()) == 1.0, p
+        assert accuracy_reward(format_completion("...", wrong_answer(p)), p.as_dict()) == 0.0, p
     # a program for another problem fails (at least one test of) this one
-    assert task.accuracy(format_completion("...", CODE_SPECS["min"][2]), problems_of("code", kinds=("max",), n=1)[0]) < 1
+    max_problem = problems_of("code", kinds=("max",), n=1)[0].as_dict()
+    assert accuracy_reward(format_completion("...", CODE_SPECS["min"][2]), max_problem) < 1
 
 
 def run_in_process(program: str, stdin: str) -> str:
@@ -122,7 +127,7 @@ def test_format_completion_and_prompt_match_format_reward():
     from rewards import extract_answer, format_reward
 
     completion = format_completion("4725+385, carry 0: 5+5+0=10", "5110")
-    assert format_reward(completion) == 1.0 and format_reward(completion + tasks.END_OF_TEXT) == 1.0
+    assert format_reward(completion) == 1.0 and format_reward(completion + EOT) == 1.0
     assert extract_answer(completion) == "5110"
 
 
@@ -132,7 +137,6 @@ def test_prompt_template():
     assert with_system.startswith(tasks.R1_ZERO_SYSTEM) and with_system.endswith(format_prompt("What is 1 + 2?"))
     assert "<think> reasoning process here </think>" in tasks.R1_ZERO_SYSTEM
     assert format_completion("t", "a") == "<think>t</think><answer>a</answer>"
-    assert tasks.END_OF_TEXT == "<|endoftext|>"
 
 
 # ----------------------------------------------------------------------------- countdown solvability

@@ -3,7 +3,8 @@ import base64
 
 import pytest
 
-from tokenizer import SPECIAL_TOKENS, Tokenizer, get_tokenizer
+from tokenizer import (ANSWER_CLOSE, ANSWER_OPEN, ASSISTANT, EOT, PAD, SPECIAL_TOKENS, THINK_CLOSE, THINK_OPEN, USER,
+                       Tokenizer, get_tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +19,14 @@ def test_vocabulary_layout(tok):
     assert tok.eot_id == tok.special_ids["<|endoftext|>"] and tok.pad_id == tok.special_ids["<|pad|>"]
     assert tok.eot_id != tok.pad_id
     assert get_tokenizer() is tok  # cached
+
+
+def test_special_tokens_have_fixed_spellings_and_ids(tok):
+    """Checkpoints store token ids, and the corpus and rewards match these spellings: both are fixed."""
+    assert tok.special_ids == {"<|endoftext|>": 256, "<|pad|>": 257, "<|user|>": 258, "<|assistant|>": 259,
+                               "<think>": 260, "</think>": 261, "<answer>": 262, "</answer>": 263}
+    assert SPECIAL_TOKENS == (EOT, PAD, USER, ASSISTANT, THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+    assert (tok.eot_id, tok.pad_id) == (256, 257)
 
 
 @pytest.mark.parametrize("text", [
