@@ -3,8 +3,9 @@ rewards, starting from the base model of pretrain.py.
 
 Paper map (docs/PAPER.md has the equations and a worked example of each):
   group_advantages  R1 eq. 3: A_i = (r_i - mean(r)) / std(r), per group of G samples
-  grpo_loss         R1 eq. 1: min(rho A, clip(rho, 1-eps, 1+eps) A) - beta KL, with the k3 KL
-                    estimator of R1 eq. 2: pi_ref/pi - log(pi_ref/pi) - 1
+  grpo_loss         DeepSeekMath eq. 3 (per-token ratio, 1/|o_i| mean; R1 eq. 1 writes it per
+                    sequence: --seq-ratio): min(rho A, clip(rho, 1-eps, 1+eps) A) - beta KL, with
+                    the k3 KL estimator of R1 eq. 2 / DeepSeekMath eq. 4: pi_ref/pi - log(pi_ref/pi) - 1
   rl_batch          one RL step's data: questions -> G rollouts each -> rule rewards -> advantages
   run               the R1-Zero loop: evaluation, reference reset, rl_batch, mu update passes,
                     logging and checkpoints, each a visible line
@@ -156,7 +157,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_std: bool = T
 def grpo_loss(logp, logp_old, logp_ref, advantages, mask, clip_eps: float = 0.2, beta: float = 0.0,
               loss_agg: str = "seq-mean-token-mean", seq_ratio: bool = False, norm_len: int | None = None,
               n_rows: float | None = None, n_tokens: float | None = None):
-    """The GRPO objective (R1 eq. 1), negated to a loss. logp, logp_old, logp_ref, mask: (B, T)
+    """The GRPO objective (DeepSeekMath eq. 3, per token; R1 eq. 1 with seq_ratio=True), negated to a loss. logp, logp_old, logp_ref, mask: (B, T)
     per-token log-probs of the sampled tokens under pi_theta, pi_old, pi_ref and 1 on completion
     tokens; advantages: (B,). logp_ref may be None when beta == 0.
 
@@ -185,7 +186,7 @@ def grpo_loss(logp, logp_old, logp_ref, advantages, mask, clip_eps: float = 0.2,
     policy_per_token = -torch.min(unclipped, clipped)                     # (B, T) policy loss
     kl = torch.zeros_like(logp)
     if beta > 0:
-        # k3 estimator, R1 eq. 2: pi_ref/pi - log(pi_ref/pi) - 1, always >= 0
+        # k3 estimator, R1 eq. 2 (per token as in DeepSeekMath eq. 4): pi_ref/pi - log(pi_ref/pi) - 1, >= 0
         log_ref_ratio = logp_ref - logp                                   # (B, T)
         kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1
     per_token = policy_per_token + beta * kl                              # (B, T)

@@ -1,7 +1,7 @@
 """The policy network: a small Llama-style decoder-only transformer, and sampling from it.
 
 DeepSeek-R1 starts from DeepSeek-V3-Base (a 671B mixture-of-experts model with multi-head latent
-attention, R1 paper section 2). We use the architecture of the dense models R1 was distilled into
+attention, described in the DeepSeek-V3 report, arXiv 2412.19437). We use the architecture of the dense models R1 was distilled into
 (Llama 3, Qwen2.5; R1 paper section 2.4), at toy scale, so every stage of the recipe runs on a laptop:
 
     tokens -> embed_tokens -> n_layer x [ x + Attention(RMSNorm(x)) ; x + SwiGLU(RMSNorm(x)) ]

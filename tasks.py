@@ -1,4 +1,4 @@
-"""Verifiable task families: the rule-rewarded problems of R1-Zero (R1 paper, section 2.2: "accuracy
+"""Verifiable task families: the rule-rewarded problems of R1-Zero (R1 paper v1, section 2.2.2: "accuracy
 rewards" for math answers in a required format, and for code run against test cases), the prompt
 template every stage uses, and the train/test split.
 

@@ -208,6 +208,31 @@ def test_token_logprobs_matches_prefix_by_prefix_loop():
         token_logprobs(model, tokens[:, :1])
 
 
+@pytest.mark.parametrize("temperature", [0.7, 1.0, 1.3])
+def test_sampler_and_trainer_agree_on_log_probs_at_the_sampling_temperature(temperature):
+    """The sampler's log-prob of each token it sampled (KV cache, ragged left-padded batch) equals
+    the trainer's token_logprobs at the same temperature on the packed sequence; at another
+    temperature they differ, which is the bug of scoring T = 0.7 samples with untempered logits."""
+    from common import pack
+    model = make_model(scale=1.0)
+    prompts = random_prompts([3, 7, 1, 5])
+    new, lengths, sampler_logp = generate(model, prompts, 10, temperature=temperature, return_logprobs=True,
+                                          generator=torch.Generator().manual_seed(0))
+    completions = [row[:n].tolist() for row, n in zip(new, lengths)]
+    tokens, mask = pack(prompts, completions, pad_id=0)
+    with torch.no_grad():
+        trainer = token_logprobs(model, tokens, temperature)        # (B, T-1), completion at mask
+        untempered = token_logprobs(model, tokens)
+    for b, c in enumerate(completions):
+        at = mask[b].bool()
+        torch.testing.assert_close(sampler_logp[b, :len(c)], trainer[b, at], rtol=0, atol=2e-5)
+        assert (sampler_logp[b, len(c):] == 0).all()
+        if temperature != 1.0:
+            assert (trainer[b, at] - untempered[b, at]).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        token_logprobs(model, tokens, 0.0)
+
+
 def test_token_logprobs_has_gradients():
     model = make_model(scale=1.0).train()
     token_logprobs(model, torch.randint(0, 64, (2, 5))).sum().backward()

@@ -341,8 +341,8 @@ def test_parse_reward_spec_rejects(bad):
         parse_reward_spec(bad)
 
 
-def test_register_reward_and_unknown_family():
-    rewards.register_reward("length_penalty", lambda c, p: -len(c) / 100)
+def test_a_new_reward_by_name_and_unknown_family():
+    rewards.REWARDS["length_penalty"] = lambda c, p: -len(c) / 100
     try:
         total, parts = parse_reward_spec("2*length_penalty")("x" * 10, {})
         assert parts == {"length_penalty": -0.1} and total == pytest.approx(-0.2)
