@@ -41,7 +41,7 @@ import pretrain  # deliberate reuse: `python grpo.py` on a fresh clone pretrains
 from common import (MetricsLogger, all_reduce, check_ranges, checkpoint_path, config_from_args, derive_seed, load_checkpoint,
                     load_model, lr_at, make_optimizer, optimizer_step, pack, print0, read_metrics,
                     restore, run_dir, save_checkpoint, seed_everything, set_lr, setup_ddp, sum_over_ranks,
-                    teardown_ddp)
+                    teardown_ddp, world_size)
 from evaluate import evaluate
 from model import batched_logprobs, sample_completions, token_logprobs
 from plots import plot_aha
@@ -284,21 +284,22 @@ def make_loss_fn(cfg: GRPOConfig):
 # ----------------------------------------------------------------------------- the R1-Zero loop
 
 
-def ensure_base_model(cfg: GRPOConfig) -> None:
-    """`python grpo.py` on a fresh clone: pretrain the base model first if the default base
-    directory has none (check_files has refused any other missing --init-from)."""
-    if os.path.exists(checkpoint_path(cfg.init_from)):
-        return
-    print0(f"no base model in {cfg.init_from}/: pretraining one there first "
-           f"(python pretrain.py --seed {cfg.seed} --out-dir {cfg.init_from})")
-    pretrain.run(pretrain.PretrainConfig(min_digits=cfg.min_digits, max_digits=cfg.max_digits, seed=cfg.seed,
-                                         device=cfg.device, out_dir=cfg.init_from, eval_problems=0))
+def step_inputs(cfg: GRPOConfig, task, step: int, rank: int, device):
+    """RL step `step`'s questions (this rank's share, TRAIN split) and its sampling generator, each
+    from its own seed stream: what makes a run, and a resumed run, reproducible."""
+    problems = sample_problems(task, cfg.prompts_per_step // world_size(), "train",
+                               seed=derive_seed(cfg.seed, "questions", step, rank))
+    generator = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "rollouts", step, rank))
+    return problems, generator
 
 
 def run(cfg: GRPOConfig) -> dict:
     """R1-Zero: GRPO from the base model with rule rewards. Returns held-out metrics before/after."""
     t_start = time.time()
-    ensure_base_model(cfg)
+    # `python grpo.py` on a fresh clone: pretrain the base model first (check_files has refused any
+    # other missing --init-from than the default base directory)
+    pretrain.ensure_base_model(cfg.init_from, seed=cfg.seed, device=cfg.device, min_digits=cfg.min_digits,
+                               max_digits=cfg.max_digits)
     dist = setup_ddp(cfg.device or None)
     if cfg.prompts_per_step % dist.world_size:
         raise ValueError(f"--prompts-per-step ({cfg.prompts_per_step}) must be divisible by the number of "
@@ -359,9 +360,7 @@ def run(cfg: GRPOConfig) -> dict:
                 if ref_model is not None and cfg.ref_reset_every and step > 0 and step % cfg.ref_reset_every == 0:
                     ref_model.load_state_dict(model.state_dict())
                 # c. this rank's questions (TRAIN split), and one RL step's data from them
-                problems = sample_problems(task, cfg.prompts_per_step // dist.world_size, "train",
-                                           seed=derive_seed(cfg.seed, "questions", step, dist.rank))
-                gen = torch.Generator(device=dist.device).manual_seed(derive_seed(cfg.seed, "rollouts", step, dist.rank))
+                problems, gen = step_inputs(cfg, task, step, dist.rank, dist.device)
                 rollout = {"pass": 0, **dict(zip(("batch", "info"), rl_batch(
                     model, ref_model, tok, problems, cfg, score_batch, gen)))}
             batch, info = rollout["batch"], rollout["info"]

@@ -8,12 +8,9 @@ matches a log in the repository.
 """
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display: works on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-
-from common import read_metrics  # noqa: E402
+from matplotlib.figure import Figure  # a figure object, not pyplot: no display or backend needed, and
+                                      # importing this file leaves a notebook's inline backend alone
+from common import read_metrics
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 FIGURES = {  # figure -> (metrics log, title)
@@ -27,7 +24,8 @@ def plot_aha(metrics_path: str, out_png: str, title: str = "R1-Zero on a CPU") -
     records = read_metrics(metrics_path)
     evals = [r for r in records if r["kind"] == "eval"]
     train_rows = [r for r in records if r["kind"] == "train" and r.get("pass", 1) == 1]  # one per RL step
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.plot([r["step"] for r in evals], [r["pass@1"] for r in evals], "o-", label="pass@1")
     ax1.plot([r["step"] for r in evals], [r["cons@k"] for r in evals], "s--", label="cons@k")
     ax1.set(xlabel="RL step", ylabel="held-out accuracy", ylim=(0, 1), title="accuracy (cf. R1 Fig. 2)")
@@ -42,7 +40,6 @@ def plot_aha(metrics_path: str, out_png: str, title: str = "R1-Zero on a CPU") -
     fig.tight_layout()
     os.makedirs(os.path.dirname(out_png) or ".", exist_ok=True)
     fig.savefig(out_png, dpi=110)
-    plt.close(fig)
     return out_png
 
 

@@ -21,7 +21,8 @@ Deliberate deviations from the paper:
    rows): an aid for a tiny rotary model, which learns "where am I in this problem" faster then.
 3. A curriculum in two phases. Phase 1 sees worked traces only, until the model has mastered them:
    every --mastery-every steps it answers 32 training problems greedily, and phase 1 ends once
-   --mastery of them are right (or at --max-warm-steps, with a warning). Phase 2 is --steps steps on
+   --mastery of them are right at --mastery-checks consecutive checks (or at --max-warm-steps, with
+   a warning). Phase 2 is --steps steps on
    the web's real mix, which sets how often the base model reasons. When a tiny model "gets" the
    trace varies from seed to seed (docs/LOG.md: at a fixed switch step it was a coin flip), so the
    switch is gated on the skill, not on a step count: the base model is the same by design, not by
@@ -58,6 +59,7 @@ class PretrainConfig(CorpusConfig):
     max_digits: int = 3             # most digits of an operand (difficulty knob)
     mastery: float = 0.6            # phase 1 (traces only) ends at this greedy accuracy on train problems (0 = no phase 1)
     mastery_every: int = 50         # check mastery every N steps of phase 1
+    mastery_checks: int = 2         # phase 1 ends after this many consecutive checks at or above --mastery
     max_warm_steps: int = 1500      # phase 1 ends here even without mastery (with a warning)
     steps: int = 300                # phase 2: optimizer steps on the web's real mix
     batch_size: int = 16            # rows per step (summed over ranks)
@@ -81,7 +83,7 @@ class PretrainConfig(CorpusConfig):
         if self.task != "add":  # corpus.py writes worked traces for column addition only
             raise ValueError(f"--task must be 'add' (got {self.task!r}): the synthetic web of corpus.py "
                              f"is written for addition; other families are for RL and evaluation")
-        check_ranges(self, positive=("max_seq_len", "mastery_every", "steps", "batch_size", "seq_len", "lr",
+        check_ranges(self, positive=("max_seq_len", "mastery_every", "mastery_checks", "steps", "batch_size", "seq_len", "lr",
                                      "log_every", "eval_k"),
                      non_negative=("max_warm_steps", "warmup_steps", "weight_decay", "grad_clip", "ckpt_every",
                                    "eval_problems"),
@@ -155,10 +157,11 @@ def run(cfg: PretrainConfig):
     model = GPT(GPTConfig.from_preset(cfg.model, vocab_size=tok.vocab_size, max_seq_len=cfg.max_seq_len))
     model.to(dist.device)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    step, mastered_at, keep = 0, None if cfg.mastery > 0 else 0, None
+    step, mastered_at, streak, keep = 0, None if cfg.mastery > 0 else 0, 0, None
     if cfg.resume:
         ckpt = load_checkpoint(cfg.out_dir, map_location=dist.device)
-        step, mastered_at, keep = restore(model, optimizer, ckpt), ckpt["config"]["mastered_at"], ckpt["keep"]
+        step, keep = restore(model, optimizer, ckpt), ckpt["keep"]
+        mastered_at, streak = ckpt["config"]["mastered_at"], ckpt["config"]["mastery_streak"]
         print0(f"resumed from {cfg.out_dir} at step {step}")
     n_params = sum(p.numel() for p in model.parameters())
     print0(f"base model: preset {cfg.model}, {n_params / 1e6:.2f}M parameters, {dist.world_size} process(es) "
@@ -167,30 +170,36 @@ def run(cfg: PretrainConfig):
     loop_cfg = LoopConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LoopConfig)})
     logger = MetricsLogger(cfg.out_dir, keep=keep)
     t0 = time.time()
-    # Phase 1: worked traces only, at a constant lr after warmup, until greedy answers are right
+    # Phase 1: worked traces only, at a constant lr after warmup, until greedy answers are right at
+    # cfg.mastery_checks consecutive checks (one check is noisy: 32 problems, and accuracy swings)
     probe = sample_problems(task, 32, "train", seed=derive_seed(cfg.seed, "mastery-probe"))
     while mastered_at is None:
+        if step > 0:  # a check at every chunk boundary, also the one a resumed run starts at
+            unwrap(model).eval()
+            acc = evaluate(unwrap(model), tok, probe, k=1, temperature=0.0)["pass@1"]
+            acc = all_reduce({"acc": acc})["acc"]  # identical on every rank; averaged to be sure
+            streak = streak + 1 if acc >= cfg.mastery else 0
+            print0(f"phase 1 (worked traces only), step {step}: greedy accuracy {acc:.2f} on {len(probe)} "
+                   f"training problems (mastery at {cfg.mastery:.2f}, {streak} of {cfg.mastery_checks} checks)")
+            if streak >= cfg.mastery_checks or step >= cfg.max_warm_steps:
+                mastered_at = step
+                if streak < cfg.mastery_checks:
+                    print0(f"WARNING: the trace was not mastered in {step} steps (accuracy {acc:.2f}); the base "
+                           f"model will rarely reason correctly and RL will have little to find")
+                break
         end = min(step + cfg.mastery_every, cfg.max_warm_steps)
         train(wrapped, optimizer, dataclasses.replace(loop_cfg, steps=end, min_lr_ratio=1.0),
               batches(cfg, tok, task, dist.rank, dist.world_size, step, traces_only=True), loss_fn,
-              start_step=step, logger=logger, config_dict={**dataclasses.asdict(cfg), "mastered_at": None})
+              start_step=step, logger=logger,
+              config_dict={**dataclasses.asdict(cfg), "mastered_at": None, "mastery_streak": streak})
         step = end
-        unwrap(model).eval()
-        acc = evaluate(unwrap(model), tok, probe, k=1, temperature=0.0)["pass@1"]
-        acc = all_reduce({"acc": acc})["acc"]  # identical on every rank; averaged to be sure
-        print0(f"phase 1 (worked traces only), step {step}: greedy accuracy {acc:.2f} on {len(probe)} "
-               f"training problems (mastery at {cfg.mastery:.2f})")
-        if acc >= cfg.mastery or step >= cfg.max_warm_steps:
-            mastered_at = step
-            if acc < cfg.mastery:
-                print0(f"WARNING: the trace was not mastered in {step} steps (accuracy {acc:.2f}); the base "
-                       f"model will rarely reason correctly and RL will have little to find")
     # Phase 2: the web's real mix for cfg.steps steps, lr on a cosine from where phase 1 left it
     # (lr_at's cosine starts where its warmup ends, so phase 1 counts as the warmup here)
     phase2 = dataclasses.replace(loop_cfg, steps=mastered_at + cfg.steps,
                                  warmup_steps=max(cfg.warmup_steps, mastered_at))
     train(wrapped, optimizer, phase2, batches(cfg, tok, task, dist.rank, dist.world_size, step), loss_fn,
-          start_step=step, logger=logger, config_dict={**dataclasses.asdict(cfg), "mastered_at": mastered_at})
+          start_step=step, logger=logger,
+          config_dict={**dataclasses.asdict(cfg), "mastered_at": mastered_at, "mastery_streak": streak})
     print0(f"pretraining took {time.time() - t0:.0f} s ({mastered_at} steps of traces, then {cfg.steps} "
            f"of the web's mix); checkpoint in {cfg.out_dir}/")
     metrics = {}
@@ -201,6 +210,16 @@ def run(cfg: PretrainConfig):
         metrics = report(model, tok, task, problems, ecfg, forced_prefixes)  # task is "add" (__post_init__)
     teardown_ddp()
     return metrics
+
+
+def ensure_base_model(out_dir: str, **overrides) -> None:
+    """Pretrain a base model into out_dir unless it already holds one (PretrainConfig's defaults,
+    with `overrides`, no final report): what `python grpo.py` and the notebooks do on a fresh clone."""
+    if os.path.exists(checkpoint_path(out_dir)):
+        return
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in overrides.items() if v != getattr(PretrainConfig, k))
+    print0(f"no base model in {out_dir}/: pretraining one there first (python pretrain.py --out-dir {out_dir} {flags})")
+    run(PretrainConfig(**{"eval_problems": 0, **overrides, "out_dir": out_dir}))
 
 
 def main(argv=None):
