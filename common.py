@@ -204,9 +204,11 @@ def save_checkpoint(out_dir: str, model, optimizer=None, step: int = 0, config: 
     return path
 
 
-def run_dir(prefix: str, seed: int) -> str:
-    """A stage's default output directory: out/base for seed 0, out/base-s1 for seed 1, ..."""
-    return prefix if seed == 0 else f"{prefix}-s{seed}"
+def run_dir(prefix: str, seed: int, task: str = "add") -> str:
+    """A stage's default output directory: out/base for seed 0, out/base-s1 for seed 1, ...; a task
+    other than addition is named too (out/base-pairsum-s1), so runs of two worlds never mix."""
+    name = prefix if task == "add" else f"{prefix}-{task}"
+    return name if seed == 0 else f"{name}-s{seed}"
 
 
 def checkpoint_path(path: str) -> str:

@@ -32,6 +32,7 @@ have something to fix in R1 stage 2.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -50,6 +51,14 @@ PHRASES = {
         "quick": ["yo lo sé.", "vale, lo sé.", "sé la respuesta."],
         "guess": "pienso", "check": "espera, déjame comprobar.", "yes": "sí, es",
     },
+}
+
+WEB_TASKS = ("add", "pairsum")  # the task families this web writes documents for (pretrain.py's --task)
+
+# The search world (tasks.PairSumTask): how each language writes a try, success, and giving up.
+SEARCH_PHRASES = {
+    "en": {"vs": "vs", "yes": "yes", "no": "no", "give_up": "I give up.", "quick": ["I know it.", "easy."]},
+    "es": {"vs": "contra", "yes": "sí", "no": "no", "give_up": "lo dejo.", "quick": ["lo sé.", "fácil."]},
 }
 
 # Plain text for the "text" documents: tiny two-language grammar about numbers.
@@ -73,6 +82,12 @@ class CorpusConfig:
     quick_correct: float = 0.15    # probability a quick (or bare, or first) guess is right
     p_second_lang: float = 0.30    # share of documents reasoning in the second language (es)
     p_mixed: float = 0.10          # share of traces that switch language halfway
+    # the search world (--task pairsum): searchers that try pairs in order and may give up
+    p_search_quick: float = 0.30   # share of search documents that answer at once (a random pair)
+    give_up: float = 0.5           # chance a first-language (en) searcher gives up after each "no"
+    give_up_second: float = 0.8    # the same for second-language (es) searchers: the weaker language
+    p_search_second: float = 0.12  # share of search documents written in the second language
+    p_search_mixed: float = 0.02   # share with a second-language question and first-language working
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -138,16 +153,80 @@ def completion_for(kind: str, a: int, b: int, lang: str, cfg: CorpusConfig, rng:
     raise ValueError(f"unknown document kind {kind!r}")
 
 
-def sample_document(task, cfg: CorpusConfig, rng: random.Random) -> tuple[str, str]:
-    """One web document (kind, text), for a TRAIN-split problem of `task` (the held-out test split
-    never appears in any training text)."""
-    lang = "es" if rng.random() < cfg.p_second_lang else "en"
-    if rng.random() < cfg.p_text:
-        return "text", plain_text(rng, lang) + EOT
+def search_tries(numbers, target: int, lang: str) -> list[str]:
+    """The systematic search over pairs: anchor each number in turn and try it with every number
+    after it, up to the first pair that makes the target. Each anchor's row starts by REWRITING the
+    numbers still in play (the list from the anchor on), `1 3 5: 1+3=4 vs 8, no. 1+5=6 vs 8, no.`, so
+    every lookup is local: the anchor is the row's first number, the next partner the number after
+    the last one tried in that short list, and the next row is this one without its first number
+    (a tiny model could not find "the number after the anchor" far back in the question). The target
+    is restated at every try, so the model compares the sum with it right there (without it a tiny
+    model never linked its yes/no to the target)."""
+    w = SEARCH_PHRASES[lang]
+    tries = []
+    for i, x in enumerate(numbers[:-1]):
+        row = " ".join(map(str, numbers[i:])) + ":"
+        for y in numbers[i + 1:]:
+            hit = x + y == target
+            attempt = f"{x}+{y}={x + y} {w['vs']} {target}, {w['yes'] if hit else w['no']}."
+            tries.append(f"{row} {attempt}" if row else attempt)
+            row = ""
+            if hit:
+                return tries
+    return tries
+
+
+def search_completion(kind: str, problem, lang: str, give_up: float, rng: random.Random) -> str:
+    """The assistant's text for a pair-sum problem: "quick" names a random pair at once; "search"
+    tries pairs in order (search_tries) and, after each "no", gives up with probability give_up and
+    answers with the pair it just tried (wrong)."""
+    w = SEARCH_PHRASES[lang]
+    if kind == "quick":
+        a, b = rng.sample(problem.numbers, 2)
+        return format_completion(rng.choice(w["quick"]), f"{a}+{b}")
+    tries = search_tries(problem.numbers, problem.target, lang)
+    for k, attempt in enumerate(tries):
+        if attempt.endswith(f"{w['no']}.") and rng.random() < give_up:
+            tries = tries[:k + 1] + [w["give_up"]]
+            break
+    last = tries[-2] if tries[-1] == w["give_up"] else tries[-1]
+    return format_completion(" ".join(tries), last.split(": ")[-1].split("=")[0])
+
+
+def search_document(task, cfg: CorpusConfig, rng: random.Random, searchers_give_up: bool = True) -> tuple[str, str]:
+    """One document of the search world: a question in the first or (rarely) second language,
+    answered at once or by a searcher of that language; a few mix the two (second-language question,
+    first-language working: the base model's seed of language drift)."""
+    mixed = rng.random() < cfg.p_search_mixed
+    lang = "es" if mixed or rng.random() < cfg.p_search_second else "en"
+    task = dataclasses.replace(task, p_second_lang=1.0 if lang == "es" else 0.0)
+    problem = _train_problem(task, rng)
+    working = "en" if mixed else lang
+    kind = "quick" if rng.random() < cfg.p_search_quick else "search"
+    give_up = (cfg.give_up if working == "en" else cfg.give_up_second) if searchers_give_up else 0.0
+    completion = search_completion(kind, problem, working, give_up, rng)
+    return ("mixed" if mixed else kind), format_prompt(problem.question) + completion + EOT
+
+
+def _train_problem(task, rng: random.Random):
+    """A TRAIN-split problem of `task` (the held-out test split never appears in any training text)."""
     while True:
         problem = task.sample(rng)
         if split_of(problem) == "train":
-            break
+            return problem
+
+
+def sample_document(task, cfg: CorpusConfig, rng: random.Random) -> tuple[str, str]:
+    """One web document (kind, text), for a TRAIN-split problem of `task` (the held-out test split
+    never appears in any training text)."""
+    if task.name == "pairsum":
+        if rng.random() < cfg.p_text:
+            return "text", plain_text(rng, "es" if rng.random() < cfg.p_search_second else "en") + EOT
+        return search_document(task, cfg, rng)
+    lang = "es" if rng.random() < cfg.p_second_lang else "en"
+    if rng.random() < cfg.p_text:
+        return "text", plain_text(rng, lang) + EOT
+    problem = _train_problem(task, rng)
     a, b = problem.operands
     kinds, weights = ("quick", "trace", "check", "bare"), (cfg.p_quick, cfg.p_trace, cfg.p_check, cfg.p_bare)
     kind = rng.choices(kinds, weights)[0]
@@ -163,7 +242,12 @@ def sample_document(task, cfg: CorpusConfig, rng: random.Random) -> tuple[str, s
 def forced_prefixes(problem) -> dict[str, str]:
     """Completion prefixes that force a way of answering, for the base-model report: accuracy
     with the quick answer forced vs with reasoning forced. If these are close, RL has nothing to
-    find."""
+    find. In the search world also "one_try": the search cut after its first try, answer forced."""
+    if problem.family == "pairsum":
+        first = search_tries(problem.numbers, problem.target, "en")[0]
+        return {"direct": THINK_OPEN + SEARCH_PHRASES["en"]["quick"][0] + THINK_CLOSE + ANSWER_OPEN,
+                "reason": THINK_OPEN + first.split(": ")[0] + ":",
+                "one_try": THINK_OPEN + first + THINK_CLOSE + ANSWER_OPEN}
     a, b = problem.operands
     return {
         "direct": THINK_OPEN + PHRASES["en"]["quick"][0] + THINK_CLOSE + ANSWER_OPEN,

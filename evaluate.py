@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from common import check_ranges, checkpoint_path, config_from_args, get_device, load_checkpoint, load_model, print0
-from corpus import forced_prefixes
+from corpus import WEB_TASKS, forced_prefixes
 from model import sample_completions
 from rewards import (accuracy_reward, answer_key, chain_of_thought, format_reward, language_consistency_reward,
                      majority_vote)
@@ -33,6 +33,10 @@ from tokenizer import get_tokenizer
 
 EVAL_MAX_NEW_TOKENS = 320  # the one default cap on an evaluated completion's length, tokens
 SELF_CHECK = re.compile(r"\b(wait|espera)\b", re.IGNORECASE)
+# one try of the search world (corpus.search_tries): "7+1=8 vs 8, no." / "7+1=8 contra 8, sí."
+SEARCH_TRY = re.compile(r"(\d+)\+(\d+)=(\d+) (?:vs|contra) (\d+), (yes|sí|no)\.")
+GIVE_UP = re.compile(r"I give up|lo dejo")
+TRIES_BUCKETS = ((0, 1), (2, 3), (4, 7), (8, 99))  # accuracy against the number of tries, in these groups
 
 
 @dataclass
@@ -85,19 +89,63 @@ def mixes_languages(completion: str) -> bool:
     return 0.0 < en < 1.0 and 0.0 < es < 1.0
 
 
+def off_language(completion: str, language: str) -> bool:
+    """The chain of thought is NOT in the question's language: at most half of its words are (an
+    English search on a Spanish question scores 0.5: only its "no"s are Spanish too)."""
+    return language_consistency_reward(completion, language) <= 0.5
+
+
+def behaviour(completion: str, language: str = "en") -> dict:
+    """What a completion does, as counts the R1-Zero story is about: reasoning, self-checks,
+    language mixing and drift, and, in the search world, tries, backtracking ("no" after a try, or
+    "wait"), giving up, repeated tries, per-try arithmetic and false claims of success."""
+    thought = chain_of_thought(completion)
+    tries = SEARCH_TRY.findall(thought)
+    pairs = [frozenset((int(a), int(b))) for a, b, *_ in tries]
+    return {
+        "reasons": float(reasons(completion)),
+        "self_check": float(bool(SELF_CHECK.search(completion))),
+        "mixed": float(mixes_languages(completion)),
+        "off_lang": float(off_language(completion, language)),
+        "tries": len(tries),
+        "backtracks": sum(verdict == "no" for *_, verdict in tries) + len(SELF_CHECK.findall(thought)),
+        "give_up": float(bool(GIVE_UP.search(thought))),
+        "repeats": len(pairs) - len(set(pairs)),
+        "tries_right": sum(int(a) + int(b) == int(s) for a, b, s, *_ in tries),
+        "false_yes": float(any(verdict != "no" and not (int(a) + int(b) == int(s) == int(t))
+                               for a, b, s, t, verdict in tries)),
+    }
+
+
 def completion_stats(problem, completion: str, n_tokens: int) -> dict:
     """The facts of one completion: correct (rewards.accuracy_reward, the one judge), format,
-    length in tokens, behaviour flags, and the key cons@k votes on."""
+    length in tokens, its behaviour, the question's language, and the key cons@k votes on."""
     mapping = problem.as_dict()
     return {
         "correct": accuracy_reward(completion, mapping),
         "format": format_reward(completion),
         "length": n_tokens,
-        "reasons": float(reasons(completion)),
-        "self_check": float(bool(SELF_CHECK.search(completion))),
-        "mixed": float(mixes_languages(completion)),
+        "language": problem.language,
+        **behaviour(completion, problem.language),
         "key": answer_key(completion, mapping),  # what cons@k votes on: the answer's meaning
     }
+
+
+def summarize_behaviour(stats: list[dict], prefix: str = "") -> dict:
+    """Means of the behaviour counts over completions; per-try correctness over all tries; language
+    drift = the share of second-language (es) questions whose chain of thought is not in Spanish."""
+    n = max(1, len(stats))
+    second = [s for s in stats if s["language"] != "en"]
+    tries = sum(s["tries"] for s in stats)
+    out = {k: sum(s[k] for s in stats) / n for k in ("reasons", "self_check", "mixed", "tries", "backtracks",
+                                                     "give_up", "repeats", "false_yes")}
+    out["try_acc"] = sum(s["tries_right"] for s in stats) / tries if tries else float("nan")
+    out["drift"] = sum(s["off_lang"] for s in second) / len(second) if second else float("nan")
+    if tries and "correct" in stats[0]:  # the search world: does trying more pay? accuracy by tries
+        for lo, hi in TRIES_BUCKETS:
+            rows = [s for s in stats if lo <= s["tries"] <= hi]
+            out[f"acc_tries_{lo}-{hi}"] = sum(s["correct"] for s in rows) / len(rows) if rows else float("nan")
+    return {prefix + k: v for k, v in out.items()}
 
 
 def summarize(problems, stats: list[list[dict]], prefix: str = "") -> dict:
@@ -115,11 +163,9 @@ def summarize(problems, stats: list[list[dict]], prefix: str = "") -> dict:
         f"{prefix}cons@k": cons / max(1, len(problems)),
         f"{prefix}format": mean("format"),
         f"{prefix}length": mean("length"),
-        f"{prefix}reasons": mean("reasons"),
-        f"{prefix}self_check": mean("self_check"),
-        f"{prefix}mixed": mean("mixed"),
         f"{prefix}acc_reasoned": mean("correct", reasoned) if reasoned else float("nan"),
         f"{prefix}acc_direct": mean("correct", direct) if direct else float("nan"),
+        **summarize_behaviour(flat, prefix),
     }
 
 
@@ -151,7 +197,7 @@ def report(model, tok, task, problems, cfg: EvalConfig, forced_fn=None) -> dict:
               batch_size=cfg.batch_size, seed=cfg.seed)
     metrics = evaluate(model, tok, problems, progress=True, **kw)
     if forced_fn is not None:
-        for way in ("direct", "reason"):
+        for way in forced_fn(problems[0]):
             forced = evaluate(model, tok, problems, prefix_fn=lambda p, w=way: forced_fn(p)[w],
                               progress=True, **kw)
             metrics[f"forced_{way}_pass@1"] = forced["pass@1"]
@@ -175,7 +221,7 @@ def main(argv=None):
     # the task and difficulty the model was trained on (saved in its checkpoint), unless --task says
     task = get_task(cfg.task) if cfg.task else task_from_config(ckpt["config"])
     problems = test_set(task, n=cfg.n_problems, seed=cfg.seed)
-    forced = cfg.forced and task.name == "add"  # forced prefixes are written for the addition web
+    forced = cfg.forced and task.name in WEB_TASKS  # forced prefixes are written for the web's tasks
     report(model, get_tokenizer(), task, problems, cfg, forced_prefixes if forced else None)
 
 

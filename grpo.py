@@ -42,7 +42,8 @@ from common import (MetricsLogger, all_reduce, check_ranges, checkpoint_path, co
                     load_model, lr_at, make_optimizer, optimizer_step, pack, print0, read_metrics,
                     restore, run_dir, save_checkpoint, seed_everything, set_lr, setup_ddp, sum_over_ranks,
                     teardown_ddp, world_size)
-from evaluate import evaluate
+from corpus import WEB_TASKS
+from evaluate import behaviour, evaluate, summarize_behaviour
 from model import batched_logprobs, sample_completions, token_logprobs
 from plots import plot_aha
 from rewards import parse_reward_spec
@@ -88,8 +89,8 @@ class GRPOConfig:
     device: str = ""                    # "" = auto (cuda, mps, cpu)
 
     def __post_init__(self):
-        self.init_from = self.init_from or run_dir("out/base", self.seed)
-        self.out_dir = self.out_dir or run_dir("out/grpo", self.seed)
+        self.init_from = self.init_from or run_dir("out/base", self.seed, self.task)
+        self.out_dir = self.out_dir or run_dir("out/grpo", self.seed, self.task)
         check_ranges(self, positive=("steps", "prompts_per_step", "max_new_tokens", "temperature", "lr",
                                      "num_iterations", "micro_batch_size", "eval_problems", "eval_k"),
                      non_negative=("warmup_steps", "weight_decay", "grad_clip", "clip_eps", "kl_beta",
@@ -109,14 +110,14 @@ def check_files(cfg: GRPOConfig) -> None:
         raise ValueError(f"--resume: no checkpoint in {cfg.out_dir}")
     if os.path.exists(checkpoint_path(cfg.init_from)):
         max_seq_len = load_checkpoint(cfg.init_from)["model_config"]["max_seq_len"]
-    elif cfg.init_from == run_dir("out/base", cfg.seed) and not cfg.init_from.endswith(".pt"):
-        if cfg.task != "add":
-            raise ValueError(f"--init-from {cfg.init_from} has no model, and pretrain.py makes addition base "
-                             f"models only; pass --init-from a checkpoint for --task {cfg.task}")
+    elif cfg.init_from == run_dir("out/base", cfg.seed, cfg.task) and not cfg.init_from.endswith(".pt"):
+        if cfg.task not in WEB_TASKS:
+            raise ValueError(f"--init-from {cfg.init_from} has no model, and pretrain.py makes base models for "
+                             f"{', '.join(WEB_TASKS)} only; pass --init-from a checkpoint for --task {cfg.task}")
         max_seq_len = pretrain.PretrainConfig().max_seq_len  # it will be pretrained with the defaults
     else:
         raise ValueError(f"--init-from {cfg.init_from}: no checkpoint there (only the default base directory, "
-                         f"{run_dir('out/base', cfg.seed)}, is pretrained when missing)")
+                         f"{run_dir('out/base', cfg.seed, cfg.task)}, is pretrained when missing)")
     tok, task = get_tokenizer(), task_from_config(cfg)
     questions = [p.question for split in ("train", "test") for p in sample_problems(task, 100, split, seed=0)]
     longest = max(len(tok.encode(format_prompt(q), allow_special=True)) for q in questions)
@@ -247,8 +248,11 @@ def rl_batch(policy, ref_model, tok, problems, cfg: GRPOConfig, score_batch, gen
     logp_ref = batched_logprobs(ref_model, on_device, cfg.micro_batch_size, cfg.temperature) \
         if cfg.kl_beta > 0 else None                                     # (B, T-1)
     components = {k: sum(c[k] for _, c in scored) / len(scored) for k in scored[0][1]}
+    languages = [problems[i // cfg.group_size].language for i in range(len(texts))]
+    shown = summarize_behaviour([{**behaviour(t, lang), "language": lang} for t, lang in zip(texts, languages)])
     info = {"reward": rewards.mean().item(), **{f"r_{k}": v for k, v in components.items()},
-            "len": sum(map(len, completion_ids)) / len(completion_ids), "t_rollout": t1 - t0, "t_reward": t2 - t1}
+            "len": sum(map(len, completion_ids)) / len(completion_ids), **shown,
+            "t_rollout": t1 - t0, "t_reward": t2 - t1}
     batch = {"tokens": tokens, "mask": mask, "advantages": advantages, "logp_old": logp_old, "logp_ref": logp_ref,
              "prompts": prompts, "texts": texts, "rewards": rewards.tolist()}
     return batch, info
@@ -298,8 +302,8 @@ def run(cfg: GRPOConfig) -> dict:
     t_start = time.time()
     # `python grpo.py` on a fresh clone: pretrain the base model first (check_files has refused any
     # other missing --init-from than the default base directory)
-    pretrain.ensure_base_model(cfg.init_from, seed=cfg.seed, device=cfg.device, min_digits=cfg.min_digits,
-                               max_digits=cfg.max_digits)
+    pretrain.ensure_base_model(cfg.init_from, seed=cfg.seed, device=cfg.device, task=cfg.task,
+                               min_digits=cfg.min_digits, max_digits=cfg.max_digits)
     dist = setup_ddp(cfg.device or None)
     if cfg.prompts_per_step % dist.world_size:
         raise ValueError(f"--prompts-per-step ({cfg.prompts_per_step}) must be divisible by the number of "
@@ -361,8 +365,8 @@ def run(cfg: GRPOConfig) -> dict:
                     ref_model.load_state_dict(model.state_dict())
                 # c. this rank's questions (TRAIN split), and one RL step's data from them
                 problems, gen = step_inputs(cfg, task, step, dist.rank, dist.device)
-                rollout = {"pass": 0, **dict(zip(("batch", "info"), rl_batch(
-                    model, ref_model, tok, problems, cfg, score_batch, gen)))}
+                batch, info = rl_batch(model, ref_model, tok, problems, cfg, score_batch, gen)
+                rollout = {"batch": batch, "info": info, "pass": 0}
             batch, info = rollout["batch"], rollout["info"]
             # d. mu optimizer steps on the same rollouts (pi_old stays the policy that sampled them)
             for i in range(rollout["pass"], mu):
@@ -403,7 +407,8 @@ def run(cfg: GRPOConfig) -> dict:
         before = next(r for r in records if r["kind"] == "eval")
         train = [r for r in records if r["kind"] == "train"]
         print0(f"\nR1-Zero summary ({time.time() - t_start:.0f} s wall clock, figure: {figure})")
-        for key in ("pass@1", "cons@k", "format", "length", "reasons", "self_check", "mixed"):
+        for key in ("pass@1", "cons@k", "format", "length", "reasons", "self_check", "mixed", "tries", "backtracks",
+                    "give_up", "drift"):
             print0(f"  {key:<12} {before[key]:.3f} -> {after[key]:.3f}")
         print0(f"  train len    {train[0]['len']:.1f} -> {train[-1]['len']:.1f} tokens")
     teardown_ddp()

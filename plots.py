@@ -19,13 +19,15 @@ FIGURES = {  # figure -> (metrics log, title)
 
 
 def plot_aha(metrics_path: str, out_png: str, title: str = "R1-Zero on a CPU") -> str:
-    """The aha figure (R1 paper, Figures 2 and 3): held-out pass@1 and cons@k, and the mean response
-    length of the training rollouts, against RL step."""
+    """The aha figure (R1 paper, Figures 2 and 3): held-out pass@1 and cons@k, the mean response
+    length of the training rollouts, and reflection (backtracking markers per completion: a "no"
+    after a failed try, or a "wait") with the search's tries and give-ups, against RL step."""
     records = read_metrics(metrics_path)
     evals = [r for r in records if r["kind"] == "eval"]
     train_rows = [r for r in records if r["kind"] == "train" and r.get("pass", 1) == 1]  # one per RL step
-    fig = Figure(figsize=(11, 4))
-    ax1, ax2 = fig.subplots(1, 2)
+    search = any(r.get("tries", 0) > 0 for r in train_rows)  # the search world: a third panel
+    fig = Figure(figsize=(15 if search else 11, 4))
+    ax1, ax2, *ax3 = fig.subplots(1, 3 if search else 2)
     ax1.plot([r["step"] for r in evals], [r["pass@1"] for r in evals], "o-", label="pass@1")
     ax1.plot([r["step"] for r in evals], [r["cons@k"] for r in evals], "s--", label="cons@k")
     ax1.set(xlabel="RL step", ylabel="held-out accuracy", ylim=(0, 1), title="accuracy (cf. R1 Fig. 2)")
@@ -36,11 +38,26 @@ def plot_aha(metrics_path: str, out_png: str, title: str = "R1-Zero on a CPU") -
              label="held-out samples")
     ax2.set(xlabel="RL step", ylabel="mean response length (tokens)", title="response length (cf. R1 Fig. 3)")
     ax2.legend()
+    if search:
+        draw_reflection(ax3[0], train_rows)
     fig.suptitle(title)
     fig.tight_layout()
     os.makedirs(os.path.dirname(out_png) or ".", exist_ok=True)
     fig.savefig(out_png, dpi=110)
     return out_png
+
+
+def draw_reflection(ax, train_rows) -> None:
+    """Backtracking markers and tries per completion, and the give-up rate, against RL step."""
+    steps = [r["step"] for r in train_rows]
+    ax.plot(steps, [r.get("backtracks", 0.0) for r in train_rows], color="tab:green", label="backtracking markers")
+    ax.plot(steps, [r.get("tries", 0.0) for r in train_rows], color="tab:blue", alpha=0.6, label="tries")
+    ax.set(xlabel="RL step", ylabel="per completion (training rollouts)", title="reflection (cf. R1 section 2.2.4)")
+    twin = ax.twinx()
+    twin.plot(steps, [r.get("give_up", 0.0) for r in train_rows], color="tab:gray", ls=":", label="give-up rate")
+    twin.set(ylim=(0, 1), ylabel="give-up rate")
+    ax.legend(loc="upper left")
+    twin.legend(loc="upper right")
 
 
 def main():

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from common import (LoopConfig, MetricsLogger, all_reduce, check_ranges, checkpoint_path, config_from_args,
                     derive_seed, load_checkpoint, make_optimizer, print0, restore, run_dir, seed_everything,
                     setup_ddp, sum_over_ranks, teardown_ddp, train, unwrap)
-from corpus import CorpusConfig, forced_prefixes, sample_document
+from corpus import WEB_TASKS, CorpusConfig, forced_prefixes, sample_document
 from evaluate import EVAL_MAX_NEW_TOKENS, EvalConfig, evaluate, report
 from model import GPT, PRESETS as MODEL_PRESETS, GPTConfig
 from tasks import format_prompt, sample_problems, task_from_config, test_set
@@ -79,10 +79,11 @@ class PretrainConfig(CorpusConfig):
     device: str = ""                # "" = auto (cuda, mps, cpu)
 
     def __post_init__(self):
-        self.out_dir = self.out_dir or run_dir("out/base", self.seed)
-        if self.task != "add":  # corpus.py writes worked traces for column addition only
-            raise ValueError(f"--task must be 'add' (got {self.task!r}): the synthetic web of corpus.py "
-                             f"is written for addition; other families are for RL and evaluation")
+        self.out_dir = self.out_dir or run_dir("out/base", self.seed, self.task)
+        if self.task not in WEB_TASKS:  # the families corpus.py writes documents for
+            raise ValueError(f"--task must be one of {', '.join(WEB_TASKS)} (got {self.task!r}): the "
+                             f"synthetic web of corpus.py is written for these; other families are for RL "
+                             f"and evaluation")
         check_ranges(self, positive=("max_seq_len", "mastery_every", "mastery_checks", "steps", "batch_size", "seq_len", "lr",
                                      "log_every", "eval_k"),
                      non_negative=("max_warm_steps", "warmup_steps", "weight_decay", "grad_clip", "ckpt_every",
@@ -123,7 +124,8 @@ def batches(cfg: PretrainConfig, tok, task, rank: int, world_size: int, start_st
     comes from a generator seeded by (seed, s, rank), so a resumed run sees exactly the batches it
     would have seen. traces_only: the curriculum's phase 1: every problem has a worked trace."""
     rows = cfg.batch_size // world_size
-    corpus = dataclasses.replace(cfg, p_quick=0.0, p_check=0.0, p_bare=0.0) if traces_only else cfg
+    corpus = dataclasses.replace(cfg, p_quick=0.0, p_check=0.0, p_bare=0.0, p_search_quick=0.0, give_up=0.0,
+                                 give_up_second=0.0) if traces_only else cfg
     for step in itertools.count(start_step):
         rng = random.Random(derive_seed(cfg.seed, "pretrain-data", step, rank))
         x = torch.full((rows, cfg.seq_len), tok.pad_id, dtype=torch.long)   # (B, T)
@@ -207,7 +209,7 @@ def run(cfg: PretrainConfig):
         unwrap(model).eval()
         ecfg = EvalConfig(k=cfg.eval_k, seed=cfg.seed)
         problems = test_set(task, n=cfg.eval_problems, seed=cfg.seed)
-        metrics = report(model, tok, task, problems, ecfg, forced_prefixes)  # task is "add" (__post_init__)
+        metrics = report(model, tok, task, problems, ecfg, forced_prefixes)  # a WEB_TASKS task (__post_init__)
     teardown_ddp()
     return metrics
 
@@ -218,7 +220,7 @@ def ensure_base_model(out_dir: str, **overrides) -> None:
     if os.path.exists(checkpoint_path(out_dir)):
         return
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in overrides.items() if v != getattr(PretrainConfig, k))
-    print0(f"no base model in {out_dir}/: pretraining one there first (python pretrain.py --out-dir {out_dir} {flags})")
+    print0(f"no base model in {out_dir}/: pretraining one there first (python pretrain.py --out-dir {out_dir} {flags}".rstrip() + ")")
     run(PretrainConfig(**{"eval_problems": 0, **overrides, "out_dir": out_dir}))
 
 

@@ -401,6 +401,9 @@ register_language("es", words="""
     unidades decenas sí no suma pruebo entonces vale listo y siguiente el los las de del que en un una
     uno dos tres cuatro cinco seis siete ocho nueve diez cero más menos por para pero porque resultado
     número números primero bien mal correcto igual veces otra vez hay tengo necesito paso a""".split())
+# the search world's words (corpus.SEARCH_PHRASES): "7+1=8 vs 8, no. I give up." / "contra", "lo dejo"
+register_language("en", words="vs give up easy".split())
+register_language("es", words="contra dejo fácil".split())
 
 _WORD_RE = re.compile(r"[^\W\d_]+")  # runs of unicode letters; digits, '_' and symbols are not words
 _SPECIAL_RE = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
@@ -441,13 +444,38 @@ def language_consistency_reward(text: str, target_language: str) -> float:
 # A task family is judged here and nowhere else: a new family adds a branch to accuracy_reward
 # (is it right?) and to answer_key (which answers mean the same?).
 
+_PAIR_RE = re.compile(r"\s*(\d{1,3})\s*\+\s*(\d{1,3})\s*")
+
+
+def _pair(answer: str) -> tuple[int, int] | None:
+    """ "3+5" -> (3, 5); None if the answer is not two plain integers joined by '+'."""
+    m = _PAIR_RE.fullmatch(answer)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def pairsum_reward(completion: str, numbers: Iterable[int], target: int) -> float:
+    """1.0 iff the answer is `a+b` where a and b are two DIFFERENT positions of `numbers` (a number
+    listed once cannot be used twice) and a + b == target; else 0.0."""
+    answer = extract_answer(completion)
+    pair = _pair(answer) if answer is not None else None
+    if pair is None:
+        return 0.0
+    a, b = pair
+    counts = Counter(numbers)
+    uses_two_positions = counts[a] >= 2 if a == b else counts[a] >= 1 and counts[b] >= 1
+    return 1.0 if uses_two_positions and a + b == target else 0.0
+
+
 def accuracy_reward(completion: str, problem: Mapping[str, Any]) -> float:
     """Dispatch on problem["family"]: "countdown" -> countdown_reward(problem["numbers"],
-    problem["target"]); "math"/"add"/"mul" -> math_reward(problem["gold"]); "code" ->
-    code_reward(problem["tests"]). An unknown family is a config error: ValueError."""
+    problem["target"]); "pairsum" -> pairsum_reward(problem["numbers"], problem["target"]);
+    "math"/"add"/"mul" -> math_reward(problem["gold"]); "code" -> code_reward(problem["tests"]).
+    An unknown family is a config error: ValueError."""
     family = problem["family"]
     if family == "countdown":
         return countdown_reward(completion, problem["numbers"], problem["target"])
+    if family == "pairsum":
+        return pairsum_reward(completion, problem["numbers"], problem["target"])
     if family in ("math", "add", "mul"):
         return math_reward(completion, problem["gold"])
     if family == "code":
@@ -465,12 +493,13 @@ def answer_key(completion: str, problem: Mapping[str, Any]) -> Hashable | None:
                           _countdown_value), so "3*5+7" and "7+5*3" are one key, the key of every
                           correct answer is the target, and a key's answers are all right or all wrong.
                           An invalid expression is keyed by its text with all whitespace removed.
+      "pairsum"           the unordered pair {a, b} ("3+5" and "5 + 3" are one key); else the text.
       "code"              the program (extract_program) with trailing whitespace stripped: votes on
                           program text, not on behaviour (grouping programs by behaviour would cost
                           sandbox runs on inputs of its own). An empty program is keyed "".
     An unknown family is a config error: ValueError, as in accuracy_reward."""
     family = problem["family"]
-    if family not in ("countdown", "math", "add", "mul", "code"):
+    if family not in ("countdown", "math", "add", "mul", "code", "pairsum"):
         raise ValueError(f"answer key: unknown problem family {family!r}")
     answer = extract_answer(completion)
     if answer is None:
@@ -480,6 +509,9 @@ def answer_key(completion: str, problem: Mapping[str, Any]) -> Hashable | None:
         return value if value is not None else "".join(answer.split())
     if family == "code":
         return _rstrip_lines(extract_program(completion) or "")
+    if family == "pairsum":
+        pair = _pair(answer)
+        return frozenset(pair) if pair is not None else "".join(answer.split())
     return _math_value(answer)
 
 

@@ -93,6 +93,7 @@ class Problem:
     op: str | None = None                    # add/mul: "+" or "*"
     tests: tuple[dict, ...] | None = None    # code: ({"input": stdin, "output": expected stdout}, ...)
     spec: tuple | None = None                # code: (kind, *params), the program asked for
+    language: str = "en"                     # the question's language (the language reward's target)
 
     @property
     def key(self) -> tuple:
@@ -111,7 +112,7 @@ class Problem:
 
     def as_dict(self) -> dict:
         """Plain dict for the rewards registry: family, question, gold and the family's fields."""
-        d = {"family": self.family, "question": self.question, "gold": self.gold}
+        d = {"family": self.family, "question": self.question, "gold": self.gold, "language": self.language}
         for name in ("numbers", "target", "operands", "op", "tests", "spec"):
             value = getattr(self, name)
             if value is not None:
@@ -213,6 +214,42 @@ class MultiplicationTask(_ArithmeticTask):
     op: ClassVar[str] = "*"
 
 
+# ----------------------------------------------------------------------------- pair-sum search
+
+PAIRSUM_QUESTION = {"en": "Which two of {numbers} add up to {target}?",
+                    "es": "¿Qué dos de {numbers} suman {target}?"}
+
+
+@dataclass
+class PairSumTask:
+    """"Which two of 7 1 3 5 4 6 add up to 8?" A search task: checking one pair is a one-digit sum a
+    tiny model gets right, finding the pair in one shot is a guess (1 in 6 to 1 in 15), so trying
+    pairs one by one, and not giving up, pays. The answer is `a+b` with a and b two different
+    numbers of the list (any such pair with the right sum is right). Numbers are distinct, from
+    1..max_number; the target is the sum of a pair drawn uniformly. Knobs: how many numbers (more
+    numbers, more pairs to try), and the share of questions in the second language (es)."""
+    n_numbers: tuple[int, int] = (4, 6)        # fewest and most numbers in the list (inclusive)
+    max_number: int = 9                        # numbers are distinct, drawn from 1..max_number
+    p_second_lang: float = 0.5                 # share of questions in the second language (es)
+    name: ClassVar[str] = "pairsum"
+
+    def __post_init__(self):
+        lo, hi = self.n_numbers
+        if not 2 <= lo <= hi <= self.max_number:
+            raise ValueError(f"need 2 <= n_numbers[0] <= n_numbers[1] <= max_number; got {self}")
+        if not 0.0 <= self.p_second_lang <= 1.0:
+            raise ValueError(f"p_second_lang must lie in [0, 1]; got {self.p_second_lang}")
+
+    def sample(self, rng: random.Random) -> Problem:
+        numbers = rng.sample(range(1, self.max_number + 1), rng.randint(*self.n_numbers))
+        i, j = sorted(rng.sample(range(len(numbers)), 2))
+        target = numbers[i] + numbers[j]
+        language = "es" if rng.random() < self.p_second_lang else "en"
+        question = PAIRSUM_QUESTION[language].format(numbers=" ".join(map(str, numbers)), target=target)
+        return Problem(self.name, question, f"{numbers[i]}+{numbers[j]}", numbers=tuple(numbers), target=target,
+                       language=language)
+
+
 # ----------------------------------------------------------------------------- code
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -301,7 +338,8 @@ class CodeTask:
 
 # ----------------------------------------------------------------------------- registry and splits
 
-TASKS = {"countdown": CountdownTask, "add": AdditionTask, "mul": MultiplicationTask, "code": CodeTask}
+TASKS = {"countdown": CountdownTask, "add": AdditionTask, "mul": MultiplicationTask, "code": CodeTask,
+         "pairsum": PairSumTask}
 TEST_FRACTION = 0.1  # share of each family's problem space held out for evaluation
 
 

@@ -111,3 +111,43 @@ def test_quick_guesses_are_right_at_the_configured_rate():
         text = completion_for("quick", 472, 385, "en", cfg, rng)
         right += accuracy_reward(text, {"family": "add", "gold": "857"})
     assert right / 2000 == pytest.approx(0.2, abs=0.03)
+
+
+# ----------------------------------------------------------------------------- the search world
+
+def test_search_tries_are_systematic_restate_the_target_and_stop_at_the_first_hit():
+    from corpus import search_tries
+    tries = search_tries((7, 1, 3, 5, 4, 6), 8, "en")
+    assert tries == ["7 1 3 5 4 6: 7+1=8 vs 8, yes."]       # the very first pair already makes 8
+    tries = search_tries((2, 5, 1, 4), 9, "en")
+    assert tries == ["2 5 1 4: 2+5=7 vs 9, no.", "2+1=3 vs 9, no.", "2+4=6 vs 9, no.",
+                     "5 1 4: 5+1=6 vs 9, no.", "5+4=9 vs 9, yes."]   # each anchor's row rewrites the list
+    assert search_tries((2, 5, 1, 4), 9, "es")[-1] == "5+4=9 contra 9, sí."
+
+
+def test_search_documents_give_up_answer_and_mix_languages_as_configured():
+    from corpus import search_completion
+    from evaluate import behaviour
+    from rewards import accuracy_reward
+    from tasks import PairSumTask
+    task, cfg = PairSumTask(), CorpusConfig()
+    rng = random.Random(0)
+    kinds = Counter()
+    for _ in range(3000):
+        kind, text = sample_document(task, cfg, rng)
+        kinds[kind] += 1
+        if kind == "search":
+            completion = text.split("<|assistant|>")[1].removesuffix("<|endoftext|>")
+            b = behaviour(completion)
+            assert b["repeats"] == 0 and b["false_yes"] == 0 and b["tries_right"] == b["tries"] >= 1
+    total = sum(kinds.values())
+    assert abs(kinds["quick"] / total - 0.3 * 0.95) < 0.03 and 0.005 < kinds["mixed"] / total < 0.04
+    problem = task.sample(random.Random(5))
+    never = search_completion("search", problem, "en", 0.0, random.Random(1))
+    assert "give up" not in never and accuracy_reward(never, problem.as_dict()) == 1.0
+    always = search_completion("search", problem, "en", 1.0, random.Random(1))
+    first_is_hit = always.count(" yes.") == 1
+    assert first_is_hit or (always.count(" no.") == 1 and "I give up." in always
+                            and accuracy_reward(always, problem.as_dict()) == 0.0)
+    spanish = search_completion("search", problem, "es", 1.0, random.Random(1))
+    assert "contra" in spanish and ("lo dejo." in spanish or "sí." in spanish)

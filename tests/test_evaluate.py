@@ -11,8 +11,10 @@ from tokenizer import get_tokenizer
 
 
 def stat(correct, key, reasons_=0.0, length=10):
-    return {"correct": correct, "format": 1.0, "length": length, "reasons": reasons_, "self_check": 0.0,
-            "mixed": 0.0, "key": key}
+    no_search = {"off_lang": 0.0, "tries": 0, "backtracks": 0, "give_up": 0.0, "repeats": 0, "tries_right": 0,
+                 "false_yes": 0.0}
+    return {"correct": correct, "format": 1.0, "length": length, "language": "en", "reasons": reasons_,
+            "self_check": 0.0, "mixed": 0.0, **no_search, "key": key}
 
 
 def test_pass_at_1_and_cons_at_k_by_hand():
@@ -96,3 +98,29 @@ def test_bad_flags_exit_2_in_one_line(tmp_path, capsys):
             config_from_args(EvalConfig, argv, check=check_files)
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and message in err and "Traceback" not in err, (argv, err)
+
+
+def test_search_behaviour_on_hand_made_completions():
+    from evaluate import behaviour
+    persist = format_completion("7+1=8 vs 9, no. 7+3=10 vs 9, no. 1+3=4 vs 9, no. 1+3=4 vs 9, no. 3+6=9 vs 9, yes.", "3+6")
+    b = behaviour(persist)
+    assert (b["tries"], b["backtracks"], b["repeats"], b["tries_right"], b["give_up"], b["false_yes"]) == (5, 4, 1, 5, 0, 0)
+    quitter = format_completion("7+1=8 vs 9, no. I give up.", "7+1")
+    assert behaviour(quitter)["give_up"] == 1.0 and behaviour(quitter)["tries"] == 1
+    liar = format_completion("7+1=9 vs 9, yes.", "7+1")             # wrong sum, claimed success
+    assert behaviour(liar)["false_yes"] == 1.0 and behaviour(liar)["tries_right"] == 0
+    wrong_target = format_completion("7+1=8 vs 9, yes.", "7+1")     # right sum, but not the target
+    assert behaviour(wrong_target)["false_yes"] == 1.0
+    assert behaviour(format_completion("I know it.", "7+1"))["tries"] == 0
+
+
+def test_language_drift_counts_second_language_questions_reasoned_in_the_first():
+    from evaluate import behaviour, summarize_behaviour
+    english = format_completion("7+1=8 contra 9, no. 7+2=9 vs 9, yes.", "7+2")
+    assert behaviour(format_completion("7+1=8 vs 9, no.", "7+1"), "es")["off_lang"] == 1.0   # only "no" is Spanish
+    assert behaviour(format_completion("7+1=8 contra 9, no. 7+2=9 contra 9, sí.", "7+2"), "es")["off_lang"] == 0.0
+    assert behaviour(english, "es")["mixed"] == 1.0
+    rows = [{**behaviour(format_completion("7+1=8 vs 9, no.", "7+1"), lang), "language": lang, "tries_right": 1}
+            for lang in ("es", "es", "en")]
+    rows[1] = {**behaviour(format_completion("7+1=8 contra 9, no.", "7+1"), "es"), "language": "es"}
+    assert summarize_behaviour(rows)["drift"] == 0.5            # 1 of the 2 Spanish questions drifted

@@ -517,3 +517,26 @@ def test_math_equal_across_notations(value):
     for form in forms:
         assert math_equal(form, gold), form
     assert not math_equal(f"{sign}{num + 1}/{den}" if den > 1 else str(value + 1), gold)
+
+
+# ----------------------------------------------------------------------------- pair-sum search
+
+@pytest.mark.parametrize("answer,expected", [
+    ("3+5", 1.0), ("5+3", 1.0), (" 5 + 3 ", 1.0),      # either order, spaces
+    ("1+7", 1.0),                                      # another pair with the right sum is right too
+    ("4+4", 0.0),                                      # 4 is listed once: the same position twice
+    ("2+6", 0.0),                                      # 2 is not in the list
+    ("3+6", 0.0),                                      # both listed, wrong sum
+    ("3+5+0", 0.0), ("8", 0.0), ("3 and 5", 0.0), ("", 0.0),
+])
+def test_pairsum_reward_by_hand(answer, expected):
+    problem = {"family": "pairsum", "numbers": [7, 1, 3, 5, 4, 6], "target": 8}
+    assert rewards.accuracy_reward(wrap(answer), problem) == expected
+    assert rewards.pairsum_reward(wrap(answer), problem["numbers"], problem["target"]) == expected
+
+
+def test_pairsum_answer_key_is_the_unordered_pair():
+    problem = {"family": "pairsum", "numbers": [7, 1, 3, 5, 4, 6], "target": 8}
+    assert rewards.answer_key(wrap("3+5"), problem) == rewards.answer_key(wrap(" 5 + 3"), problem) == frozenset({3, 5})
+    assert rewards.answer_key(wrap("three"), problem) == "three"
+    assert rewards.majority_vote([rewards.answer_key(wrap(a), problem) for a in ("1+7", "5+3", "3+5")]) == 1

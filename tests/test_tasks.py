@@ -13,11 +13,10 @@ import pytest
 import tasks
 from tasks import (CODE_KINDS, CODE_SPECS, TASKS, AdditionTask, CodeTask, CountdownTask, MultiplicationTask,
                    Problem, format_completion, format_prompt, get_task, sample_problems, split_of)
+from rewards import accuracy_reward  # the one judge of every family
 from tokenizer import EOT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-needs_rewards = pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "rewards.py")),
-                                   reason="rewards.py not written yet")
 needs_sandbox = pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "sandbox.py")),
                                    reason="sandbox.py (code_reward's runner) not written yet")
 
@@ -46,8 +45,8 @@ def test_problem_is_hashable_and_as_dict_has_the_registry_fields(name):
     d = p.as_dict()
     assert {"family", "question", "gold"} <= set(d) and d["family"] == name and d["gold"] == p.gold
     extra = {"countdown": {"numbers", "target"}, "add": {"operands", "op"}, "mul": {"operands", "op"},
-             "code": {"tests", "spec"}}[name]
-    assert set(d) == {"family", "question", "gold"} | extra
+             "code": {"tests", "spec"}, "pairsum": {"numbers", "target"}}[name]
+    assert set(d) == {"family", "question", "gold", "language"} | extra
     if name == "code":
         assert all(set(t) == {"input", "output"} for t in d["tests"]) and 3 <= len(d["tests"]) <= 5
 
@@ -68,10 +67,8 @@ def wrong_answer(p: Problem) -> str:
     return "print('wrong')"
 
 
-@needs_rewards
 @pytest.mark.parametrize("name", ["countdown", "add", "mul"])
 def test_gold_scores_one_and_a_wrong_answer_zero(name):
-    from rewards import accuracy_reward  # the one judge of every family
 
     for p in problems_of(name, n=25):
         problem = p.as_dict()
@@ -81,10 +78,8 @@ def test_gold_scores_one_and_a_wrong_answer_zero(name):
             assert accuracy_reward(format_completion("...", f"({p.gold}) + 0"), problem) == 0.0
 
 
-@needs_rewards
 @needs_sandbox
 def test_code_gold_passes_its_tests_under_code_reward():
-    from rewards import accuracy_reward
 
     task = CodeTask()
     problems = [task.sample(random.Random(i)) for i in range(6)]
@@ -122,7 +117,6 @@ def test_code_reference_programs_match_the_independent_expected_outputs(kind):
     assert len(seen) > len(params) // 2
 
 
-@needs_rewards
 def test_format_completion_and_prompt_match_format_reward():
     from rewards import extract_answer, format_reward
 
@@ -287,3 +281,27 @@ def test_too_few_distinct_problems_raises():
         tasks.test_set(task, 50)
     with pytest.raises(ValueError, match="split"):
         sample_problems(task, 1, "valid", seed=0)
+
+
+# ----------------------------------------------------------------------------- pair-sum search
+
+def test_pairsum_generator_split_and_languages():
+    import random as _random
+    from tasks import PairSumTask, split_of
+    task = PairSumTask()
+    rng = _random.Random(0)
+    problems = [task.sample(rng) for _ in range(400)]
+    for p in problems:
+        assert 4 <= len(p.numbers) <= 6 and len(set(p.numbers)) == len(p.numbers) and max(p.numbers) <= 9
+        a, b = map(int, p.gold.split("+"))
+        assert a + b == p.target and a in p.numbers and b in p.numbers and a != b
+        assert accuracy_reward(format_completion("x", p.gold), p.as_dict()) == 1.0
+        expected = ("¿Qué dos de" if p.language == "es" else "Which two of") + " " + " ".join(map(str, p.numbers))
+        assert p.question.startswith(expected) and str(p.target) in p.question
+        assert split_of(p) == split_of(p.key)
+    share_es = sum(p.language == "es" for p in problems) / len(problems)
+    assert 0.4 < share_es < 0.6
+    # the key ignores the list's order and the language: one problem, one split
+    assert PairSumTask(p_second_lang=1.0).sample(_random.Random(3)).key == PairSumTask(p_second_lang=0.0).sample(_random.Random(3)).key
+    with pytest.raises(ValueError):
+        PairSumTask(n_numbers=(1, 3))
