@@ -155,22 +155,18 @@ def completion_for(kind: str, a: int, b: int, lang: str, cfg: CorpusConfig, rng:
 
 def search_tries(numbers, target: int, lang: str) -> list[str]:
     """The systematic search over pairs: anchor each number in turn and try it with every number
-    after it, up to the first pair that makes the target. Each anchor's row starts by REWRITING the
-    numbers still in play (the list from the anchor on), `1 3 5: 1+3=4 vs 8, no. 1+5=6 vs 8, no.`, so
-    every lookup is local: the anchor is the row's first number, the next partner the number after
-    the last one tried in that short list, and the next row is this one without its first number
-    (a tiny model could not find "the number after the anchor" far back in the question). The target
-    is restated at every try, so the model compares the sum with it right there (without it a tiny
-    model never linked its yes/no to the target)."""
+    after it, `7+1=8 vs 8, no.`, up to the first pair that makes the target (`..., yes.`). The
+    target is restated at every try, so the model compares the sum with it right there (without it
+    a tiny model never linked its yes/no to the target); within an anchor, the next partner is "the
+    number after the last one tried", a lookup one attention head learns. (Rewriting the numbers
+    still in play at each new anchor, to make the anchor's lookup local too, was learned much WORSE
+    in pretraining: docs/LOG.md.)"""
     w = SEARCH_PHRASES[lang]
     tries = []
-    for i, x in enumerate(numbers[:-1]):
-        row = " ".join(map(str, numbers[i:])) + ":"
+    for i, x in enumerate(numbers):
         for y in numbers[i + 1:]:
             hit = x + y == target
-            attempt = f"{x}+{y}={x + y} {w['vs']} {target}, {w['yes'] if hit else w['no']}."
-            tries.append(f"{row} {attempt}" if row else attempt)
-            row = ""
+            tries.append(f"{x}+{y}={x + y} {w['vs']} {target}, {w['yes'] if hit else w['no']}.")
             if hit:
                 return tries
     return tries
@@ -190,7 +186,7 @@ def search_completion(kind: str, problem, lang: str, give_up: float, rng: random
             tries = tries[:k + 1] + [w["give_up"]]
             break
     last = tries[-2] if tries[-1] == w["give_up"] else tries[-1]
-    return format_completion(" ".join(tries), last.split(": ")[-1].split("=")[0])
+    return format_completion(" ".join(tries), last.split("=")[0])
 
 
 def search_document(task, cfg: CorpusConfig, rng: random.Random, searchers_give_up: bool = True) -> tuple[str, str]:
@@ -246,7 +242,7 @@ def forced_prefixes(problem) -> dict[str, str]:
     if problem.family == "pairsum":
         first = search_tries(problem.numbers, problem.target, "en")[0]
         return {"direct": THINK_OPEN + SEARCH_PHRASES["en"]["quick"][0] + THINK_CLOSE + ANSWER_OPEN,
-                "reason": THINK_OPEN + first.split(": ")[0] + ":",
+                "reason": THINK_OPEN + first.split("=")[0] + "=",
                 "one_try": THINK_OPEN + first + THINK_CLOSE + ANSWER_OPEN}
     a, b = problem.operands
     return {

@@ -222,13 +222,13 @@ PAIRSUM_QUESTION = {"en": "Which two of {numbers} add up to {target}?",
 
 @dataclass
 class PairSumTask:
-    """"Which two of 7 1 3 5 4 6 add up to 8?" A search task: checking one pair is a one-digit sum a
-    tiny model gets right, finding the pair in one shot is a guess (1 in 6 to 1 in 15), so trying
+    """"Which two of 7 1 3 5 add up to 8?" A search task: checking one pair is a one-digit sum a
+    tiny model gets right, finding the pair in one shot is a guess, so trying
     pairs one by one, and not giving up, pays. The answer is `a+b` with a and b two different
     numbers of the list (any such pair with the right sum is right). Numbers are distinct, from
-    1..max_number; the target is the sum of a pair drawn uniformly. Knobs: how many numbers (more
+    1..max_number; the target is the sum of a pair drawn uniformly. "One shot" is 1 in 6 to 1 in 10. Knobs: how many numbers (more
     numbers, more pairs to try), and the share of questions in the second language (es)."""
-    n_numbers: tuple[int, int] = (4, 6)        # fewest and most numbers in the list (inclusive)
+    n_numbers: tuple[int, int] = (4, 5)        # fewest and most numbers in the list (inclusive)
     max_number: int = 9                        # numbers are distinct, drawn from 1..max_number
     p_second_lang: float = 0.5                 # share of questions in the second language (es)
     name: ClassVar[str] = "pairsum"
