@@ -1,6 +1,6 @@
 """The figures: the aha figure of a GRPO run, drawn from its metrics log (no torch, no model).
 
-    python plots.py          # redraws the README's assets/aha.png from docs/runs/grpo-seed0.jsonl
+    python plots.py          # redraws the README's figures (assets/) from the logs in docs/runs/
 
 grpo.py calls plot_aha after every held-out evaluation, so a run's own figure (out/grpo/aha.png)
 grows while it trains; this script redraws the committed figures, so the README's picture always
@@ -15,6 +15,8 @@ from common import read_metrics
 ROOT = os.path.dirname(os.path.abspath(__file__))
 FIGURES = {  # figure -> (metrics log, title)
     "assets/aha.png": ("docs/runs/grpo-seed0.jsonl", "R1-Zero from scratch on a 2-core CPU (python grpo.py, seed 0)"),
+    "assets/aha-pairsum.png": ("docs/runs/grpo-pairsum-seed0.jsonl",
+                               "The search world: python grpo.py --task pairsum --steps 40, seed 0 (2-core CPU)"),
 }
 
 

@@ -516,3 +516,17 @@ def test_bad_input_on_the_real_command_line_exits_2_without_a_traceback(tmp_path
 def test_default_directories_follow_the_seed():
     assert (GRPOConfig().init_from, GRPOConfig().out_dir) == ("out/base", "out/grpo")
     assert (GRPOConfig(seed=2).init_from, GRPOConfig(seed=2).out_dir) == ("out/base-s2", "out/grpo-s2")
+
+
+def test_search_world_two_step_run(tmp_path):
+    """`--task pairsum` end to end on the smoke preset: pretraining writes the search web, GRPO logs
+    the behaviour counts for every batch and evaluation, the summary reports them."""
+    from conftest import run_script
+
+    run_script(f"{ROOT}/pretrain.py", "--preset", "smoke", "--task", "pairsum", "--out-dir", tmp_path / "base")
+    out = run_script(f"{ROOT}/grpo.py", "--preset", "smoke", "--task", "pairsum", "--init-from", tmp_path / "base",
+                     "--out-dir", tmp_path / "grpo").stdout
+    assert "R1-Zero summary" in out and "give_up" in out and "drift" in out
+    records = common.read_metrics(str(tmp_path / "grpo" / "metrics.jsonl"))
+    for key in ("tries", "backtracks", "give_up", "repeats", "false_yes", "drift"):
+        assert all(key in r for r in records), key
