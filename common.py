@@ -2,9 +2,9 @@
 the metrics log, command-line flags from a config dataclass, and ONE training loop.
 
 Every training script (pretrain.py, sft.py, grpo.py, distill.py) supplies only what is its own:
-  - a `batches` iterator that yields `(micro_batches, info)` once per optimizer step, where
-    `micro_batches` is a list (gradient accumulation: one backward each) and `info` a dict of
-    step-level metrics to log (GRPO puts its rollout rewards there);
+  - its micro-batches, once per optimizer step: a list (gradient accumulation: one backward each);
+    for `train()`, a `batches` iterator that yields `(micro_batches, info)`, `info` a dict of
+    step-level metrics to log;
   - a `loss_fn(model, micro_batch) -> (loss, metrics)` that returns the micro-batch's SHARE of the
     whole batch's loss: its sums divided by whole-batch counts (rows or tokens, over every
     micro-batch and every rank; `sum_over_ranks` gives them). Shares add up to the full-batch loss,
@@ -381,6 +381,35 @@ def config_from_args(cls, argv: list[str] | None = None, presets: dict[str, dict
     except ValueError as e:  # a config that cannot work: one clear line and exit 2, no traceback
         parser.error(str(e))
     return cfg
+
+
+def check_resume(out_dir: str, resume: bool, config: dict | None = None, must_match=()) -> None:
+    """--resume needs a checkpoint in out_dir, written with the same values of the fields that an
+    exact resume depends on (`must_match`, compared with `config`)."""
+    if not resume:
+        return
+    if not os.path.exists(checkpoint_path(out_dir)):
+        raise ValueError(f"--resume: no checkpoint in {out_dir}")
+    saved = load_checkpoint(out_dir)["config"]
+    diffs = [f"{flag(k)} {config[k]!r} (the checkpoint has {saved.get(k)!r})" for k in must_match
+             if saved.get(k) != config[k]]
+    if diffs:
+        raise ValueError("--resume with other settings than the run it continues: " + ", ".join(diffs))
+
+
+def check_fits(longest_prompt: int, max_new_tokens: int, max_seq_len: int, what: str = "--max-new-tokens") -> None:
+    """The longest prompt + the completion budget must fit the model's context."""
+    if longest_prompt + max_new_tokens > max_seq_len:
+        raise ValueError(f"{what} {max_new_tokens} + the longest prompt ({longest_prompt} tokens) > the model's "
+                         f"max_seq_len {max_seq_len}; use at most {max_seq_len - longest_prompt}")
+
+
+def check_processes(n: int, what: str) -> None:
+    """`n` (a per-step count) must split evenly over the torchrun processes (WORLD_SIZE), checked
+    before any work."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if n % world:
+        raise ValueError(f"{what} ({n}) must be divisible by the number of processes ({world})")
 
 
 def flag(name: str) -> str:

@@ -189,7 +189,7 @@ def search_completion(kind: str, problem, lang: str, give_up: float, rng: random
     return format_completion(" ".join(tries), last.split("=")[0])
 
 
-def search_document(task, cfg: CorpusConfig, rng: random.Random, searchers_give_up: bool = True) -> tuple[str, str]:
+def search_document(task, cfg: CorpusConfig, rng: random.Random) -> tuple[str, str]:
     """One document of the search world: a question in the first or (rarely) second language,
     answered at once or by a searcher of that language; a few mix the two (second-language question,
     first-language working: the base model's seed of language drift)."""
@@ -199,7 +199,7 @@ def search_document(task, cfg: CorpusConfig, rng: random.Random, searchers_give_
     problem = _train_problem(task, rng)
     working = "en" if mixed else lang
     kind = "quick" if rng.random() < cfg.p_search_quick else "search"
-    give_up = (cfg.give_up if working == "en" else cfg.give_up_second) if searchers_give_up else 0.0
+    give_up = cfg.give_up if working == "en" else cfg.give_up_second
     completion = search_completion(kind, problem, working, give_up, rng)
     return ("mixed" if mixed else kind), format_prompt(problem.question) + completion + EOT
 

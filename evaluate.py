@@ -23,12 +23,13 @@ from dataclasses import dataclass
 
 import torch
 
-from common import check_ranges, checkpoint_path, config_from_args, get_device, load_checkpoint, load_model, print0
+from common import (check_fits, check_ranges, checkpoint_path, config_from_args, get_device, load_checkpoint, load_model,
+                    print0)
 from corpus import WEB_TASKS, forced_prefixes
 from model import sample_completions
 from rewards import (accuracy_reward, answer_key, chain_of_thought, format_reward, language_consistency_reward,
                      majority_vote)
-from tasks import TASKS, format_prompt, get_task, task_from_config, test_set
+from tasks import TASKS, format_prompt, get_task, longest_prompt, task_from_config, test_set
 from tokenizer import get_tokenizer
 
 EVAL_MAX_NEW_TOKENS = 320  # the one default cap on an evaluated completion's length, tokens
@@ -66,12 +67,9 @@ def check_files(cfg: EvalConfig) -> None:
         raise ValueError(f"--ckpt {cfg.ckpt}: no checkpoint there")
     ckpt = load_checkpoint(cfg.ckpt)
     task = get_task(cfg.task) if cfg.task else task_from_config(ckpt["config"])
-    longest = max(len(get_tokenizer().encode(format_prompt(p.question), allow_special=True))
-                  for p in test_set(task, n=cfg.n_problems, seed=cfg.seed))
-    max_seq_len = ckpt["model_config"]["max_seq_len"]
-    if longest + cfg.max_new_tokens > max_seq_len:
-        raise ValueError(f"--max-new-tokens {cfg.max_new_tokens} + the longest prompt ({longest} tokens) > the "
-                         f"model's max_seq_len {max_seq_len}; use at most {max_seq_len - longest}")
+    check_fits(longest_prompt(task, get_tokenizer()), cfg.max_new_tokens, ckpt["model_config"]["max_seq_len"])
+    if cfg.device:
+        get_device(cfg.device)  # a ValueError if that device is not available here
 
 
 # ----------------------------------------------------------------------------- per-completion facts
@@ -131,7 +129,7 @@ def completion_stats(problem, completion: str, n_tokens: int) -> dict:
     }
 
 
-def summarize_behaviour(stats: list[dict], prefix: str = "") -> dict:
+def summarize_behaviour(stats: list[dict]) -> dict:
     """Means of the behaviour counts over completions; per-try correctness over all tries; language
     drift = the share of second-language (es) questions whose chain of thought is not in Spanish."""
     n = max(1, len(stats))
@@ -145,10 +143,10 @@ def summarize_behaviour(stats: list[dict], prefix: str = "") -> dict:
         for lo, hi in TRIES_BUCKETS:
             rows = [s for s in stats if lo <= s["tries"] <= hi]
             out[f"acc_tries_{lo}-{hi}"] = sum(s["correct"] for s in rows) / len(rows) if rows else float("nan")
-    return {prefix + k: v for k, v in out.items()}
+    return out
 
 
-def summarize(problems, stats: list[list[dict]], prefix: str = "") -> dict:
+def summarize(problems, stats: list[list[dict]]) -> dict:
     """Aggregate per-completion stats ([question][sample] -> dict) into the paper's metrics."""
     flat = [s for row in stats for s in row]
     mean = lambda key, rows=flat: sum(s[key] for s in rows) / max(1, len(rows))  # noqa: E731
@@ -159,13 +157,13 @@ def summarize(problems, stats: list[list[dict]], prefix: str = "") -> dict:
         winner = majority_vote([s["key"] for s in row])
         cons += row[winner]["correct"] if winner is not None else 0.0
     return {
-        f"{prefix}pass@1": mean("correct"),
-        f"{prefix}cons@k": cons / max(1, len(problems)),
-        f"{prefix}format": mean("format"),
-        f"{prefix}length": mean("length"),
-        f"{prefix}acc_reasoned": mean("correct", reasoned) if reasoned else float("nan"),
-        f"{prefix}acc_direct": mean("correct", direct) if direct else float("nan"),
-        **summarize_behaviour(flat, prefix),
+        "pass@1": mean("correct"),
+        "cons@k": cons / max(1, len(problems)),
+        "format": mean("format"),
+        "length": mean("length"),
+        "acc_reasoned": mean("correct", reasoned) if reasoned else float("nan"),
+        "acc_direct": mean("correct", direct) if direct else float("nan"),
+        **summarize_behaviour(flat),
     }
 
 

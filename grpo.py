@@ -38,8 +38,9 @@ from dataclasses import dataclass
 import torch
 
 import pretrain  # deliberate reuse: `python grpo.py` on a fresh clone pretrains its base model first
-from common import (MetricsLogger, all_reduce, check_ranges, checkpoint_path, config_from_args, derive_seed, load_checkpoint,
-                    load_model, lr_at, make_optimizer, optimizer_step, pack, print0, read_metrics,
+from common import (MetricsLogger, all_reduce, check_fits, check_processes, check_ranges, check_resume, checkpoint_path,
+                    config_from_args, derive_seed, get_device, load_checkpoint, load_model, lr_at, make_optimizer,
+                    optimizer_step, pack, print0, read_metrics,
                     restore, run_dir, save_checkpoint, seed_everything, set_lr, setup_ddp, sum_over_ranks,
                     teardown_ddp, world_size)
 from corpus import WEB_TASKS
@@ -47,7 +48,7 @@ from evaluate import behaviour, evaluate, summarize_behaviour
 from model import batched_logprobs, sample_completions, token_logprobs
 from plots import plot_aha
 from rewards import parse_reward_spec
-from tasks import TASKS, format_prompt, sample_problems, task_from_config, test_set
+from tasks import TASKS, format_prompt, longest_prompt, sample_problems, task_from_config, test_set
 from tokenizer import get_tokenizer
 
 LOSS_AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
@@ -67,7 +68,7 @@ class GRPOConfig:
     group_size: int = 8                 # G: completions per question
     max_new_tokens: int = 256           # cap on completion length, tokens (rollouts and held-out evaluation)
     temperature: float = 1.0            # rollout sampling temperature (paper: 1.0); log-probs are taken at it too
-    lr: float = 1e-4                    # learning rate (AdamW, constant after warmup)
+    lr: float = 1e-4                    # peak learning rate (AdamW; constant after warmup at --min-lr-ratio 1)
     warmup_steps: int = 0               # linear warmup, optimizer steps
     min_lr_ratio: float = 1.0           # final lr / lr (1.0 = constant)
     weight_decay: float = 0.0           # AdamW weight decay on matrices
@@ -103,14 +104,14 @@ class GRPOConfig:
 
 
 def check_files(cfg: GRPOConfig) -> None:
-    """The checks that read files, before any work: --init-from exists (only the default base
-    directory is pretrained when missing, so a typo is an error, not a new pretraining run),
-    --resume has a checkpoint, and the longest prompt + --max-new-tokens fits the model."""
-    if cfg.resume and not os.path.exists(checkpoint_path(cfg.out_dir)):
-        raise ValueError(f"--resume: no checkpoint in {cfg.out_dir}")
+    """The checks that read files or the environment, before any work: --init-from exists (only the
+    default base directory is pretrained when missing, so a typo is an error, not a new pretraining
+    run), --resume has a checkpoint of the same run, the longest prompt + --max-new-tokens fits the
+    model, --device exists, and the questions split evenly over the torchrun processes."""
+    check_resume(cfg.out_dir, cfg.resume, dataclasses.asdict(cfg), RESUME_MUST_MATCH)
     if os.path.exists(checkpoint_path(cfg.init_from)):
         max_seq_len = load_checkpoint(cfg.init_from)["model_config"]["max_seq_len"]
-    elif cfg.init_from == run_dir("out/base", cfg.seed, cfg.task) and not cfg.init_from.endswith(".pt"):
+    elif cfg.init_from == run_dir("out/base", cfg.seed, cfg.task):
         if cfg.task not in WEB_TASKS:
             raise ValueError(f"--init-from {cfg.init_from} has no model, and pretrain.py makes base models for "
                              f"{', '.join(WEB_TASKS)} only; pass --init-from a checkpoint for --task {cfg.task}")
@@ -118,12 +119,16 @@ def check_files(cfg: GRPOConfig) -> None:
     else:
         raise ValueError(f"--init-from {cfg.init_from}: no checkpoint there (only the default base directory, "
                          f"{run_dir('out/base', cfg.seed, cfg.task)}, is pretrained when missing)")
-    tok, task = get_tokenizer(), task_from_config(cfg)
-    questions = [p.question for split in ("train", "test") for p in sample_problems(task, 100, split, seed=0)]
-    longest = max(len(tok.encode(format_prompt(q), allow_special=True)) for q in questions)
-    if longest + cfg.max_new_tokens > max_seq_len:
-        raise ValueError(f"--max-new-tokens {cfg.max_new_tokens} + the longest prompt ({longest} tokens) > the "
-                         f"model's max_seq_len {max_seq_len}; use at most {max_seq_len - longest}")
+    check_fits(longest_prompt(task_from_config(cfg), get_tokenizer()), cfg.max_new_tokens, max_seq_len)
+    if cfg.device:
+        get_device(cfg.device)  # a ValueError if that device is not available here
+    check_processes(cfg.prompts_per_step, "--prompts-per-step")
+
+
+# what an exact --resume depends on: the checkpoint's values must equal the command line's
+RESUME_MUST_MATCH = ("task", "seed", "reward", "prompts_per_step", "group_size", "max_new_tokens", "temperature",
+                     "num_iterations", "micro_batch_size", "kl_beta", "ref_reset_every", "loss_agg", "scale_std",
+                     "seq_ratio")
 
 
 PRESETS = {
@@ -305,9 +310,6 @@ def run(cfg: GRPOConfig) -> dict:
     pretrain.ensure_base_model(cfg.init_from, seed=cfg.seed, device=cfg.device, task=cfg.task,
                                min_digits=cfg.min_digits, max_digits=cfg.max_digits)
     dist = setup_ddp(cfg.device or None)
-    if cfg.prompts_per_step % dist.world_size:
-        raise ValueError(f"--prompts-per-step ({cfg.prompts_per_step}) must be divisible by the number of "
-                         f"processes ({dist.world_size}): each rank samples an equal share of the questions")
     seed_everything(cfg.seed, dist.rank)
     tok, task = get_tokenizer(), task_from_config(cfg)
     score_batch = parse_reward_spec(cfg.reward).score_batch
@@ -317,7 +319,7 @@ def run(cfg: GRPOConfig) -> dict:
     start_step, rollout, keep = 0, None, None
     if cfg.resume:  # weights, optimizer, RNG, reference, and where in the step it stopped
         ckpt = load_checkpoint(cfg.out_dir, map_location=dist.device)
-        start_step, rollout, keep = restore(model, optimizer, ckpt), ckpt["rollout"], ckpt["keep"]
+        start_step, rollout, keep = restore(model, optimizer, ckpt), ckpt["rollouts"][dist.rank], ckpt["keep"]
         if ckpt.get("ref_model") is not None:
             ref_model.load_state_dict(ckpt["ref_model"])
         print0(f"resumed from {cfg.out_dir} at RL step {start_step}" +
@@ -341,16 +343,21 @@ def run(cfg: GRPOConfig) -> dict:
         return m
 
     def save(position):
-        """Checkpoint at a finished update: RL step, the rollout batch if passes of it remain, the
-        reference if it is no longer the base model, and how many log records belong before it."""
+        """Checkpoint at a finished update: RL step, every rank's rollout batch if passes of it
+        remain, the reference once it may differ from the base model, and how many log records
+        belong before it. Called on every rank (the rollouts are gathered); rank 0 writes."""
+        rollouts = [position["rollout"]]
+        if dist.is_ddp:
+            rollouts = [None] * dist.world_size
+            torch.distributed.all_gather_object(rollouts, position["rollout"])
         ref_state = ref_model.state_dict() if ref_model is not None and cfg.ref_reset_every and \
             position["step"] >= cfg.ref_reset_every else None
         save_checkpoint(cfg.out_dir, model, optimizer, position["step"], dataclasses.asdict(cfg),
-                        rollout=position["rollout"], keep=position["keep"], ref_model=ref_state)
+                        rollouts=rollouts, keep=position["keep"], ref_model=ref_state)
 
     print0(f"GRPO: {cfg.steps} steps x {cfg.prompts_per_step} questions x {cfg.group_size} samples, "
            f"{dist.world_size} process(es) on {dist.device}")
-    if start_step == 0 and rollout is None:
+    if not cfg.resume:
         held_out(0)
     position = {"step": start_step, "rollout": rollout, "keep": logger.n_records}  # last finished update
     t_last = time.time()
@@ -373,16 +380,16 @@ def run(cfg: GRPOConfig) -> dict:
                 lr = set_lr(optimizer, lr_at(step * mu + i, cfg.lr, cfg.warmup_steps, cfg.steps * mu, cfg.min_lr_ratio))
                 metrics = optimizer_step(wrapped, optimizer, micro_batches(batch, cfg.micro_batch_size), loss_fn,
                                          cfg.grad_clip)
-                # e. one record and one console line per update
+                # e. one record, the new position (what a checkpoint would hold now), one console line
                 now = time.time()
                 record = {"kind": "train", "step": step + 1, **({"pass": i + 1} if mu > 1 else {}),
                           **all_reduce(info), **metrics, "lr": lr, "dt": now - t_last}
                 t_last = now
                 logger.log(record)
-                print0(MetricsLogger.format_line({"step": f"{step + 1}/{cfg.steps}",
-                                                  **{k: v for k, v in record.items() if k not in ("kind", "step")}}))
                 rollout = {**rollout, "pass": i + 1} if i + 1 < mu else None
                 position = {"step": step + 1 if rollout is None else step, "rollout": rollout, "keep": logger.n_records}
+                print0(MetricsLogger.format_line({"step": f"{step + 1}/{cfg.steps}",
+                                                  **{k: v for k, v in record.items() if k not in ("kind", "step")}}))
             # f. a few sampled completions now and then
             if cfg.show_every and step % cfg.show_every == 0:
                 for j in (0, cfg.group_size):

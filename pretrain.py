@@ -40,13 +40,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from common import (LoopConfig, MetricsLogger, all_reduce, check_ranges, checkpoint_path, config_from_args,
-                    derive_seed, load_checkpoint, make_optimizer, print0, restore, run_dir, seed_everything,
-                    setup_ddp, sum_over_ranks, teardown_ddp, train, unwrap)
+from common import (LoopConfig, MetricsLogger, all_reduce, check_fits, check_processes, check_ranges, check_resume,
+                    checkpoint_path, config_from_args, derive_seed, flag, get_device, load_checkpoint,
+                    make_optimizer, print0, restore, run_dir, seed_everything, setup_ddp, sum_over_ranks,
+                    teardown_ddp, train, unwrap)
 from corpus import WEB_TASKS, CorpusConfig, forced_prefixes, sample_document
 from evaluate import EVAL_MAX_NEW_TOKENS, EvalConfig, evaluate, report
 from model import GPT, PRESETS as MODEL_PRESETS, GPTConfig
-from tasks import format_prompt, sample_problems, task_from_config, test_set
+from tasks import longest_prompt, sample_problems, task_from_config, test_set
 from tokenizer import get_tokenizer
 
 
@@ -84,28 +85,33 @@ class PretrainConfig(CorpusConfig):
             raise ValueError(f"--task must be one of {', '.join(WEB_TASKS)} (got {self.task!r}): the "
                              f"synthetic web of corpus.py is written for these; other families are for RL "
                              f"and evaluation")
-        check_ranges(self, positive=("max_seq_len", "mastery_every", "mastery_checks", "steps", "batch_size", "seq_len", "lr",
-                                     "log_every", "eval_k"),
-                     non_negative=("max_warm_steps", "warmup_steps", "weight_decay", "grad_clip", "ckpt_every",
-                                   "eval_problems"),
+        check_ranges(self, positive=("max_seq_len", "mastery_every", "mastery_checks", "max_warm_steps", "steps",
+                                     "batch_size", "seq_len", "lr", "log_every", "eval_k"),
+                     non_negative=("warmup_steps", "weight_decay", "grad_clip", "ckpt_every", "eval_problems"),
                      fraction=("mastery", "min_lr_ratio", "p_quick", "p_trace", "p_check", "p_bare", "p_text",
-                               "quick_correct", "p_second_lang", "p_mixed"),
+                               "quick_correct", "p_second_lang", "p_mixed", "p_search_quick", "give_up",
+                               "give_up_second", "p_search_second", "p_search_mixed"),
                      choices={"model": tuple(MODEL_PRESETS)})
-        if self.p_quick + self.p_trace + self.p_check + self.p_bare <= 0:
-            raise ValueError("--p-quick, --p-trace, --p-check and --p-bare are all 0: no problem documents")
+        if self.task == "add" and self.p_trace <= 0 and (self.mastery > 0 or self.p_quick + self.p_check + self.p_bare <= 0):
+            raise ValueError("--p-trace is 0: phase 1 (worked traces only) would have no documents, and the base "
+                             "model nothing to reason with")
         if self.seq_len > self.max_seq_len:
             raise ValueError(f"--seq-len {self.seq_len} > --max-seq-len {self.max_seq_len}")
-        task_from_config(self)  # a bad difficulty knob fails here, before any work
-        longest = max(len(get_tokenizer().encode(format_prompt(p.question), allow_special=True))
-                      for p in sample_problems(task_from_config(self), 100, "test", seed=0))
-        if longest + EVAL_MAX_NEW_TOKENS > self.max_seq_len:
-            raise ValueError(f"--max-seq-len {self.max_seq_len} cannot hold a {longest}-token prompt and the "
-                             f"{EVAL_MAX_NEW_TOKENS}-token evaluation budget")
+        check_fits(longest_prompt(task_from_config(self), get_tokenizer()), EVAL_MAX_NEW_TOKENS, self.max_seq_len,
+                   what="the evaluation budget")  # a bad difficulty knob fails here too, before any work
+
+
+# what an exact --resume depends on: the checkpoint's values must equal the command line's
+RESUME_MUST_MATCH = ("task", "seed", "model", "max_seq_len", "batch_size", "seq_len", "mastery", "mastery_every",
+                     "mastery_checks", "max_warm_steps")
 
 
 def check_files(cfg: PretrainConfig) -> None:
-    if cfg.resume and not os.path.exists(checkpoint_path(cfg.out_dir)):
-        raise ValueError(f"--resume: no checkpoint in {cfg.out_dir}")
+    """The checks that read files or the environment, before any work."""
+    check_resume(cfg.out_dir, cfg.resume, dataclasses.asdict(cfg), RESUME_MUST_MATCH)
+    if cfg.device:
+        get_device(cfg.device)  # a ValueError if that device is not available here
+    check_processes(cfg.batch_size, "--batch-size")
 
 
 PRESETS = {
@@ -176,7 +182,7 @@ def run(cfg: PretrainConfig):
     # cfg.mastery_checks consecutive checks (one check is noisy: 32 problems, and accuracy swings)
     probe = sample_problems(task, 32, "train", seed=derive_seed(cfg.seed, "mastery-probe"))
     while mastered_at is None:
-        if step > 0:  # a check at every chunk boundary, also the one a resumed run starts at
+        if step > 0 and (step % cfg.mastery_every == 0 or step >= cfg.max_warm_steps):  # at every chunk's end
             unwrap(model).eval()
             acc = evaluate(unwrap(model), tok, probe, k=1, temperature=0.0)["pass@1"]
             acc = all_reduce({"acc": acc})["acc"]  # identical on every rank; averaged to be sure
@@ -189,7 +195,7 @@ def run(cfg: PretrainConfig):
                     print0(f"WARNING: the trace was not mastered in {step} steps (accuracy {acc:.2f}); the base "
                            f"model will rarely reason correctly and RL will have little to find")
                 break
-        end = min(step + cfg.mastery_every, cfg.max_warm_steps)
+        end = min((step // cfg.mastery_every + 1) * cfg.mastery_every, cfg.max_warm_steps)  # this chunk's end
         train(wrapped, optimizer, dataclasses.replace(loop_cfg, steps=end, min_lr_ratio=1.0),
               batches(cfg, tok, task, dist.rank, dist.world_size, step, traces_only=True), loss_fn,
               start_step=step, logger=logger,
@@ -219,7 +225,7 @@ def ensure_base_model(out_dir: str, **overrides) -> None:
     with `overrides`, no final report): what `python grpo.py` and the notebooks do on a fresh clone."""
     if os.path.exists(checkpoint_path(out_dir)):
         return
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in overrides.items() if v != getattr(PretrainConfig, k))
+    flags = " ".join(f"{flag(k)} {v}" for k, v in overrides.items() if v != getattr(PretrainConfig, k))
     print0(f"no base model in {out_dir}/: pretraining one there first (python pretrain.py --out-dir {out_dir} {flags}".rstrip() + ")")
     run(PretrainConfig(**{"eval_problems": 0, **overrides, "out_dir": out_dir}))
 

@@ -396,6 +396,14 @@ def sample_problems(task, n: int, split: str, seed: int = 0, test_fraction: floa
     return problems
 
 
+def longest_prompt(task, tok, n: int = 300, seed: int = 0) -> int:
+    """The longest prompt of `task` in tokens over n draws of its generator (both splits): what the
+    model's context must hold besides the completion. Draws, not distinct problems, so a small
+    problem space works too."""
+    rng = random.Random(seed)
+    return max(len(tok.encode(format_prompt(task.sample(rng).question), allow_special=True)) for _ in range(n))
+
+
 def test_set(task, n: int = 200, seed: int = 0) -> list[Problem]:
     """The fixed held-out evaluation set: n distinct test-split problems (same n and seed, same set)."""
     return sample_problems(task, n, "test", seed=seed)

@@ -406,7 +406,7 @@ def test_ctrl_c_between_update_passes_resumes_exactly(tmp_path, tmp_path_factory
     with pytest.raises(KeyboardInterrupt):
         grpo.run(cut)
     ckpt = common.load_checkpoint(str(tmp_path / "cut"))
-    assert ckpt["step"] == 4 and ckpt["rollout"]["pass"] == 1 and ckpt["ref_model"] is not None
+    assert ckpt["step"] == 4 and ckpt["rollouts"][0]["pass"] == 1 and ckpt["ref_model"] is not None
     monkeypatch.setattr(grpo, "make_loss_fn", real)
     grpo.run(common.config_from_args(GRPOConfig, ["--preset", "smoke", *flags, "--out-dir", str(tmp_path / "cut"),
                                                   "--resume"], presets=grpo.PRESETS))
@@ -511,6 +511,18 @@ def test_bad_input_on_the_real_command_line_exits_2_without_a_traceback(tmp_path
                             text=True, cwd=tmp_path, timeout=60)
     assert result.returncode == 2 and "error: --steps must be > 0" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_other_settings_than_the_checkpoints(tmp_path, tmp_path_factory, capsys):
+    from conftest import run_script
+    base = smoke_base(tmp_path_factory)
+    run_script(f"{ROOT}/grpo.py", "--preset", "smoke", "--init-from", base, "--out-dir", tmp_path / "run")
+    argv = ["--preset", "smoke", "--init-from", str(base), "--out-dir", str(tmp_path / "run"), "--resume"]
+    common.config_from_args(GRPOConfig, argv, presets=grpo.PRESETS, check=grpo.check_files)   # same settings: fine
+    with pytest.raises(SystemExit) as exit_info:
+        common.config_from_args(GRPOConfig, argv + ["--group-size", "4"], presets=grpo.PRESETS, check=grpo.check_files)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--group-size 4 (the checkpoint has 2)" in err
 
 
 def test_default_directories_follow_the_seed():
