@@ -542,3 +542,17 @@ def test_search_world_two_step_run(tmp_path):
     records = common.read_metrics(str(tmp_path / "grpo" / "metrics.jsonl"))
     for key in ("tries", "backtracks", "give_up", "repeats", "false_yes", "drift"):
         assert all(key in r for r in records), key
+
+
+def test_grpo_runs_under_torchrun_with_two_processes(tmp_path, tmp_path_factory):
+    """The whole loop on 2 gloo ranks: each samples half the questions, checkpoints gather every
+    rank's rollouts (mu = 2, a checkpoint after every step), rank 0 writes."""
+    from conftest import run_script
+    base = smoke_base(tmp_path_factory)
+    flags = ["--preset", "smoke", "--prompts-per-step", "4", "--num-iterations", "2", "--ckpt-every", "1",
+             "--steps", "3", "--init-from", base, "--out-dir", tmp_path / "run"]
+    out = run_script(f"{ROOT}/grpo.py", *flags, nproc=2).stdout
+    assert "2 process(es)" in out and "R1-Zero summary" in out
+    ckpt = common.load_checkpoint(str(tmp_path / "run"))
+    assert ckpt["step"] == 3 and len(ckpt["rollouts"]) == 2
+    assert len([r for r in common.read_metrics(str(tmp_path / "run" / "metrics.jsonl")) if r["kind"] == "train"]) == 6
