@@ -204,10 +204,13 @@ def save_checkpoint(out_dir: str, model, optimizer=None, step: int = 0, config: 
     return path
 
 
-def run_dir(prefix: str, seed: int, task: str = "add") -> str:
+DEFAULT_TASK = "pairsum"  # the world `python grpo.py` runs: the search task (tasks.PairSumTask)
+
+
+def run_dir(prefix: str, seed: int, task: str = DEFAULT_TASK) -> str:
     """A stage's default output directory: out/base for seed 0, out/base-s1 for seed 1, ...; a task
-    other than addition is named too (out/base-pairsum-s1), so runs of two worlds never mix."""
-    name = prefix if task == "add" else f"{prefix}-{task}"
+    other than the default is named too (out/base-add-s1), so runs of two worlds never mix."""
+    name = prefix if task == DEFAULT_TASK else f"{prefix}-{task}"
     return name if seed == 0 else f"{name}-s{seed}"
 
 

@@ -10,16 +10,18 @@ Paper map (docs/PAPER.md has the equations and a worked example of each):
   run               the R1-Zero loop: evaluation, reference reset, rl_batch, mu update passes,
                     logging and checkpoints, each a visible line
 
-    python grpo.py                          # the whole R1-Zero experiment on a CPU: pretrains a
-                                            # base model into out/base/ if none, RL, out/grpo/aha.png
+    python grpo.py                          # the whole R1-Zero experiment on a CPU, the search world:
+                                            # pretrains a base model into out/base/ if none, 40 RL
+                                            # steps, out/grpo/aha.png
     python grpo.py --seed 1                 # a whole new run: out/base-s1/, out/grpo-s1/
+    python grpo.py --task add               # the quick run, 3-digit addition: out/base-add/, out/grpo-add/
     torchrun --standalone --nproc_per_node=N grpo.py
 
 Shapes: N questions per step, G group size, B = N*G sequences, T tokens, V vocab.
 
 Deliberate deviations from the paper:
 1. Scale: 16 questions x 8 samples per step (paper: 32 x 16), tens of steps (paper: thousands),
-   a ~1M-parameter model pretrained here on additions (paper: DeepSeek-V3-Base).
+   a ~1M-parameter model pretrained here on a synthetic web (paper: DeepSeek-V3-Base).
 2. The KL coefficient is 0.04 (DeepSeekMath's value) rather than R1-Zero's 0.001: with few, large
    steps on a tiny model, a tighter leash keeps the policy from collapsing.
 3. The prompt template is the short `<|user|>question<|assistant|>` form (tasks.format_prompt), not
@@ -38,7 +40,7 @@ from dataclasses import dataclass
 import torch
 
 import pretrain  # deliberate reuse: `python grpo.py` on a fresh clone pretrains its base model first
-from common import (MetricsLogger, all_reduce, check_fits, check_processes, check_ranges, check_resume, checkpoint_path,
+from common import (DEFAULT_TASK, MetricsLogger, all_reduce, check_fits, check_processes, check_ranges, check_resume, checkpoint_path,
                     config_from_args, derive_seed, get_device, load_checkpoint, load_model, lr_at, make_optimizer,
                     optimizer_step, pack, print0, read_metrics,
                     restore, run_dir, save_checkpoint, seed_everything, set_lr, setup_ddp, sum_over_ranks,
@@ -54,16 +56,21 @@ from tokenizer import get_tokenizer
 LOSS_AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 
 
+# RL steps when --steps is not given: the search world's length keeps rising for ~40 steps; addition is
+# solved by step 10-15 (README results)
+TASK_STEPS = {"pairsum": 40, "add": 25}
+
+
 @dataclass
 class GRPOConfig:
     init_from: str = ""                 # base model checkpoint dir; "" = out/base (out/base-sN for --seed N), pretrained there if missing
     out_dir: str = ""                   # checkpoint, metrics.jsonl and aha.png; "" = out/grpo (out/grpo-sN for --seed N)
     resume: bool = False                # continue from out_dir/ckpt.pt
-    task: str = "add"                   # task family (tasks.TASKS)
+    task: str = DEFAULT_TASK            # task family (tasks.TASKS): pairsum (the search world) or add (the quick run)
     min_digits: int = 3                 # fewest digits of an operand
     max_digits: int = 3                 # most digits of an operand
     reward: str = "accuracy + 0.1*format"  # reward spec for rewards.parse_reward_spec; no length term
-    steps: int = 25                     # RL steps (rollout batches)
+    steps: int = 0                      # RL steps (rollout batches); 0 = the task's default (TASK_STEPS: pairsum 40, add 25)
     prompts_per_step: int = 16          # N: questions per step (over all ranks)
     group_size: int = 8                 # G: completions per question
     max_new_tokens: int = 256           # cap on completion length, tokens (rollouts and held-out evaluation)
@@ -90,6 +97,7 @@ class GRPOConfig:
     device: str = ""                    # "" = auto (cuda, mps, cpu)
 
     def __post_init__(self):
+        self.steps = self.steps or TASK_STEPS.get(self.task, TASK_STEPS[DEFAULT_TASK])
         self.init_from = self.init_from or run_dir("out/base", self.seed, self.task)
         self.out_dir = self.out_dir or run_dir("out/grpo", self.seed, self.task)
         check_ranges(self, positive=("steps", "prompts_per_step", "max_new_tokens", "temperature", "lr",

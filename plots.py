@@ -14,9 +14,10 @@ from common import read_metrics
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 FIGURES = {  # figure -> (metrics log, title)
-    "assets/aha.png": ("docs/runs/grpo-seed0.jsonl", "R1-Zero from scratch on a 2-core CPU (python grpo.py, seed 0)"),
-    "assets/aha-pairsum.png": ("docs/runs/grpo-pairsum-seed0.jsonl",
-                               "The search world: python grpo.py --task pairsum --steps 40, seed 0 (2-core CPU)"),
+    "assets/aha.png": ("docs/runs/grpo-pairsum-seed0.jsonl",
+                       "R1-Zero from scratch on a 2-core CPU: the search world (python grpo.py, seed 0)"),
+    "assets/aha-add.png": ("docs/runs/grpo-add-seed0.jsonl",
+                           "The quick run: 3-digit addition (python grpo.py --task add, seed 0)"),
 }
 
 

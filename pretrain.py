@@ -2,12 +2,14 @@
 
 R1-Zero (R1 paper, "DeepSeek-R1-Zero") starts RL from a pretrained base model that already
 produces reasoning now and then. We have no weights to download, so we make one here, in minutes,
-by next-token prediction on documents in which addition problems appear the way they would on the
-web: mostly with a quick (usually wrong) answer, sometimes with a worked trace, sometimes with a
-self-check, plus plain text. See corpus.py for every choice and why.
+by next-token prediction on documents in which the task's problems appear the way they would on the
+web: pair-sum questions (the default) with a quick random guess or a search that tries pairs and
+often gives up; additions (--task add) with a quick (usually wrong) answer, a worked trace or a
+self-check; plus plain text. See corpus.py for every choice and why.
 
     python pretrain.py                         # the cpu preset (model nano), out/base/, minutes on 2 cores
     python pretrain.py --seed 1                # another base model, out/base-s1/
+    python pretrain.py --task add              # the addition web's base model, out/base-add/
     python pretrain.py --preset gpu            # a larger model (model preset tiny) for one GPU
     torchrun --standalone --nproc_per_node=N pretrain.py --preset gpu
 
@@ -40,7 +42,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from common import (LoopConfig, MetricsLogger, all_reduce, check_fits, check_processes, check_ranges, check_resume,
+from common import (DEFAULT_TASK, LoopConfig, MetricsLogger, all_reduce, check_fits, check_processes, check_ranges, check_resume,
                     checkpoint_path, config_from_args, derive_seed, flag, get_device, load_checkpoint,
                     make_optimizer, print0, restore, run_dir, seed_everything, setup_ddp, sum_over_ranks,
                     teardown_ddp, train, unwrap)
@@ -55,7 +57,7 @@ from tokenizer import get_tokenizer
 class PretrainConfig(CorpusConfig):
     model: str = "nano"             # model preset (model.PRESETS)
     max_seq_len: int = 512          # model context length, tokens
-    task: str = "add"               # task family the web's problems come from (tasks.TASKS)
+    task: str = DEFAULT_TASK        # task family the web's problems come from (corpus.WEB_TASKS: pairsum, add)
     min_digits: int = 3             # fewest digits of an operand (difficulty knob)
     max_digits: int = 3             # most digits of an operand (difficulty knob)
     mastery: float = 0.6            # phase 1 (traces only) ends at this greedy accuracy on train problems (0 = no phase 1)

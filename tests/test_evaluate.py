@@ -80,7 +80,7 @@ def test_evaluate_end_to_end_on_a_random_model():
 def test_cli_evaluates_the_task_the_checkpoint_was_trained_on(tmp_path):
     from conftest import ROOT, run_script
 
-    run_script(f"{ROOT}/pretrain.py", "--preset", "smoke", "--min-digits", "2", "--max-digits", "2",
+    run_script(f"{ROOT}/pretrain.py", "--preset", "smoke", "--task", "add", "--min-digits", "2", "--max-digits", "2",
                "--out-dir", tmp_path)
     out = run_script(f"{ROOT}/evaluate.py", "--ckpt", tmp_path, "--n-problems", "2", "--k", "1",
                      "--max-new-tokens", "4").stdout

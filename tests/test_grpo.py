@@ -491,7 +491,7 @@ BAD_FLAGS = [
     (["--init-from", "out/sft"], "--init-from out/sft: no checkpoint there"),
     (["--loss-agg", "mean"], "--loss-agg must be one of"),
     (["--group-size", "1"], "--group-size must be >= 2"),
-    (["--min-digits", "4", "--max-digits", "3"], "min_digits <= max_digits"),
+    (["--task", "add", "--min-digits", "4", "--max-digits", "3"], "min_digits <= max_digits"),
     (["--resume"], "--resume: no checkpoint in"),
 ]
 
