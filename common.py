@@ -214,6 +214,28 @@ def run_dir(prefix: str, seed: int, task: str = DEFAULT_TASK) -> str:
     return name if seed == 0 else f"{name}-s{seed}"
 
 
+def write_dataset(path: str, rows: list[dict], stats: dict) -> None:
+    """A dataset the stages make (data/*.jsonl): the rows as JSONL, written atomically, and their
+    statistics next to them (path + .stats.json: how many were sampled, kept, dropped and why)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(path + ".tmp", path)
+    with open(path + ".stats.json", "w") as f:
+        json.dump(stats, f, indent=1)
+    print0(f"wrote {path}: {len(rows)} rows; {stats}")
+
+
+def read_dataset_stats(path: str) -> dict:
+    """The statistics write_dataset saved next to a dataset ({} if there are none)."""
+    stats = path + ".stats.json"
+    if not os.path.exists(stats):
+        return {}
+    with open(stats) as f:
+        return json.load(f)
+
+
 def checkpoint_path(path: str) -> str:
     """Accept a run directory (out/base) or the file itself."""
     return os.path.join(path, CKPT_NAME) if os.path.isdir(path) else path
@@ -363,6 +385,9 @@ def config_from_args(cls, argv: list[str] | None = None, presets: dict[str, dict
         if tp is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
                                 help=help_text)
+        elif typing.get_origin(tp) is list:  # list[str]: --flag a b c
+            parser.add_argument(flag, dest=f.name, nargs="+", type=typing.get_args(tp)[0], default=default,
+                                help=help_text, metavar=f.name.upper())
         else:
             parser.add_argument(flag, dest=f.name, type=_parse_type(tp), default=default, help=help_text,
                                 metavar=f.name.upper())

@@ -161,15 +161,33 @@ def search_tries(numbers, target: int, lang: str) -> list[str]:
     number after the last one tried", a lookup one attention head learns. (Rewriting the numbers
     still in play at each new anchor, to make the anchor's lookup local too, was learned much WORSE
     in pretraining: docs/LOG.md.)"""
-    w = SEARCH_PHRASES[lang]
     tries = []
     for i, x in enumerate(numbers):
         for y in numbers[i + 1:]:
-            hit = x + y == target
-            tries.append(f"{x}+{y}={x + y} {w['vs']} {target}, {w['yes'] if hit else w['no']}.")
-            if hit:
+            tries.append(search_try(x, y, target, lang))
+            if x + y == target:
                 return tries
     return tries
+
+
+def search_try(x: int, y: int, target: int, lang: str) -> str:
+    """One try of the search, `7+1=8 vs 8, no.` (es: `7+1=8 contra 8, no.`; a hit ends `yes.` / `sí.`)."""
+    w = SEARCH_PHRASES[lang]
+    return f"{x}+{y}={x + y} {w['vs']} {target}, {w['yes'] if x + y == target else w['no']}."
+
+
+def readable_search(problem, lang: str, pairs=None) -> str:
+    """DeepSeek-R1's readable format (its cold-start data: the reasoning, then a summary, then the
+    answer) in the search world: the tries in ONE language, no pair twice, no giving up, ending at
+    the pair that works, then a summary sentence naming it, `<think>7+1=8 vs 8, no. 3+5=8 vs 8, yes.
+    so the answer is 3+5.</think><answer>3+5</answer>`. `pairs`: the tries to write (a cleaned R1-Zero
+    sample's own, ending with the right pair); default the systematic search (search_tries)."""
+    tries = [search_try(x, y, problem.target, lang) for x, y in pairs] if pairs is not None else \
+        search_tries(problem.numbers, problem.target, lang)
+    x, y = (pairs[-1] if pairs is not None else tries[-1].split("=")[0].split("+"))
+    # lower case: the tokenizer is byte-level and the web has almost no capitals, so a capital S is
+    # a byte the base model barely knows (an SFT'd model wrote "\ufffdo the answer is": docs/LOG.md)
+    return format_completion(" ".join(tries) + f" {PHRASES[lang]['answer_is']} {x}+{y}.", f"{x}+{y}")
 
 
 def search_completion(kind: str, problem, lang: str, give_up: float, rng: random.Random) -> str:

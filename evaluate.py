@@ -12,25 +12,34 @@ prefix from corpus.forced_prefixes) and compares accuracy: the gap RL can exploi
 
     python evaluate.py --ckpt out/base                 # the base-model report
     python evaluate.py --ckpt out/grpo --k 8 --n-problems 200
+    python evaluate.py --compare out/base out/grpo out/r1/final_rl      # one table, one row per model
+    python evaluate.py --compare out/base out/grpo --scaling            # + inference-time scaling figure
+
+pass@k (Chen et al. 2021) from n samples of which c are correct: the unbiased estimator
+1 - C(n-c, k) / C(n, k) (`pass_at_k`). Inference-time scaling (--scaling), two ways: more samples
+(cons@k and pass@k as k grows, from n = --scaling-n samples per question) and a thinking budget (the
+chain of thought cut at B tokens and the answer forced right there, `budget_completions`, B swept).
 
 Deliberate deviations: none in the metrics; the k and question counts are small for CPU time.
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from common import (check_fits, check_ranges, checkpoint_path, config_from_args, get_device, load_checkpoint, load_model,
                     print0)
-from corpus import WEB_TASKS, forced_prefixes
-from model import sample_completions
-from rewards import (accuracy_reward, answer_key, chain_of_thought, format_reward, language_consistency_reward,
-                     majority_vote)
+from corpus import PHRASES, WEB_TASKS, forced_prefixes
+from model import generate, sample_completions
+from rewards import (accuracy_reward, answer_key, chain_of_thought, extract_answer, format_reward,
+                     language_consistency_reward, majority_vote)
 from tasks import TASKS, format_prompt, get_task, longest_prompt, task_from_config, test_set
-from tokenizer import get_tokenizer
+from tokenizer import ANSWER_CLOSE, ANSWER_OPEN, EOT, THINK_CLOSE, get_tokenizer
 
 EVAL_MAX_NEW_TOKENS = 320  # the one default cap on an evaluated completion's length, tokens
 SELF_CHECK = re.compile(r"\b(wait|espera)\b", re.IGNORECASE)
@@ -38,6 +47,7 @@ SELF_CHECK = re.compile(r"\b(wait|espera)\b", re.IGNORECASE)
 SEARCH_TRY = re.compile(r"(\d+)\+(\d+)=(\d+) (?:vs|contra) (\d+), (yes|sí|no)\.")
 GIVE_UP = re.compile(r"I give up|lo dejo")
 TRIES_BUCKETS = ((0, 1), (2, 3), (4, 7), (8, 99))  # accuracy against the number of tries, in these groups
+FORCED_ANSWER_TOKENS = 16  # room for the answer forced at the end of a thinking budget
 
 
 @dataclass
@@ -50,24 +60,47 @@ class EvalConfig:
     top_p: float = 0.95             # nucleus sampling (paper: 0.95)
     max_new_tokens: int = EVAL_MAX_NEW_TOKENS  # cap on completion length, tokens
     batch_size: int = 128           # sequences sampled together
-    forced: bool = True             # also report accuracy with the direct answer vs reasoning forced
+    forced: bool = True             # also report accuracy with the direct answer vs reasoning forced (--ckpt only)
+    compare: list[str] = field(default_factory=list)  # several checkpoints: one table, one row each (instead of --ckpt)
+    scaling: bool = False           # also draw inference-time scaling: cons@k / pass@k vs k, accuracy vs thinking budget
+    scaling_n: int = 64             # samples per question for the scaling curves (k = 1, 2, 4, ..., n)
+    scaling_problems: int = 50      # held-out questions for the scaling curves
+    budgets: str = "8,16,32,64,128,256"  # thinking budgets B (tokens) for the scaling figure, comma list
+    scaling_out: str = ""           # the scaling PNG; "" = scaling.png next to the first checkpoint
     seed: int = 0                   # sampling seed
     device: str = ""                # "" = auto (cuda, mps, cpu)
 
     def __post_init__(self):
-        check_ranges(self, positive=("n_problems", "k", "max_new_tokens", "batch_size"),
+        check_ranges(self, positive=("n_problems", "k", "max_new_tokens", "batch_size", "scaling_n",
+                                     "scaling_problems"),
                      non_negative=("temperature",), choices={"task": ("", *TASKS)})
         if not 0 < self.top_p <= 1:
             raise ValueError(f"--top-p must lie in (0, 1] (got {self.top_p})")
+        try:
+            budgets = self.budget_list()
+        except ValueError:
+            budgets = []
+        if not budgets or min(budgets) < 1:
+            raise ValueError(f"--budgets must be a comma list of positive token counts (got {self.budgets!r})")
+
+    def budget_list(self) -> list[int]:
+        return [int(b) for b in self.budgets.split(",") if b.strip()]
+
+    def checkpoints(self) -> list[str]:
+        return self.compare or [self.ckpt]
 
 
 def check_files(cfg: EvalConfig) -> None:
-    """--ckpt must be a checkpoint, and its model must hold the longest prompt + --max-new-tokens."""
-    if not os.path.exists(checkpoint_path(cfg.ckpt)):
-        raise ValueError(f"--ckpt {cfg.ckpt}: no checkpoint there")
-    ckpt = load_checkpoint(cfg.ckpt)
-    task = get_task(cfg.task) if cfg.task else task_from_config(ckpt["config"])
-    check_fits(longest_prompt(task, get_tokenizer()), cfg.max_new_tokens, ckpt["model_config"]["max_seq_len"])
+    """Every checkpoint must exist, and its model must hold the longest prompt + --max-new-tokens
+    (and the largest thinking budget + the forced answer, with --scaling)."""
+    flag = "--compare" if cfg.compare else "--ckpt"
+    for path in cfg.checkpoints():
+        if not os.path.exists(checkpoint_path(path)):
+            raise ValueError(f"{flag} {path}: no checkpoint there")
+        ckpt = load_checkpoint(path)
+        task = get_task(cfg.task) if cfg.task else task_from_config(ckpt["config"])
+        longest = max(cfg.max_new_tokens, max(cfg.budget_list()) + FORCED_ANSWER_TOKENS if cfg.scaling else 0)
+        check_fits(longest_prompt(task, get_tokenizer()), longest, ckpt["model_config"]["max_seq_len"])
     if cfg.device:
         get_device(cfg.device)  # a ValueError if that device is not available here
 
@@ -93,6 +126,20 @@ def off_language(completion: str, language: str) -> bool:
     return language_consistency_reward(completion, language) <= 0.5
 
 
+def readable(completion: str, language: str) -> bool:
+    """DeepSeek-R1's readable format (R1 v1 section 2.3.1), as this project writes it
+    (corpus.readable_search): well-formed (format reward 1), the whole chain of thought in the
+    question's language, no pair tried twice, no giving up, and a last sentence that sums up:
+    "so the answer is 3+5." (es: "entonces la respuesta es 3+5.") naming the answer given."""
+    answer = extract_answer(completion)
+    thought = chain_of_thought(completion).strip()
+    pairs = [frozenset((int(a), int(b))) for a, b, *_ in SEARCH_TRY.findall(thought)]
+    summary = f"{PHRASES[language]['answer_is']} {answer.strip()}." if answer else None
+    return (format_reward(completion) == 1.0 and summary is not None and thought.casefold().endswith(summary.casefold())
+            and language_consistency_reward(completion, language) == 1.0 and len(pairs) == len(set(pairs))
+            and not GIVE_UP.search(thought))
+
+
 def behaviour(completion: str, language: str = "en") -> dict:
     """What a completion does, as counts the R1-Zero story is about: reasoning, self-checks,
     language mixing and drift, and, in the search world, tries, backtracking ("no" after a try, or
@@ -105,6 +152,8 @@ def behaviour(completion: str, language: str = "en") -> dict:
         "self_check": float(bool(SELF_CHECK.search(completion))),
         "mixed": float(mixes_languages(completion)),
         "off_lang": float(off_language(completion, language)),
+        "lang_mix": float(language_consistency_reward(completion, language) < 1.0),  # any word not in its language
+        "readable": float(readable(completion, language)),
         "tries": len(tries),
         "backtracks": sum(verdict == "no" for *_, verdict in tries) + len(SELF_CHECK.findall(thought)),
         "give_up": float(bool(GIVE_UP.search(thought))),
@@ -135,8 +184,8 @@ def summarize_behaviour(stats: list[dict]) -> dict:
     n = max(1, len(stats))
     second = [s for s in stats if s["language"] != "en"]
     tries = sum(s["tries"] for s in stats)
-    out = {k: sum(s[k] for s in stats) / n for k in ("reasons", "self_check", "mixed", "tries", "backtracks",
-                                                     "give_up", "repeats", "false_yes")}
+    out = {k: sum(s[k] for s in stats) / n for k in ("reasons", "self_check", "mixed", "lang_mix", "readable", "tries",
+                                                     "backtracks", "give_up", "repeats", "false_yes")}
     out["try_acc"] = sum(s["tries_right"] for s in stats) / tries if tries else float("nan")
     out["drift"] = sum(s["off_lang"] for s in second) / len(second) if second else float("nan")
     if tries and "correct" in stats[0]:  # the search world: does trying more pay? accuracy by tries
@@ -144,6 +193,33 @@ def summarize_behaviour(stats: list[dict]) -> dict:
             rows = [s for s in stats if lo <= s["tries"] <= hi]
             out[f"acc_tries_{lo}-{hi}"] = sum(s["correct"] for s in rows) / len(rows) if rows else float("nan")
     return out
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased estimator of pass@k (Chen et al. 2021, section 2.1) from n samples of which c are
+    correct: 1 - C(n-c, k) / C(n, k), the chance that k samples drawn without replacement from the n
+    hold at least one correct one; computed as a product, stable for large n."""
+    if not (0 <= c <= n and 1 <= k <= n):
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n (got n={n}, c={c}, k={k})")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def cons_at(row: list[dict], k: int) -> float:
+    """cons@k from n >= k samples of one question: the majority vote's correctness, averaged over the
+    n // k disjoint groups of k consecutive samples (each group is k independent samples)."""
+    groups = [row[i:i + k] for i in range(0, len(row) - k + 1, k)]
+    votes = [(g, majority_vote([s["key"] for s in g])) for g in groups]
+    return sum(g[w]["correct"] if w is not None else 0.0 for g, w in votes) / len(groups)
+
+
+def scaling_curves(stats: list[list[dict]], ks: list[int]) -> dict:
+    """pass@k and cons@k averaged over questions, for each k in ks ([question][sample] stats)."""
+    return {"k": ks,
+            "pass@k": [sum(pass_at_k(len(r), sum(s["correct"] == 1.0 for s in r), k) for r in stats) / len(stats)
+                       for k in ks],
+            "cons@k": [sum(cons_at(r, k) for r in stats) / len(stats) for k in ks]}
 
 
 def summarize(problems, stats: list[list[dict]]) -> dict:
@@ -159,6 +235,8 @@ def summarize(problems, stats: list[list[dict]]) -> dict:
     return {
         "pass@1": mean("correct"),
         "cons@k": cons / max(1, len(problems)),
+        "pass@k": sum(pass_at_k(len(row), sum(s["correct"] == 1.0 for s in row), len(row)) for row in stats)
+        / max(1, len(problems)),
         "format": mean("format"),
         "length": mean("length"),
         "acc_reasoned": mean("correct", reasoned) if reasoned else float("nan"),
@@ -175,6 +253,14 @@ def evaluate(model, tok, problems, k: int = 4, temperature: float = 0.6, top_p: 
              progress: bool = False) -> dict:
     """pass@1 over k samples, cons@k and the behaviour metrics on `problems`. With `prefix_fn`
     (problem -> completion prefix), every completion is forced to start with that prefix."""
+    return summarize(problems, sample_stats(model, tok, problems, k, temperature, top_p, max_new_tokens, batch_size,
+                                            seed, prefix_fn, progress))
+
+
+def sample_stats(model, tok, problems, k: int = 4, temperature: float = 0.6, top_p: float = 0.95,
+                 max_new_tokens: int = EVAL_MAX_NEW_TOKENS, batch_size: int = 128, seed: int = 0, prefix_fn=None,
+                 progress: bool = False) -> list[list[dict]]:
+    """k samples per problem, and completion_stats of each: [question][sample] -> dict."""
     prompts, prefixes = [], []
     for p in problems:
         prefix = prefix_fn(p) if prefix_fn else ""
@@ -183,9 +269,37 @@ def evaluate(model, tok, problems, k: int = 4, temperature: float = 0.6, top_p: 
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     _, ids, texts = sample_completions(model, tok, prompts, max_new_tokens, temperature, top_p, gen,
                                        batch_size, progress)
-    stats = [[completion_stats(p, prefixes[i * k + j] + texts[i * k + j], len(ids[i * k + j]))
-              for j in range(k)] for i, p in enumerate(problems)]
-    return summarize(problems, stats)
+    return [[completion_stats(p, prefixes[i * k + j] + texts[i * k + j], len(ids[i * k + j]))
+             for j in range(k)] for i, p in enumerate(problems)]
+
+
+def force_answer(text: str) -> str:
+    """What a thinking budget appends where it cuts a completion: close the thought and open the
+    answer (only open the answer if the thought was closed already; nothing if the answer is open)."""
+    if ANSWER_OPEN in text:
+        return ""
+    return ANSWER_OPEN if THINK_CLOSE in text else THINK_CLOSE + ANSWER_OPEN
+
+
+def budget_completions(model, tok, problems, budget: int, k: int, temperature: float = 0.6, top_p: float = 0.95,
+                       seed: int = 0, batch_size: int = 128) -> list[str]:
+    """k completions per problem with the chain of thought cut at `budget` tokens (R1's "thinking
+    budget" scaling): a completion still unfinished after `budget` new tokens gets force_answer's
+    tags appended right there, and the model writes the answer (at most FORCED_ANSWER_TOKENS more)."""
+    prompts = [format_prompt(p.question) for p in problems for _ in range(k)]
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    prompt_ids, ids, texts = sample_completions(model, tok, prompts, budget, temperature, top_p, gen, batch_size)
+    stop = (tok.special_ids[ANSWER_CLOSE], tok.eot_id)
+    open_rows = [i for i, row in enumerate(ids) if not row or row[-1] not in stop]
+    for s in range(0, len(open_rows), batch_size):  # token ids, not text: a cut may split a character
+        rows = open_rows[s:s + batch_size]
+        forced = [tok.encode(force_answer(texts[i]), allow_special=True) for i in rows]
+        new, lengths = generate(model, [prompt_ids[i] + ids[i] + f for i, f in zip(rows, forced)],
+                                FORCED_ANSWER_TOKENS, temperature=temperature, top_p=top_p, stop_tokens=stop,
+                                generator=gen, pad_id=tok.pad_id)
+        for i, f, row, n in zip(rows, forced, new, lengths):
+            texts[i] = tok.decode(ids[i] + f + row[:n].tolist())
+    return texts
 
 
 def report(model, tok, task, problems, cfg: EvalConfig, forced_fn=None) -> dict:
@@ -211,16 +325,105 @@ def report(model, tok, task, problems, cfg: EvalConfig, forced_fn=None) -> dict:
     return metrics
 
 
+TABLE = ("pass@1", "cons@k", "pass@k", "format", "length", "lang_mix", "drift", "readable")
+
+
+def load_for_eval(path: str, cfg: EvalConfig, device):
+    """A checkpoint's model (eval mode) and its task: the one it was trained on, unless --task says."""
+    model, ckpt = load_model(path, device)
+    model.eval()
+    return model, (get_task(cfg.task) if cfg.task else task_from_config(ckpt["config"]))
+
+
+def write_result(path: str, name: str, result: dict) -> str:
+    """A JSON result file next to the checkpoint (its directory)."""
+    out = os.path.join(os.path.dirname(checkpoint_path(path)) or ".", name)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1, default=float)
+    return out
+
+
+def compare(cfg: EvalConfig, device) -> list[dict]:
+    """Every checkpoint on its task's held-out questions; one table, one row per checkpoint, and an
+    eval.json next to each."""
+    tok, rows = get_tokenizer(), []
+    for path in cfg.checkpoints():
+        model, task = load_for_eval(path, cfg, device)
+        problems = test_set(task, n=cfg.n_problems, seed=cfg.seed)
+        m = evaluate(model, tok, problems, k=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
+                     max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed, progress=True)
+        write_result(path, "eval.json", {"task": str(task), "n_problems": cfg.n_problems, "k": cfg.k,
+                                         "temperature": cfg.temperature, "top_p": cfg.top_p, **m})
+        rows.append({"ckpt": path, **m})
+    print0(f"{cfg.n_problems} held-out questions x {cfg.k} samples, T {cfg.temperature}, top-p {cfg.top_p}; "
+           f"pass@k is the unbiased estimator at k = {cfg.k}")
+    width = max(len(r["ckpt"]) for r in rows)
+    print0(f"{'checkpoint':<{width}} " + " ".join(f"{k:>8}" for k in TABLE))
+    for r in rows:
+        print0(f"{r['ckpt']:<{width}} " + " ".join(f"{r[k]:>8.3f}" for k in TABLE))
+    return rows
+
+
+def scaling(cfg: EvalConfig, device) -> dict:
+    """Inference-time scaling for every checkpoint, on one figure: (a) cons@k and pass@k for k = 1, 2,
+    4, ..., --scaling-n; (b) pass@1 (k samples) with the thinking cut at each budget B."""
+    from matplotlib.figure import Figure  # only this mode draws
+    tok, results = get_tokenizer(), {}
+    ks = [2 ** i for i in range(int(math.log2(cfg.scaling_n)) + 1)]
+    for path in cfg.checkpoints():
+        model, task = load_for_eval(path, cfg, device)
+        problems = test_set(task, n=cfg.scaling_problems, seed=cfg.seed)
+        stats = sample_stats(model, tok, problems, k=cfg.scaling_n, temperature=cfg.temperature, top_p=cfg.top_p,
+                             max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed,
+                             progress=True)
+        curves = scaling_curves(stats, ks)
+        budget_acc = []
+        for b in cfg.budget_list():
+            texts = budget_completions(model, tok, problems, b, cfg.k, cfg.temperature, cfg.top_p, cfg.seed,
+                                       cfg.batch_size)
+            budget_acc.append(sum(accuracy_reward(t, problems[i // cfg.k].as_dict()) for i, t in enumerate(texts))
+                              / len(texts))
+        results[path] = {**curves, "budgets": cfg.budget_list(), "budget_pass@1": budget_acc}
+        print0(f"{path}: " + ", ".join(f"k={k} cons {c:.3f} pass {p:.3f}"
+                                       for k, c, p in zip(ks, curves["cons@k"], curves["pass@k"])))
+        print0(f"{path}: thinking budget " + ", ".join(f"B={b} {a:.3f}" for b, a in zip(cfg.budget_list(), budget_acc)))
+    fig = Figure(figsize=(11, 4))
+    ax1, ax2 = fig.subplots(1, 2)
+    for i, (path, r) in enumerate(results.items()):
+        color = f"C{i}"
+        ax1.plot(r["k"], r["cons@k"], "o-", color=color, label=f"{path} cons@k")
+        ax1.plot(r["k"], r["pass@k"], "s--", color=color, label=f"{path} pass@k")
+        ax2.plot(r["budgets"], r["budget_pass@1"], "o-", color=color, label=path)
+    ax1.set(xscale="log", xlabel="k (samples per question)", ylabel="held-out accuracy", ylim=(0, 1.02),
+            title="more samples: majority vote (cons@k) and pass@k")
+    ax1.set_xticks(ks, [str(k) for k in ks])
+    ax2.set(xscale="log", xlabel="thinking budget B (tokens, then the answer is forced)", ylabel="pass@1",
+            ylim=(0, 1.02), title="a longer thinking budget")
+    ax2.set_xticks(cfg.budget_list(), [str(b) for b in cfg.budget_list()])
+    ax1.legend(fontsize=7)
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    out = cfg.scaling_out or os.path.join(os.path.dirname(checkpoint_path(cfg.checkpoints()[0])) or ".", "scaling.png")
+    fig.savefig(out, dpi=110)
+    with open(os.path.splitext(out)[0] + ".json", "w") as f:
+        json.dump(results, f, indent=1)
+    print0(f"scaling figure: {out}")
+    return results
+
+
 def main(argv=None):
     cfg = config_from_args(EvalConfig, argv, description=__doc__.split("\n")[0], check=check_files)
     device = get_device(cfg.device or None)
-    model, ckpt = load_model(cfg.ckpt, device)
-    model.eval()
-    # the task and difficulty the model was trained on (saved in its checkpoint), unless --task says
-    task = get_task(cfg.task) if cfg.task else task_from_config(ckpt["config"])
-    problems = test_set(task, n=cfg.n_problems, seed=cfg.seed)
-    forced = cfg.forced and task.name in WEB_TASKS  # forced prefixes are written for the web's tasks
-    report(model, get_tokenizer(), task, problems, cfg, forced_prefixes if forced else None)
+    if cfg.compare:
+        compare(cfg, device)
+    else:
+        model, task = load_for_eval(cfg.ckpt, cfg, device)
+        problems = test_set(task, n=cfg.n_problems, seed=cfg.seed)
+        forced = cfg.forced and task.name in WEB_TASKS  # forced prefixes are written for the web's tasks
+        metrics = report(model, get_tokenizer(), task, problems, cfg, forced_prefixes if forced else None)
+        print0(f"result: {write_result(cfg.ckpt, 'eval.json', {'task': str(task), **metrics})}")
+    if cfg.scaling:
+        scaling(cfg, device)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,7 @@ class GPTConfig:
 
 # Parameter counts are for the 264-token vocabulary (run `python model.py`).
 PRESETS: dict[str, dict] = {
+    "pico": dict(n_layer=3, n_head=4, n_kv_head=2, n_embd=96, max_seq_len=256),      # ~0.3M, distillation's student
     "nano": dict(n_layer=4, n_head=4, n_kv_head=2, n_embd=128, max_seq_len=256),     # ~0.8M, CPU in minutes
     "tiny": dict(n_layer=6, n_head=8, n_kv_head=4, n_embd=256, max_seq_len=512),     # ~4.5M, CPU
     "small": dict(n_layer=8, n_head=8, n_kv_head=4, n_embd=512, max_seq_len=1024,

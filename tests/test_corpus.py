@@ -150,3 +150,17 @@ def test_search_documents_give_up_answer_and_mix_languages_as_configured():
                             and accuracy_reward(always, problem.as_dict()) == 0.0)
     spanish = search_completion("search", problem, "es", 1.0, random.Random(1))
     assert "contra" in spanish and ("lo dejo." in spanish or "sí." in spanish)
+
+
+def test_readable_search_is_one_language_with_a_summary_and_scores_readable():
+    from corpus import readable_search
+    from evaluate import behaviour, readable
+    from rewards import accuracy_reward
+    from tasks import Problem
+    problem = Problem("pairsum", "", "", numbers=(7, 1, 3, 5), target=8, language="es")
+    text = readable_search(problem, "es")
+    assert text == ("<think>7+1=8 contra 8, sí. entonces la respuesta es 7+1.</think><answer>7+1</answer>")
+    assert readable(text, "es") and not readable(text, "en") and accuracy_reward(text, problem.as_dict()) == 1.0
+    own = readable_search(problem, "en", pairs=[(7, 3), (3, 5)])
+    assert own == "<think>7+3=10 vs 8, no. 3+5=8 vs 8, yes. so the answer is 3+5.</think><answer>3+5</answer>"
+    assert behaviour(own, "en")["readable"] == 1.0 and behaviour(own, "en")["lang_mix"] == 0.0

@@ -1,4 +1,5 @@
 """evaluate.py: the paper's metrics against hand-computed values, and an end-to-end run."""
+import json
 import math
 
 import pytest
@@ -11,7 +12,7 @@ from tokenizer import get_tokenizer
 
 
 def stat(correct, key, reasons_=0.0, length=10):
-    no_search = {"off_lang": 0.0, "tries": 0, "backtracks": 0, "give_up": 0.0, "repeats": 0, "tries_right": 0,
+    no_search = {"off_lang": 0.0, "lang_mix": 0.0, "readable": 0.0, "tries": 0, "backtracks": 0, "give_up": 0.0, "repeats": 0, "tries_right": 0,
                  "false_yes": 0.0}
     return {"correct": correct, "format": 1.0, "length": length, "language": "en", "reasons": reasons_,
             "self_check": 0.0, "mixed": 0.0, **no_search, "key": key}
@@ -93,7 +94,9 @@ def test_bad_flags_exit_2_in_one_line(tmp_path, capsys):
 
     for argv, message in [(["--k", "0"], "--k must be > 0"), (["--top-p", "1.5"], "--top-p must lie in (0, 1]"),
                           (["--task", "nope"], "--task must be one of"),
-                          (["--ckpt", str(tmp_path / "missing")], "no checkpoint there")]:
+                          (["--ckpt", str(tmp_path / "missing")], "no checkpoint there"),
+                          (["--compare", str(tmp_path / "a"), str(tmp_path / "b")], "--compare"),
+                          (["--budgets", "8,x"], "--budgets must be"), (["--budgets", "0"], "--budgets must be")]:
         with pytest.raises(SystemExit) as exit_info:
             config_from_args(EvalConfig, argv, check=check_files)
         err = capsys.readouterr().err
@@ -124,3 +127,102 @@ def test_language_drift_counts_second_language_questions_reasoned_in_the_first()
             for lang in ("es", "es", "en")]
     rows[1] = {**behaviour(format_completion("7+1=8 contra 9, no.", "7+1"), "es"), "language": "es"}
     assert summarize_behaviour(rows)["drift"] == 0.5            # 1 of the 2 Spanish questions drifted
+
+
+@pytest.mark.parametrize("completion,language,expected", [
+    ("<think>7+3=10 vs 8, no. 3+5=8 vs 8, yes. so the answer is 3+5.</think><answer>3+5</answer>", "en", True),
+    ("<think>7+3=10 contra 8, no. 3+5=8 contra 8, sí. entonces la respuesta es 3+5.</think><answer>3+5</answer>", "es", True),
+    ("<think>7+3=10 vs 8, no. 3+5=8 vs 8, yes.</think><answer>3+5</answer>", "en", False),             # no summary
+    ("<think>3+5=8 vs 8, yes. so the answer is 3+5.</think><answer>5+3</answer>", "en", False),      # names another
+    ("<think>3+5=8 vs 8, yes. so the answer is 3+5.</think><answer>3+5</answer>", "es", False),      # English on es
+    ("<think>7+3=10 vs 8, no. 7+3=10 vs 8, no. so the answer is 3+5.</think><answer>3+5</answer>", "en", False),  # repeat
+    ("<think>7+3=10 vs 8, no. I give up. so the answer is 7+3.</think><answer>7+3</answer>", "en", False),  # gives up
+    ("<think>so the answer is 3+5.</think><answer>3+5</answer> more", "en", False),                   # bad format
+])
+def test_readable_format(completion, language, expected):
+    from evaluate import readable
+    assert readable(completion, language) is expected
+
+
+def test_language_mixing_is_any_word_outside_the_question_language():
+    from evaluate import behaviour
+    assert behaviour("<think>7+3=10 contra 8, no. so</think><answer>1+1</answer>", "es")["lang_mix"] == 1.0
+    assert behaviour("<think>7+3=10 contra 8, no.</think><answer>1+1</answer>", "es")["lang_mix"] == 0.0
+    assert behaviour("<think></think><answer>1+1</answer>", "es")["lang_mix"] == 0.0  # no words: nothing mixed
+
+
+@pytest.mark.parametrize("n,c,k", [(5, 0, 1), (5, 0, 5), (5, 5, 1), (5, 5, 5), (5, 2, 1), (5, 2, 3), (5, 2, 4),
+                                   (10, 3, 10), (64, 1, 8), (64, 40, 2), (1, 1, 1), (1, 0, 1)])
+def test_pass_at_k_equals_its_closed_form(n, c, k):
+    from evaluate import pass_at_k
+    closed = 1.0 - math.comb(n - c, k) / math.comb(n, k)   # math.comb(a, b) = 0 when b > a
+    assert pass_at_k(n, c, k) == pytest.approx(closed, abs=1e-12)
+    if k == 1:
+        assert pass_at_k(n, c, k) == pytest.approx(c / n)  # pass@1 is the mean accuracy
+
+
+def test_pass_at_k_refuses_impossible_counts():
+    from evaluate import pass_at_k
+    for n, c, k in [(3, 4, 1), (3, 1, 4), (3, 1, 0), (3, -1, 1)]:
+        with pytest.raises(ValueError):
+            pass_at_k(n, c, k)
+
+
+def test_cons_at_k_over_disjoint_groups_with_ties():
+    from evaluate import cons_at, scaling_curves
+    s = lambda key, ok: {"key": key, "correct": float(ok)}  # noqa: E731
+    row = [s("a", 0), s("b", 1), s("b", 1), s("a", 0), s("c", 0), s("b", 1), s(None, 0), s(None, 0)]
+    assert cons_at(row, 1) == pytest.approx(3 / 8)                # each sample alone
+    # groups of 2: (a, b) tie -> a, the earlier: 0; (b, a) tie -> b: 1; (c, b) -> c: 0; (None, None): 0
+    assert cons_at(row, 2) == pytest.approx(1 / 4)
+    assert cons_at(row, 4) == 0.0        # (a b b a): a 2-2 tie, a came first: 0; (c b - -): c first: 0
+    assert cons_at(row, 8) == 1.0                                 # b has 3 votes of 8
+    curves = scaling_curves([row, [s("x", 1)] * 8], [1, 2, 4, 8])
+    assert curves["pass@k"][0] == pytest.approx((3 / 8 + 1) / 2) and curves["pass@k"][-1] == 1.0
+    assert curves["cons@k"] == pytest.approx([(3 / 8 + 1) / 2, (1 / 4 + 1) / 2, (0 + 1) / 2, 1.0])
+
+
+def test_force_answer_closes_the_thought_where_the_budget_ends():
+    from evaluate import force_answer
+    assert force_answer("<think>7+1=8 vs 8, n") == "</think><answer>"
+    assert force_answer("<think>7+1=8 vs 8, yes.</think>") == "<answer>"
+    assert force_answer("<think>x</think><answer>7+") == ""
+
+
+def test_budget_completions_cut_at_the_budget_and_force_the_answer():
+    """A random model never closes its thought: every completion is its first B sampled tokens,
+    then the forced tags, then at most FORCED_ANSWER_TOKENS of answer."""
+    from evaluate import FORCED_ANSWER_TOKENS, budget_completions
+    tok = get_tokenizer()
+    letters = tok.encode("abcdefghijklmnopqrstuvwxyz")
+
+    class LettersOnly(GPT):  # writes lower-case letters only: never stops, and text round-trips
+        def forward(self, *args, **kwargs):
+            logits = super().forward(*args, **kwargs)
+            bias = torch.full((logits.size(-1),), float("-inf"))
+            bias[letters] = 0.0
+            return logits + bias
+
+    torch.manual_seed(0)
+    model = LettersOnly(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=1, n_embd=16,
+                                  max_seq_len=128))
+    problems = [Problem("pairsum", "Which two of 1 2 3 4 add up to 5?", "", numbers=(1, 2, 3, 4), target=5)]
+    for budget in (3, 9):
+        texts = budget_completions(model, tok, problems, budget, k=4, temperature=1.0, top_p=1.0, seed=1)
+        for t in texts:
+            assert t[:budget].isalpha() and t[budget:].startswith("</think><answer>"), (budget, t)
+            assert len(tok.encode(t, allow_special=True)) <= budget + 2 + FORCED_ANSWER_TOKENS
+
+
+def test_compare_and_scaling_cli_on_smoke_models(tmp_path):
+    from conftest import ROOT, run_script
+    for name in ("a", "b"):
+        run_script(f"{ROOT}/pretrain.py", "--preset", "smoke", "--seed", str(len(name) + (name == "b")),
+                   "--out-dir", tmp_path / name)
+    out = run_script(f"{ROOT}/evaluate.py", "--compare", tmp_path / "a", tmp_path / "b", "--n-problems", "2",
+                     "--k", "2", "--max-new-tokens", "8", "--scaling", "--scaling-n", "4", "--scaling-problems",
+                     "2", "--budgets", "2,4", "--scaling-out", tmp_path / "s.png").stdout
+    assert "pass@k" in out and str(tmp_path / "b") in out and (tmp_path / "s.png").exists()
+    assert all((tmp_path / n / "eval.json").exists() for n in ("a", "b"))
+    result = json.loads((tmp_path / "s.json").read_text())
+    assert result[str(tmp_path / "a")]["k"] == [1, 2, 4] and len(result[str(tmp_path / "a")]["budget_pass@1"]) == 2

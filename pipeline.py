@@ -1,0 +1,375 @@
+"""The DeepSeek-R1 pipeline (R1 v1 section 2.3): cold start, reasoning RL with a language-consistency
+reward, rejection sampling + SFT of the base model, and a final RL stage, each stage a checkpoint
+directory that the next one starts from, each measured in one table at the end.
+
+    python pipeline.py                      # seed 0: out/base, out/grpo (R1-Zero), out/r1/<stage>/, data/*.jsonl
+    python pipeline.py --seed 1             # out/base-s1, out/grpo-s1, out/r1-s1/<stage>/, out/r1-s1/data/
+    python pipeline.py --language-weights 0,0.1,1   # also the stage-2 trade-off: accuracy vs mixing per weight
+
+`run` reads like the paper's pipeline figure, one call per stage:
+
+    base     pretrain.py                     the base model (out/base), as R1-Zero's
+    r1_zero  grpo.py from base               R1-Zero (out/grpo): reasons, but mixes languages
+    cold     make_cold_start(r1_zero)        data/cold_start.jsonl: R1-Zero's correct samples, cleaned
+    stage 1  sft.py: base on cold            out/r1/cold_start
+    stage 2  grpo.py from stage 1, + L * language-consistency reward    out/r1/reasoning_rl
+    rs       rejection_sample(stage 2) + plain text    data/rejection_sampled.jsonl
+    stage 3  sft.py: BASE on rs              out/r1/rejection_sft
+    stage 4  grpo.py from stage 3            out/r1/final_rl
+    table    every model on the same held-out questions (evaluate.py's protocol)
+
+A finished stage is not redone: a stage directory holds `done.json` once its stage ended, a dataset
+is reused when its file exists (delete either to redo it), and a stage interrupted half way resumes
+from its checkpoint. This script is an orchestrator: it imports the stage scripts (pretrain, grpo,
+sft) on purpose and calls their `run`, each with the config its command line would build.
+
+Deliberate deviations from the paper: 1,500 cold-start rows (paper: thousands) written from
+R1-Zero's own correct samples by a program instead of human annotators (questions with no correct
+sample get a template-written search, and each row says which it is); stage 3's non-reasoning data
+is the synthetic web's plain text (paper: ~200K writing, QA, translation samples); stage 4 uses the
+rule rewards of stage 2 (the paper adds reward models for helpfulness and harmlessness on general
+prompts: there are none here).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+
+import grpo      # deliberate reuse: the pipeline's RL stages are grpo.run with other --init-from
+import pretrain  # deliberate reuse: the base model, as R1-Zero's
+import sft       # deliberate reuse: stages 1 and 3 are sft.run on the datasets made here
+from common import (DEFAULT_TASK, check_ranges, read_dataset_stats, write_dataset, config_from_args, derive_seed, get_device, load_checkpoint, load_model,
+                    print0,
+                    read_metrics, run_dir)
+from corpus import plain_text, readable_search
+from evaluate import SEARCH_TRY, completion_stats, evaluate
+from model import sample_completions
+from rewards import chain_of_thought, extract_answer
+from tasks import format_prompt, get_task, sample_problems, test_set
+from tokenizer import EOT, get_tokenizer
+
+STAGES = ("cold_start", "reasoning_rl", "rejection_sft", "final_rl")
+
+
+@dataclass
+class PipelineConfig:
+    seed: int = 0                       # one seed for every stage (R1-Zero's run is python grpo.py --seed SEED)
+    base: str = ""                      # the base model; "" = out/base (out/base-sN), pretrained there if missing
+    r1_zero: str = ""                   # the R1-Zero run; "" = out/grpo (out/grpo-sN), python grpo.py's, run if missing
+    out_root: str = ""                  # stage directories; "" = out/r1 (out/r1-sN for --seed N)
+    data_dir: str = ""                  # the datasets; "" = data/ for seed 0, OUT_ROOT/data otherwise
+    cold_questions: int = 1500          # training questions of the cold-start set (one row each)
+    cold_k: int = 4                     # R1-Zero samples per cold-start question (T 0.6, top-p 0.95)
+    sft_epochs: float = 4.0             # epochs of each SFT stage (stages 1 and 3)
+    sft_lr: float = 1e-3                # peak learning rate of each SFT stage
+    language_weight: float = 0.5        # L in stage 2's reward "accuracy + 0.1*format + L*language"
+    rl_steps: int = 20                  # GRPO steps of stages 2 and 4 (R1-Zero: python grpo.py's 40)
+    rs_questions: int = 1500            # training questions for rejection sampling
+    rs_k: int = 4                       # samples per question from the stage-2 model (T 0.6, top-p 0.95)
+    text_share: float = 0.25            # non-reasoning rows as a share of stage 3's data (paper: 200K of 800K)
+    eval_problems: int = 100            # held-out questions in the final table
+    eval_k: int = 4                     # samples per question in the final table (pass@1 over k, cons@k)
+    language_weights: str = ""          # comma list, e.g. "0,0.1,1": also run stage 2 with each weight (a plot)
+    stage_preset: str = "cpu"           # every stage's preset: cpu (the defaults) | smoke (tiny: tests)
+    device: str = ""                    # "" = auto (cuda, mps, cpu)
+
+    def __post_init__(self):
+        self.base = self.base or run_dir("out/base", self.seed)
+        self.r1_zero = self.r1_zero or run_dir("out/grpo", self.seed)
+        self.out_root = self.out_root or run_dir("out/r1", self.seed)
+        self.data_dir = self.data_dir or ("data" if self.seed == 0 else os.path.join(self.out_root, "data"))
+        check_ranges(self, positive=("cold_questions", "cold_k", "sft_epochs", "sft_lr", "rl_steps", "rs_questions",
+                                     "rs_k", "eval_problems", "eval_k"),
+                     non_negative=("language_weight",), fraction=("text_share",),
+                     choices={"stage_preset": ("cpu", "smoke")})
+        try:
+            self.weights()
+        except ValueError:
+            raise ValueError(f"--language-weights must be a comma list of numbers >= 0 (got {self.language_weights!r})") from None
+
+    def weights(self) -> list[float]:
+        ws = [float(w) for w in self.language_weights.split(",") if w.strip()]
+        if any(w < 0 for w in ws):
+            raise ValueError
+        return ws
+
+
+def check_files(cfg: PipelineConfig) -> None:
+    if cfg.device:
+        get_device(cfg.device)
+
+
+# ----------------------------------------------------------------------------- the datasets
+
+
+def clean_r1_zero(completion: str, problem) -> str | None:
+    """Rewrite one R1-Zero sample in the readable format (corpus.readable_search), as the paper's
+    annotators rewrote R1-Zero outputs: its own tries, in order, in the QUESTION's language, each pair
+    once, tries of numbers not in the list dropped, up to the first pair that makes the target, then
+    the summary and the answer. None when the sample cannot become a correct readable trace: its
+    answer is wrong, or none of its tries found the pair it answers with."""
+    answer = extract_answer(completion)
+    if answer is None or completion_stats(problem, completion, 0)["correct"] != 1.0:
+        return None
+    pairs, seen = [], set()
+    for a, b, *_ in SEARCH_TRY.findall(chain_of_thought(completion)):
+        x, y = int(a), int(b)
+        key = frozenset((x, y))
+        if key in seen or x == y or x not in problem.numbers or y not in problem.numbers:
+            continue
+        seen.add(key)
+        pairs.append((x, y))
+        if x + y == problem.target:
+            break
+    if not pairs or pairs[-1][0] + pairs[-1][1] != problem.target or \
+            frozenset(pairs[-1]) != frozenset(int(v) for v in answer.split("+")):
+        return None
+    return readable_search(problem, problem.language, pairs) + EOT
+
+
+def make_cold_start(model_dir: str, path: str, cfg: PipelineConfig, task) -> dict:
+    """data/cold_start.jsonl: for each of cfg.cold_questions training questions, cfg.cold_k samples
+    from the R1-Zero model; the first that clean_r1_zero can rewrite becomes the row ("source":
+    "r1_zero_cleaned"), and a question with none gets the template-written search ("template")."""
+    model, _ = load_model(model_dir, get_device(cfg.device or None))
+    model.eval()
+    tok = get_tokenizer()
+    problems = sample_problems(task, cfg.cold_questions, "train", seed=derive_seed(cfg.seed, "cold-start"))
+    prompts = [format_prompt(p.question) for p in problems for _ in range(cfg.cold_k)]
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(derive_seed(cfg.seed, "cold-sample"))
+    _, _, texts = sample_completions(model, tok, prompts, rl_config(cfg).max_new_tokens, 0.6, 0.95, gen, progress=True)
+    rows = []
+    for i, p in enumerate(problems):
+        cleaned = [c for c in (clean_r1_zero(t, p) for t in texts[i * cfg.cold_k:(i + 1) * cfg.cold_k]) if c]
+        source = "r1_zero_cleaned" if cleaned else "template"
+        completion = cleaned[0] if cleaned else readable_search(p, p.language) + EOT
+        rows.append({"prompt": format_prompt(p.question), "completion": completion, "source": source,
+                     "language": p.language})
+    stats = {"questions": len(problems), "samples": len(texts),
+             "r1_zero_cleaned": sum(r["source"] == "r1_zero_cleaned" for r in rows),
+             "template": sum(r["source"] == "template" for r in rows)}
+    write_dataset(path, rows, stats)
+    return stats
+
+
+def rejection_filter(samples: list[tuple]) -> tuple[list[dict], dict]:
+    """Stage 3's filter (R1 v1 section 2.3.3): of (problem, completion) samples, keep only the
+    correct, well-formatted, single-language (the question's), non-repetitive (no pair tried twice,
+    no giving up) ones, each (question, completion) once. Returns the kept rows and how many were
+    sampled, kept and dropped by each filter (the first that fails, in that order)."""
+    counts = {"sampled": len(samples), "wrong": 0, "bad_format": 0, "mixed_language": 0, "repetitive": 0,
+              "duplicate": 0}
+    rows, seen = [], set()
+    for problem, completion in samples:
+        s = completion_stats(problem, completion, 0)
+        reason = ("wrong" if s["correct"] != 1.0 else "bad_format" if s["format"] != 1.0 else
+                  "mixed_language" if s["lang_mix"] else "repetitive" if s["repeats"] or s["give_up"] else
+                  "duplicate" if (problem.question, completion) in seen else None)
+        if reason:
+            counts[reason] += 1
+            continue
+        seen.add((problem.question, completion))
+        rows.append({"prompt": format_prompt(problem.question), "completion": completion, "source": "stage2",
+                     "language": problem.language})
+    counts["kept"] = len(rows)
+    return rows, counts
+
+
+def rejection_sample(model_dir: str, path: str, cfg: PipelineConfig, task) -> dict:
+    """data/rejection_sampled.jsonl: cfg.rs_k samples per training question from the stage-2 model,
+    rejection_filter, plus plain-text documents of the synthetic web as non-reasoning data
+    (cfg.text_share of all rows; prompt: the end-of-text token that precedes any web document)."""
+    model, _ = load_model(model_dir, get_device(cfg.device or None))
+    model.eval()
+    tok = get_tokenizer()
+    problems = sample_problems(task, cfg.rs_questions, "train", seed=derive_seed(cfg.seed, "rejection"))
+    prompts = [format_prompt(p.question) for p in problems for _ in range(cfg.rs_k)]
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(derive_seed(cfg.seed, "rs-sample"))
+    _, _, texts = sample_completions(model, tok, prompts, rl_config(cfg).max_new_tokens, 0.6, 0.95, gen, progress=True)
+    # a sampled completion ends at </answer>; the row teaches the end of text after it, as the web has
+    samples = [(p, texts[i * cfg.rs_k + j] + (EOT if not texts[i * cfg.rs_k + j].endswith(EOT) else ""))
+               for i, p in enumerate(problems) for j in range(cfg.rs_k)]
+    rows, stats = rejection_filter(samples)
+    rng = random.Random(derive_seed(cfg.seed, "non-reasoning"))
+    n_text = round(len(rows) * cfg.text_share / (1 - cfg.text_share)) if cfg.text_share < 1 else len(rows)
+    rows += [{"prompt": EOT, "completion": plain_text(rng, rng.choice(("en", "es"))) + EOT, "source": "text",
+              "language": ""} for _ in range(n_text)]
+    stats["text_rows"] = n_text
+    write_dataset(path, rows, stats)
+    return stats
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def stage(name: str, out_dir: str, fn) -> dict:
+    """Run one stage unless its directory says it is done; a half-done stage resumes. Returns what
+    the stage recorded in done.json."""
+    done = os.path.join(out_dir, "done.json")
+    if os.path.exists(done):
+        print0(f"== {name}: done already ({out_dir}/done.json), skipped")
+        with open(done) as f:
+            return json.load(f)
+    print0(f"\n== {name} -> {out_dir}")
+    t0 = time.time()
+    result = {"result": fn(os.path.exists(os.path.join(out_dir, "ckpt.pt"))), "seconds": None}
+    result["seconds"] = round(time.time() - t0, 1)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(done, "w") as f:
+        json.dump(result, f, indent=1, default=float)
+    print0(f"== {name}: {result['seconds']:.0f} s")
+    return result
+
+
+def dataset(name: str, path: str, fn) -> dict:
+    """Make a dataset unless its file exists (then its saved statistics are read back)."""
+    if os.path.exists(path):
+        print0(f"== {name}: {path} exists, reused (delete it to remake it)")
+        return read_dataset_stats(path)
+    print0(f"\n== {name} -> {path}")
+    return fn()
+
+
+def finished(run_dir_: str) -> bool:
+    """A GRPO run that reached its last step (e.g. `python grpo.py` run before the pipeline)."""
+    path = os.path.join(run_dir_, "ckpt.pt")
+    if not os.path.exists(path):
+        return False
+    ckpt = load_checkpoint(path)
+    return ckpt["step"] >= ckpt["config"]["steps"]
+
+
+def rl_config(cfg: PipelineConfig, **fields) -> grpo.GRPOConfig:
+    """A GRPO stage's config: python grpo.py's defaults (or its smoke preset), the pipeline's seed."""
+    return grpo.GRPOConfig(**{**grpo.PRESETS[cfg.stage_preset], "seed": cfg.seed, "device": cfg.device, **fields})
+
+
+def rl(init_from: str, out_dir: str, cfg: PipelineConfig, weight: float):
+    reward = "accuracy + 0.1*format" + (f" + {weight:g}*language" if weight else "")
+    return lambda resume: grpo.run(rl_config(cfg, init_from=init_from, out_dir=out_dir, resume=resume, reward=reward,
+                                             steps=cfg.rl_steps))
+
+
+def sft_stage(init_from: str, data: str, out_dir: str, cfg: PipelineConfig):
+    smoke = {"steps": 2, "log_every": 1} if cfg.stage_preset == "smoke" else {}
+    return lambda resume: sft.run(sft.SFTConfig(**{"init_from": init_from, "data": data, "out_dir": out_dir,
+                                                   "resume": resume, "epochs": cfg.sft_epochs, "lr": cfg.sft_lr,
+                                                   "eval_problems": 0, "seed": cfg.seed, "device": cfg.device, **smoke}))
+
+
+def run(cfg: PipelineConfig) -> list[dict]:
+    t0 = time.time()
+    task = get_task(DEFAULT_TASK)
+    root, data = cfg.out_root, cfg.data_dir
+    base, r1_zero = cfg.base, cfg.r1_zero
+    d = {name: os.path.join(root, name) for name in STAGES}
+    cold_path, rs_path = os.path.join(data, "cold_start.jsonl"), os.path.join(data, "rejection_sampled.jsonl")
+
+    pretrain.ensure_base_model(base, **{**pretrain.PRESETS[cfg.stage_preset], "seed": cfg.seed, "device": cfg.device})
+    stage("R1-Zero (python grpo.py)", r1_zero, lambda resume: None if finished(r1_zero) else grpo.run(
+        rl_config(cfg, init_from=base, out_dir=r1_zero, resume=resume)))
+    dataset("cold-start data", cold_path, lambda: make_cold_start(r1_zero, cold_path, cfg, task))
+    stage("stage 1: cold-start SFT of the base model", d["cold_start"], sft_stage(base, cold_path, d["cold_start"], cfg))
+    stage("stage 2: reasoning RL + language consistency", d["reasoning_rl"],
+          rl(d["cold_start"], d["reasoning_rl"], cfg, cfg.language_weight))
+    dataset("rejection sampling", rs_path, lambda: rejection_sample(d["reasoning_rl"], rs_path, cfg, task))
+    stage("stage 3: SFT of the BASE model on the rejection-sampled data", d["rejection_sft"],
+          sft_stage(base, rs_path, d["rejection_sft"], cfg))
+    stage("stage 4: RL for all scenarios", d["final_rl"], rl(d["rejection_sft"], d["final_rl"], cfg, cfg.language_weight))
+    for w in cfg.weights():  # the stage-2 trade-off: the same stage with other language weights
+        out = os.path.join(root, f"reasoning_rl-L{w:g}")
+        if w != cfg.language_weight:
+            stage(f"stage 2 with language weight {w:g}", out, rl(d["cold_start"], out, cfg, w))
+
+    models = [("base", base), ("R1-Zero", r1_zero), ("stage 1: cold start", d["cold_start"]),
+              ("stage 2: reasoning RL", d["reasoning_rl"]), ("stage 3: rejection SFT", d["rejection_sft"]),
+              ("stage 4: final RL", d["final_rl"])]
+    rows = table(models, cfg, task, r1_zero)
+    with open(os.path.join(root, "table.json"), "w") as f:
+        json.dump(rows, f, indent=1, default=float)
+    if cfg.weights():
+        trade_off(cfg, task)
+    print0(f"\npipeline: {(time.time() - t0) / 60:.1f} min wall clock; table in {root}/table.json")
+    return rows
+
+
+# ----------------------------------------------------------------------------- the measurements
+
+
+def steps_to(metrics_path: str, target: float) -> int | None:
+    """The first RL step whose held-out pass@1 reached `target` (evaluations every 5 steps), or None."""
+    for r in read_metrics(metrics_path):
+        if r["kind"] == "eval" and r["pass@1"] >= target:
+            return r["step"]
+    return None
+
+
+def table(models, cfg: PipelineConfig, task, r1_zero: str) -> list[dict]:
+    """Every model on the same held-out questions (evaluate.py's protocol), one row each, printed."""
+    device = get_device(cfg.device or None)
+    problems = test_set(task, n=cfg.eval_problems, seed=0)
+    r1_evals = [r for r in read_metrics(os.path.join(r1_zero, "metrics.jsonl")) if r["kind"] == "eval"]
+    target = r1_evals[-1]["pass@1"]  # R1-Zero's final held-out accuracy, as its own run measured it
+    rows = []
+    for name, path in models:
+        model, _ = load_model(path, device)
+        model.eval()
+        m = evaluate(model, get_tokenizer(), problems, k=cfg.eval_k, max_new_tokens=rl_config(cfg).max_new_tokens,
+                     seed=derive_seed(cfg.seed, "table"), progress=True)
+        metrics = os.path.join(path, "metrics.jsonl")
+        rl_run = os.path.exists(metrics) and any(r["kind"] == "eval" for r in read_metrics(metrics))
+        rows.append({"model": name, "dir": path, **{k: m[k] for k in ("pass@1", "cons@k", "length", "lang_mix", "drift",
+                                                                         "format", "readable")},
+                     "rl": rl_run, "rl_steps_to_target": steps_to(metrics, target) if rl_run else None})
+    print0(f"\nheld-out: {cfg.eval_problems} questions x {cfg.eval_k} samples, T 0.6, top-p 0.95; "
+           f"RL steps to R1-Zero's final pass@1 ({target:.3f}) from each RL stage's own evaluations")
+    header = f"{'model':<24} {'pass@1':>7} {'cons@k':>7} {'length':>7} {'mixing':>7} {'drift':>6} {'format':>7} {'readable':>8} {'RL steps':>8}"
+    print0(header)
+    for r in rows:
+        steps = "-" if not r["rl"] else "never" if r["rl_steps_to_target"] is None else str(r["rl_steps_to_target"])
+        print0(f"{r['model']:<24} {r['pass@1']:>7.3f} {r['cons@k']:>7.2f} {r['length']:>7.1f} {r['lang_mix']:>7.3f} "
+               f"{r['drift']:>6.2f} {r['format']:>7.3f} {r['readable']:>8.3f} {steps:>8}")
+    return rows
+
+
+def trade_off(cfg: PipelineConfig, task) -> None:
+    """Stage 2's accuracy against its language mixing, one point per language weight (a PNG)."""
+    from matplotlib.figure import Figure
+    device = get_device(cfg.device or None)
+    problems = test_set(task, n=cfg.eval_problems, seed=0)
+    points = []
+    for w in sorted(set(cfg.weights()) | {cfg.language_weight}):
+        path = os.path.join(cfg.out_root, "reasoning_rl" if w == cfg.language_weight else f"reasoning_rl-L{w:g}")
+        model, _ = load_model(path, device)
+        model.eval()
+        m = evaluate(model, get_tokenizer(), problems, k=cfg.eval_k, max_new_tokens=rl_config(cfg).max_new_tokens,
+                     seed=derive_seed(cfg.seed, "table"))
+        points.append((w, m["pass@1"], m["lang_mix"]))
+        print0(f"language weight {w:g}: pass@1 {m['pass@1']:.3f}, language mixing {m['lang_mix']:.3f}")
+    fig = Figure(figsize=(5, 3.6))
+    ax = fig.add_subplot()
+    ax.plot([p[2] for p in points], [p[1] for p in points], "o-")
+    for w, acc, mix in points:
+        ax.annotate(f"L={w:g}", (mix, acc), textcoords="offset points", xytext=(5, 5))
+    ax.set(xlabel="language mixing (share of completions)", ylabel="held-out pass@1",
+           title="Stage 2: the language-consistency reward's trade-off")
+    fig.tight_layout()
+    out = os.path.join(cfg.out_root, "language_tradeoff.png")
+    fig.savefig(out, dpi=110)
+    with open(os.path.join(cfg.out_root, "language_tradeoff.json"), "w") as f:
+        json.dump([{"weight": w, "pass@1": a, "lang_mix": m} for w, a, m in points], f, indent=1)
+    print0(f"trade-off figure: {out}")
+
+
+def main(argv=None):
+    cfg = config_from_args(PipelineConfig, argv, description=__doc__.split("\n")[0], check=check_files)
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""pipeline.py: the cold-start cleaner and the rejection-sampling filter on hand-made samples, and
+the whole pipeline on the smoke preset (every stage's entry point, then a rerun that skips them all)."""
+import json
+import os
+
+import pytest
+
+from pipeline import PipelineConfig, clean_r1_zero, rejection_filter
+from tasks import Problem
+from tokenizer import EOT
+
+EN = Problem("pairsum", "Which two of 7 1 3 5 add up to 8?", "", numbers=(7, 1, 3, 5), target=8, language="en")
+ES = Problem("pairsum", "¿Qué dos de 7 1 3 5 suman 8?", "", numbers=(7, 1, 3, 5), target=8, language="es")
+
+
+def test_problems_are_judged_as_intended():
+    from rewards import accuracy_reward
+    assert accuracy_reward("<think>x</think><answer>3+5</answer>", EN.as_dict()) == 1.0
+    assert accuracy_reward("<think>x</think><answer>7+3</answer>", EN.as_dict()) == 0.0
+
+
+@pytest.mark.parametrize("problem,completion,expected", [
+    # a false "no" is corrected: the search stops at the first pair that makes the target
+    (EN, "<think>7+1=8 vs 8, no. 7+3=10 vs 8, no. 1+7=8 vs 8, yes.</think><answer>1+7</answer>",
+     "<think>7+1=8 vs 8, yes. so the answer is 7+1.</think><answer>7+1</answer>" + EOT),
+    # a correct English search with a repeated try and a number not in the list: both dropped
+    (EN, "<think>7+3=10 vs 8, no. 7+3=10 vs 8, no. 7+9=16 vs 8, no. 3+5=8 vs 8, yes.</think><answer>3+5</answer>",
+     "<think>7+3=10 vs 8, no. 3+5=8 vs 8, yes. so the answer is 3+5.</think><answer>3+5</answer>" + EOT),
+    # English working on a Spanish question: rewritten in Spanish
+    (ES, "<think>7+3=10 vs 8, no. 3+5=8 vs 8, yes.</think><answer>5+3</answer>",
+     "<think>7+3=10 contra 8, no. 3+5=8 contra 8, sí. entonces la respuesta es 3+5.</think><answer>3+5</answer>" + EOT),
+    # wrong answer, a right answer never found by a try, a give-up: nothing to clean
+    (EN, "<think>7+3=10 vs 8, no.</think><answer>7+3</answer>", None),
+    (EN, "<think>I know it.</think><answer>3+5</answer>", None),
+    (EN, "<think>7+3=10 vs 8, no. I give up.</think><answer>7+3</answer>", None),
+])
+def test_clean_r1_zero(problem, completion, expected):
+    assert clean_r1_zero(completion, problem) == expected
+
+
+def test_clean_r1_zero_stops_at_the_first_hit():
+    completion = "<think>3+5=8 vs 8, yes. 7+1=8 vs 8, yes.</think><answer>3+5</answer>"
+    assert clean_r1_zero(completion, EN) == \
+        "<think>3+5=8 vs 8, yes. so the answer is 3+5.</think><answer>3+5</answer>" + EOT
+
+
+def test_rejection_filter_keeps_exactly_the_clean_samples():
+    good_en = "<think>7+1=8 vs 8, yes. so the answer is 7+1.</think><answer>7+1</answer>" + EOT
+    good_es = "<think>7+1=8 contra 8, sí.</think><answer>7+1</answer>" + EOT
+    samples = [
+        (EN, good_en),                                                                  # kept
+        (EN, good_en),                                                                  # duplicate
+        (ES, good_es),                                                                  # kept
+        (ES, good_en),                                                                  # English on es: mixed
+        (EN, "<think>7+3=10 vs 8, no.</think><answer>7+3</answer>"),                   # wrong
+        (EN, "<think>7+1=8 vs 8, yes.</think><answer>7+1</answer> extra"),             # bad format
+        (EN, "<think>7+3=10 vs 8, no. 7+3=10 vs 8, no. 7+1=8 vs 8, yes.</think><answer>7+1</answer>"),  # repeats
+        (EN, "<think>7+3=10 vs 8, no. I give up.</think><answer>3+5</answer>"),        # gives up (lucky)
+        (ES, good_es.replace("7+1", "1+7")),                                            # kept: another text
+    ]
+    rows, counts = rejection_filter(samples)
+    assert [(r["prompt"], r["completion"]) for r in rows] == [
+        (f"<|user|>{EN.question}<|assistant|>", good_en), (f"<|user|>{ES.question}<|assistant|>", good_es),
+        (f"<|user|>{ES.question}<|assistant|>", good_es.replace("7+1", "1+7"))]
+    assert counts == {"sampled": 9, "wrong": 1, "bad_format": 1, "mixed_language": 1, "repetitive": 2,
+                      "duplicate": 1, "kept": 3}
+
+
+def test_bad_flags():
+    for kwargs, message in [({"language_weights": "0,x"}, "--language-weights"),
+                            ({"text_share": 1.5}, "--text-share"), ({"stage_preset": "huge"}, "--stage-preset")]:
+        with pytest.raises(ValueError, match=message):
+            PipelineConfig(**kwargs)
+
+
+def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
+    from conftest import ROOT, run_script
+    flags = ["--stage-preset", "smoke", "--base", tmp_path / "base", "--r1-zero", tmp_path / "grpo",
+             "--out-root", tmp_path / "r1", "--data-dir", tmp_path / "data", "--cold-questions", "4",
+             "--cold-k", "2", "--rs-questions", "4", "--rs-k", "2", "--rl-steps", "2", "--eval-problems", "2",
+             "--eval-k", "2", "--language-weights", "0"]
+    out = run_script(f"{ROOT}/pipeline.py", *flags, timeout=300).stdout
+    for name in ("cold_start", "reasoning_rl", "rejection_sft", "final_rl", "reasoning_rl-L0"):
+        assert (tmp_path / "r1" / name / "done.json").exists(), name
+    rows = json.loads((tmp_path / "r1" / "table.json").read_text())
+    assert [r["model"] for r in rows] == ["base", "R1-Zero", "stage 1: cold start", "stage 2: reasoning RL",
+                                          "stage 3: rejection SFT", "stage 4: final RL"]
+    cold = [json.loads(line) for line in (tmp_path / "data" / "cold_start.jsonl").read_text().splitlines()]
+    assert len(cold) == 4 and all(r["source"] in ("r1_zero_cleaned", "template") for r in cold)
+    assert (tmp_path / "r1" / "language_tradeoff.png").exists() and "pipeline:" in out
+    mtimes = {p: os.path.getmtime(p) for p in (tmp_path / "r1").glob("*/ckpt.pt")}
+    again = run_script(f"{ROOT}/pipeline.py", *flags, timeout=300).stdout
+    assert again.count("done already") == 6 and again.count("exists, reused") == 2
+    assert all(os.path.getmtime(p) == t for p, t in mtimes.items())
