@@ -75,6 +75,7 @@ class PipelineConfig:
     eval_problems: int = 100            # held-out questions in the final table
     eval_k: int = 4                     # samples per question in the final table (pass@1 over k, cons@k)
     language_weights: str = ""          # comma list, e.g. "0,0.1,1": also run stage 2 with each weight (a plot)
+    sweep_from: str = "cold_start"      # where the weight sweep's RL starts: cold_start (stage 2) | base (R1-Zero + language reward)
     stage_preset: str = "cpu"           # every stage's preset: cpu (the defaults) | smoke (tiny: tests)
     device: str = ""                    # "" = auto (cuda, mps, cpu)
 
@@ -86,7 +87,7 @@ class PipelineConfig:
         check_ranges(self, positive=("cold_questions", "cold_k", "sft_epochs", "sft_lr", "rl_steps", "rs_questions",
                                      "rs_k", "eval_problems", "eval_k"),
                      non_negative=("language_weight",), fraction=("text_share",),
-                     choices={"stage_preset": ("cpu", "smoke")})
+                     choices={"stage_preset": ("cpu", "smoke"), "sweep_from": ("cold_start", "base")})
         try:
             self.weights()
         except ValueError:
@@ -281,10 +282,11 @@ def run(cfg: PipelineConfig) -> list[dict]:
     stage("stage 3: SFT of the BASE model on the rejection-sampled data", d["rejection_sft"],
           sft_stage(base, rs_path, d["rejection_sft"], cfg))
     stage("stage 4: RL for all scenarios", d["final_rl"], rl(d["rejection_sft"], d["final_rl"], cfg, cfg.language_weight))
-    for w in cfg.weights():  # the stage-2 trade-off: the same stage with other language weights
-        out = os.path.join(root, f"reasoning_rl-L{w:g}")
-        if w != cfg.language_weight:
-            stage(f"stage 2 with language weight {w:g}", out, rl(d["cold_start"], out, cfg, w))
+    for w in cfg.weights():  # the trade-off: the same RL with other language weights
+        out = sweep_dir(cfg, w)
+        if out != d["reasoning_rl"]:
+            start = d["cold_start"] if cfg.sweep_from == "cold_start" else base
+            stage(f"RL from {cfg.sweep_from} with language weight {w:g}", out, rl(start, out, cfg, w))
 
     models = [("base", base), ("R1-Zero", r1_zero), ("stage 1: cold start", d["cold_start"]),
               ("stage 2: reasoning RL", d["reasoning_rl"]), ("stage 3: rejection SFT", d["rejection_sft"]),
@@ -337,33 +339,42 @@ def table(models, cfg: PipelineConfig, task, r1_zero: str) -> list[dict]:
     return rows
 
 
+def sweep_dir(cfg: PipelineConfig, w: float) -> str:
+    """Where the weight sweep's run for weight w lives (stage 2 itself for its own weight)."""
+    if cfg.sweep_from == "cold_start":
+        return os.path.join(cfg.out_root, "reasoning_rl" if w == cfg.language_weight else f"reasoning_rl-L{w:g}")
+    return os.path.join(cfg.out_root, f"r1_zero-L{w:g}")
+
+
 def trade_off(cfg: PipelineConfig, task) -> None:
-    """Stage 2's accuracy against its language mixing, one point per language weight (a PNG)."""
+    """Accuracy against language mixing, one point per language weight (a PNG and a JSON)."""
     from matplotlib.figure import Figure
     device = get_device(cfg.device or None)
     problems = test_set(task, n=cfg.eval_problems, seed=0)
     points = []
-    for w in sorted(set(cfg.weights()) | {cfg.language_weight}):
-        path = os.path.join(cfg.out_root, "reasoning_rl" if w == cfg.language_weight else f"reasoning_rl-L{w:g}")
-        model, _ = load_model(path, device)
+    weights = sorted(set(cfg.weights()) | ({cfg.language_weight} if cfg.sweep_from == "cold_start" else set()))
+    for w in weights:
+        model, _ = load_model(sweep_dir(cfg, w), device)
         model.eval()
         m = evaluate(model, get_tokenizer(), problems, k=cfg.eval_k, max_new_tokens=rl_config(cfg).max_new_tokens,
                      seed=derive_seed(cfg.seed, "table"))
-        points.append((w, m["pass@1"], m["lang_mix"]))
-        print0(f"language weight {w:g}: pass@1 {m['pass@1']:.3f}, language mixing {m['lang_mix']:.3f}")
+        points.append({"weight": w, "pass@1": m["pass@1"], "lang_mix": m["lang_mix"], "drift": m["drift"]})
+        print0(f"language weight {w:g}: pass@1 {m['pass@1']:.3f}, language mixing {m['lang_mix']:.3f}, "
+               f"drift {m['drift']:.3f}")
     fig = Figure(figsize=(5, 3.6))
     ax = fig.add_subplot()
-    ax.plot([p[2] for p in points], [p[1] for p in points], "o-")
-    for w, acc, mix in points:
-        ax.annotate(f"L={w:g}", (mix, acc), textcoords="offset points", xytext=(5, 5))
+    ax.plot([p["lang_mix"] for p in points], [p["pass@1"] for p in points], "o-")
+    for p in points:
+        ax.annotate(f"L={p['weight']:g}", (p["lang_mix"], p["pass@1"]), textcoords="offset points", xytext=(5, 5))
+    start = "the cold start (stage 2)" if cfg.sweep_from == "cold_start" else "the base (R1-Zero)"
     ax.set(xlabel="language mixing (share of completions)", ylabel="held-out pass@1",
-           title="Stage 2: the language-consistency reward's trade-off")
+           title=f"RL from {start} + L x language reward", xlim=(-0.02, None))
     fig.tight_layout()
-    out = os.path.join(cfg.out_root, "language_tradeoff.png")
-    fig.savefig(out, dpi=110)
-    with open(os.path.join(cfg.out_root, "language_tradeoff.json"), "w") as f:
-        json.dump([{"weight": w, "pass@1": a, "lang_mix": m} for w, a, m in points], f, indent=1)
-    print0(f"trade-off figure: {out}")
+    name = f"language_tradeoff_{cfg.sweep_from}"
+    fig.savefig(os.path.join(cfg.out_root, name + ".png"), dpi=110)
+    with open(os.path.join(cfg.out_root, name + ".json"), "w") as f:
+        json.dump(points, f, indent=1)
+    print0(f"trade-off figure: {os.path.join(cfg.out_root, name + '.png')}")
 
 
 def main(argv=None):

@@ -87,7 +87,7 @@ def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
                                           "stage 3: rejection SFT", "stage 4: final RL"]
     cold = [json.loads(line) for line in (tmp_path / "data" / "cold_start.jsonl").read_text().splitlines()]
     assert len(cold) == 4 and all(r["source"] in ("r1_zero_cleaned", "template") for r in cold)
-    assert (tmp_path / "r1" / "language_tradeoff.png").exists() and "pipeline:" in out
+    assert (tmp_path / "r1" / "language_tradeoff_cold_start.png").exists() and "pipeline:" in out
     mtimes = {p: os.path.getmtime(p) for p in (tmp_path / "r1").glob("*/ckpt.pt")}
     again = run_script(f"{ROOT}/pipeline.py", *flags, timeout=300).stdout
     assert again.count("done already") == 6 and again.count("exists, reused") == 2

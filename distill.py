@@ -1,0 +1,177 @@
+"""Distillation (R1 v1 sections 2.4 and 4.1, Table 6): a SMALLER student fine-tuned, with SFT only
+and no RL, on a strong teacher's reasoning traces, against the same student trained by its own RL.
+
+    python pretrain.py --model pico --out-dir out/base-pico      # the student's base (distill.py makes it if missing)
+    python grpo.py --init-from out/base-pico --out-dir out/grpo-pico   # arm (a): the student's own RL
+    python distill.py                                           # arm (b): teacher traces -> data/distill.jsonl -> SFT
+                                                                # -> out/distill, then the toy Table 6
+
+The teacher (default: the last stage of `python pipeline.py`) answers --questions training questions
+--k times each with the paper's sampling settings (T 0.6, top-p 0.95); the correct, well-formed
+samples (rewards.accuracy_reward, rewards.format_reward), each (question, text) once, are the
+dataset. The student is fine-tuned on it with sft.py's loss (sft.run: a deliberate reuse, as is
+pretrain.ensure_base_model for the student's base). At the end, one table: the teacher, the student's
+base, the student after its own RL (--rl-student, when that run exists) and the distilled student,
+on the same held-out questions, with the compute each arm used (wall clock from its logs, and
+tokens: sampled by the policy or the teacher, and trained on).
+
+Deliberate deviations from the paper: the student is a smaller preset of the same architecture
+pretrained on the same synthetic web (paper: Qwen2.5 / Llama bases); ~1K traces (paper: the 800K of
+R1's stage 3); the RL arm is tens of GRPO steps (paper: >10K).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+import pretrain  # deliberate reuse: the student's base, pretrained by pretrain.py if missing
+import sft       # deliberate reuse: distillation is SFT with sft.py's loss on the teacher's samples
+from common import (DEFAULT_TASK, check_ranges, checkpoint_path, config_from_args, derive_seed, get_device,
+                    load_checkpoint, load_model, print0, read_dataset_stats, read_metrics, write_dataset)
+from evaluate import evaluate
+from model import sample_completions
+from rewards import accuracy_reward, format_reward
+from tasks import format_prompt, get_task, sample_problems, test_set
+from tokenizer import EOT, get_tokenizer
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = "out/r1/final_rl"    # the teacher checkpoint (the best model of python pipeline.py)
+    student_base: str = "out/base-pico"  # the student's base model; pretrained there (--student-model) if missing
+    student_model: str = "pico"         # model preset of the student's base when it must be pretrained
+    rl_student: str = "out/grpo-pico"   # the same student after its own GRPO (Table 6's other arm), if it exists
+    data: str = "data/distill.jsonl"    # the teacher's filtered traces (reused when the file exists)
+    out_dir: str = "out/distill"        # the distilled student
+    questions: int = 1500               # training questions the teacher answers
+    k: int = 4                          # teacher samples per question (T 0.6, top-p 0.95)
+    max_new_tokens: int = 256           # cap on a teacher sample, tokens
+    epochs: float = 4.0                 # SFT epochs over the traces
+    lr: float = 1e-3                    # SFT peak learning rate
+    eval_problems: int = 100            # held-out questions in the table
+    eval_k: int = 4                     # samples per question in the table (pass@1 over k, cons@k)
+    seed: int = 0                       # sampling, data order and evaluation seed
+    device: str = ""                    # "" = auto (cuda, mps, cpu)
+
+    def __post_init__(self):
+        check_ranges(self, positive=("questions", "k", "max_new_tokens", "epochs", "lr", "eval_problems", "eval_k"))
+
+
+def check_files(cfg: DistillConfig) -> None:
+    if not os.path.exists(checkpoint_path(cfg.teacher)):
+        raise ValueError(f"--teacher {cfg.teacher}: no checkpoint there (python pipeline.py makes out/r1/final_rl)")
+    if cfg.device:
+        get_device(cfg.device)
+
+
+def distill_filter(samples: list[tuple]) -> tuple[list[dict], dict]:
+    """Keep the correct, well-formed teacher samples, each (question, completion) once. Returns the
+    rows and the counts: sampled, wrong, bad_format, duplicate, kept."""
+    counts = {"sampled": len(samples), "wrong": 0, "bad_format": 0, "duplicate": 0}
+    rows, seen = [], set()
+    for problem, completion in samples:
+        reason = ("wrong" if accuracy_reward(completion, problem.as_dict()) != 1.0 else
+                  "bad_format" if format_reward(completion) != 1.0 else
+                  "duplicate" if (problem.question, completion) in seen else None)
+        if reason:
+            counts[reason] += 1
+            continue
+        seen.add((problem.question, completion))
+        rows.append({"prompt": format_prompt(problem.question), "completion": completion, "source": "teacher",
+                     "language": problem.language})
+    counts["kept"] = len(rows)
+    return rows, counts
+
+
+def make_traces(cfg: DistillConfig, task) -> dict:
+    """The teacher's samples on training questions, filtered, written to cfg.data (+ statistics)."""
+    device = get_device(cfg.device or None)
+    teacher, _ = load_model(cfg.teacher, device)
+    teacher.eval()
+    problems = sample_problems(task, cfg.questions, "train", seed=derive_seed(cfg.seed, "distill"))
+    prompts = [format_prompt(p.question) for p in problems for _ in range(cfg.k)]
+    gen = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "distill-sample"))
+    _, ids, texts = sample_completions(teacher, get_tokenizer(), prompts, cfg.max_new_tokens, 0.6, 0.95, gen,
+                                       progress=True)
+    samples = [(problems[i // cfg.k], t if t.endswith(EOT) else t + EOT) for i, t in enumerate(texts)]
+    rows, stats = distill_filter(samples)
+    if not rows:
+        raise SystemExit(f"error: the teacher {cfg.teacher} got none of {cfg.questions} x {cfg.k} samples right and "
+                         f"well-formed ({stats}): nothing to distill")
+    stats["teacher_tokens"] = sum(len(prompt) for prompt in prompts) + sum(len(i) for i in ids)
+    write_dataset(cfg.data, rows, stats)
+    return stats
+
+
+def compute(run_dir: str) -> dict:
+    """Wall clock (seconds, summed step times of the run's log) and tokens of a training run: for
+    GRPO, completion tokens sampled and trained on (mean length x rollouts, per step); for SFT,
+    completion tokens trained on (the dataset's tokens x epochs, from the log's step count)."""
+    records = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+    train = [r for r in records if r["kind"] == "train"]
+    config = load_checkpoint(run_dir)["config"]
+    seconds = sum(r.get("dt", 0.0) for r in train)
+    if "group_size" in config:  # a GRPO run
+        rollouts = config["prompts_per_step"] * config["group_size"]
+        return {"seconds": seconds, "tokens": int(sum(r["len"] * rollouts for r in train))}
+    tok = get_tokenizer()
+    rows = sft.tokenize_rows(sft.load_rows(config["data"]), tok)
+    per_row = sum(len(c) for _, c in rows) / len(rows)
+    return {"seconds": seconds, "tokens": int(per_row * config["batch_size"] * len(train))}
+
+
+def table(cfg: DistillConfig, task, data_stats: dict) -> list[dict]:
+    """The toy Table 6: every model on the same held-out questions, and what each arm cost."""
+    device = get_device(cfg.device or None)
+    problems = test_set(task, n=cfg.eval_problems, seed=0)
+    arms = [("teacher", cfg.teacher), ("student base", cfg.student_base),
+            ("student + own RL (GRPO)", cfg.rl_student), ("student distilled (SFT)", cfg.out_dir)]
+    rows = []
+    for name, path in arms:
+        if not os.path.exists(checkpoint_path(path)):
+            print0(f"({name}: no checkpoint in {path}; run: python grpo.py --init-from {cfg.student_base} "
+                   f"--out-dir {path})")
+            continue
+        model, _ = load_model(path, device)
+        model.eval()
+        m = evaluate(model, get_tokenizer(), problems, k=cfg.eval_k, max_new_tokens=cfg.max_new_tokens,
+                     seed=derive_seed(cfg.seed, "table"), progress=True)
+        cost = compute(path) if name.startswith("student +") or name.startswith("student distilled") else {}
+        if name.startswith("student distilled"):
+            cost["tokens"] += data_stats.get("teacher_tokens", 0)  # the teacher's sampling is this arm's cost too
+        rows.append({"model": name, "dir": path, "params": model.num_params(), **m, **cost})
+    print0(f"\nheld-out: {cfg.eval_problems} questions x {cfg.eval_k} samples, T 0.6, top-p 0.95")
+    print0(f"{'model':<26} {'params':>8} {'pass@1':>7} {'cons@k':>7} {'length':>7} {'format':>7} "
+           f"{'train s':>8} {'tokens':>10}")
+    for r in rows:
+        cost = f"{r['seconds']:>8.0f} {r['tokens']:>10,}" if "seconds" in r else f"{'-':>8} {'-':>10}"
+        print0(f"{r['model']:<26} {r['params']:>8,} {r['pass@1']:>7.3f} {r['cons@k']:>7.2f} {r['length']:>7.1f} "
+               f"{r['format']:>7.3f} {cost}")
+    return rows
+
+
+def run(cfg: DistillConfig) -> list[dict]:
+    task = get_task(DEFAULT_TASK)
+    pretrain.ensure_base_model(cfg.student_base, model=cfg.student_model, seed=cfg.seed, device=cfg.device)
+    if os.path.exists(cfg.data):
+        print0(f"{cfg.data} exists, reused (delete it to resample the teacher)")
+        data_stats = read_dataset_stats(cfg.data)
+    else:
+        data_stats = make_traces(cfg, task)
+    if not os.path.exists(os.path.join(cfg.out_dir, "done.json")):
+        resume = os.path.exists(checkpoint_path(cfg.out_dir))
+        sft.run(sft.SFTConfig(init_from=cfg.student_base, data=cfg.data, out_dir=cfg.out_dir, resume=resume,
+                              epochs=cfg.epochs, lr=cfg.lr, eval_problems=0, seed=cfg.seed, device=cfg.device))
+        open(os.path.join(cfg.out_dir, "done.json"), "w").write("{}\n")
+    return table(cfg, task, data_stats)
+
+
+def main(argv=None):
+    cfg = config_from_args(DistillConfig, argv, description=__doc__.split("\n")[0], check=check_files)
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""distill.py: the teacher-trace filter on a hand-made batch, and the script end to end on smoke models."""
+import json
+
+from distill import distill_filter
+from tasks import Problem
+from tokenizer import EOT
+
+EN = Problem("pairsum", "Which two of 7 1 3 5 add up to 8?", "", numbers=(7, 1, 3, 5), target=8, language="en")
+
+
+def test_distill_filter_keeps_the_correct_well_formed_unique_traces():
+    good = "<think>7+1=8 vs 8, yes. so the answer is 7+1.</think><answer>7+1</answer>" + EOT
+    samples = [(EN, good), (EN, good),                                         # kept, duplicate
+               (EN, "<think>7+3=10 vs 8, no.</think><answer>7+3</answer>" + EOT),  # wrong
+               (EN, "<think>x</think><answer>3+5</answer> and more"),         # right, bad format
+               (EN, "<think>3+5=8 vs 8, yes.</think><answer>3+5</answer>" + EOT)]  # kept (mixing is not filtered)
+    rows, counts = distill_filter(samples)
+    assert [r["completion"] for r in rows] == [good, samples[-1][1]]
+    assert counts == {"sampled": 5, "wrong": 1, "bad_format": 1, "duplicate": 1, "kept": 2}
+
+
+def test_distill_script_on_smoke_models(tmp_path):
+    """A random teacher gets nothing right: one clear error. With traces on disk (reused), the
+    student is fine-tuned and the table printed."""
+    import subprocess
+    import sys
+    from conftest import ROOT, run_script
+    from corpus import readable_search
+    from tasks import PairSumTask, format_prompt, sample_problems
+    run_script(f"{ROOT}/pretrain.py", "--preset", "smoke", "--out-dir", tmp_path / "teacher")
+    run_script(f"{ROOT}/pretrain.py", "--preset", "smoke", "--model", "pico", "--out-dir", tmp_path / "student")
+    flags = ["--teacher", tmp_path / "teacher", "--student-base", tmp_path / "student", "--rl-student",
+             tmp_path / "none", "--data", tmp_path / "d.jsonl", "--out-dir", tmp_path / "dist", "--questions", "4",
+             "--k", "2", "--max-new-tokens", "8", "--eval-problems", "2", "--eval-k", "1", "--epochs", "1"]
+    failed = subprocess.run([sys.executable, f"{ROOT}/distill.py", *map(str, flags)], capture_output=True, text=True,
+                            cwd=ROOT)
+    assert failed.returncode == 1 and "nothing to distill" in failed.stderr and "Traceback" not in failed.stderr
+    rows = [{"prompt": format_prompt(p.question), "completion": readable_search(p, p.language) + EOT}
+            for p in sample_problems(PairSumTask(), 4, "train", seed=1)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = run_script(f"{ROOT}/distill.py", *flags).stdout
+    assert "reused" in out and "student distilled (SFT)" in out and "no checkpoint in" in out
+    assert (tmp_path / "dist" / "ckpt.pt").exists()
