@@ -93,7 +93,10 @@ def setup_ddp(device: str | None = None) -> DistInfo:
 
 
 def teardown_ddp() -> None:
+    """Leave the process group once every rank is done: a rank that destroyed its group while rank 0
+    was still evaluating aborted now and then ("terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

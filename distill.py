@@ -1,10 +1,13 @@
 """Distillation (R1 v1 sections 2.4 and 4.1, Table 6): a SMALLER student fine-tuned, with SFT only
 and no RL, on a strong teacher's reasoning traces, against the same student trained by its own RL.
 
+    python pipeline.py                                          # the teacher: out/r1/final_rl
     python pretrain.py --model pico --out-dir out/base-pico      # the student's base (distill.py makes it if missing)
     python grpo.py --init-from out/base-pico --out-dir out/grpo-pico   # arm (a): the student's own RL
     python distill.py                                           # arm (b): teacher traces -> data/distill.jsonl -> SFT
                                                                 # -> out/distill, then the toy Table 6
+    python distill.py --seed 1                                  # out/r1-s1/final_rl -> out/distill-s1 (arm (a):
+                                                                # --seed 1 and -s1 directories above)
 
 The teacher (default: the last stage of `python pipeline.py`) answers --questions training questions
 --k times each with the paper's sampling settings (T 0.6, top-p 0.95); the correct, well-formed
@@ -13,7 +16,7 @@ dataset. The student is fine-tuned on it with sft.py's loss (sft.run: a delibera
 pretrain.ensure_base_model for the student's base). At the end, one table: the teacher, the student's
 base, the student after its own RL (--rl-student, when that run exists) and the distilled student,
 on the same held-out questions, with the compute each arm used (wall clock from its logs, and
-tokens: sampled by the policy or the teacher, and trained on).
+completion tokens sampled, by the policy or the teacher, and trained on).
 
 Deliberate deviations from the paper: the student is a smaller preset of the same architecture
 pretrained on the same synthetic web (paper: Qwen2.5 / Llama bases); ~1K traces (paper: the 800K of
@@ -22,6 +25,7 @@ R1's stage 3); the RL arm is tens of GRPO steps (paper: >10K).
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +33,7 @@ import torch
 import pretrain  # deliberate reuse: the student's base, pretrained by pretrain.py if missing
 import sft       # deliberate reuse: distillation is SFT with sft.py's loss on the teacher's samples
 from common import (DEFAULT_TASK, check_ranges, checkpoint_path, config_from_args, derive_seed, get_device,
-                    load_checkpoint, load_model, print0, read_dataset_stats, read_metrics, write_dataset)
+                    load_checkpoint, load_model, print0, read_dataset_stats, read_metrics, run_dir, write_dataset)
 from evaluate import evaluate
 from model import sample_completions
 from rewards import accuracy_reward, format_reward
@@ -39,16 +43,17 @@ from tokenizer import EOT, get_tokenizer
 
 @dataclass
 class DistillConfig:
-    teacher: str = "out/r1/final_rl"    # the teacher checkpoint (the best model of python pipeline.py)
-    student_base: str = "out/base-pico"  # the student's base model; pretrained there (--student-model) if missing
+    teacher: str = ""                   # the teacher checkpoint; "" = out/r1/final_rl (out/r1-sN/... for --seed N)
+    student_base: str = ""              # the student's base; "" = out/base-pico(-sN), pretrained (--student-model) if missing
     student_model: str = "pico"         # model preset of the student's base when it must be pretrained
-    rl_student: str = "out/grpo-pico"   # the same student after its own GRPO (Table 6's other arm), if it exists
-    data: str = "data/distill.jsonl"    # the teacher's filtered traces (reused when the file exists)
-    out_dir: str = "out/distill"        # the distilled student
+    rl_student: str = ""                # the student after its own GRPO (the other arm); "" = out/grpo-pico(-sN)
+    data: str = ""                      # the teacher's filtered traces (reused if present); "" = data/distill.jsonl
+                                        # (out/distill-sN/distill.jsonl for --seed N)
+    out_dir: str = ""                   # the distilled student; "" = out/distill (out/distill-sN)
     questions: int = 1500               # training questions the teacher answers
     k: int = 4                          # teacher samples per question (T 0.6, top-p 0.95)
     max_new_tokens: int = 256           # cap on a teacher sample, tokens
-    epochs: float = 4.0                 # SFT epochs over the traces
+    epochs: float = 8.0                 # SFT epochs over the traces (4 underfit seed 1: docs/LOG.md)
     lr: float = 1e-3                    # SFT peak learning rate
     eval_problems: int = 100            # held-out questions in the table
     eval_k: int = 4                     # samples per question in the table (pass@1 over k, cons@k)
@@ -56,6 +61,11 @@ class DistillConfig:
     device: str = ""                    # "" = auto (cuda, mps, cpu)
 
     def __post_init__(self):
+        self.teacher = self.teacher or os.path.join(run_dir("out/r1", self.seed), "final_rl")
+        self.student_base = self.student_base or run_dir("out/base-pico", self.seed)
+        self.rl_student = self.rl_student or run_dir("out/grpo-pico", self.seed)
+        self.out_dir = self.out_dir or run_dir("out/distill", self.seed)
+        self.data = self.data or ("data/distill.jsonl" if self.seed == 0 else os.path.join(self.out_dir, "distill.jsonl"))
         check_ranges(self, positive=("questions", "k", "max_new_tokens", "epochs", "lr", "eval_problems", "eval_k"))
 
 
@@ -93,6 +103,7 @@ def make_traces(cfg: DistillConfig, task) -> dict:
     problems = sample_problems(task, cfg.questions, "train", seed=derive_seed(cfg.seed, "distill"))
     prompts = [format_prompt(p.question) for p in problems for _ in range(cfg.k)]
     gen = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "distill-sample"))
+    t0 = time.time()
     _, ids, texts = sample_completions(teacher, get_tokenizer(), prompts, cfg.max_new_tokens, 0.6, 0.95, gen,
                                        progress=True)
     samples = [(problems[i // cfg.k], t if t.endswith(EOT) else t + EOT) for i, t in enumerate(texts)]
@@ -100,26 +111,27 @@ def make_traces(cfg: DistillConfig, task) -> dict:
     if not rows:
         raise SystemExit(f"error: the teacher {cfg.teacher} got none of {cfg.questions} x {cfg.k} samples right and "
                          f"well-formed ({stats}): nothing to distill")
-    stats["teacher_tokens"] = sum(len(prompt) for prompt in prompts) + sum(len(i) for i in ids)
+    stats["teacher_tokens"] = sum(len(i) for i in ids)  # tokens the teacher generated
+    stats["teacher_seconds"] = round(time.time() - t0, 1)
     write_dataset(cfg.data, rows, stats)
     return stats
 
 
 def compute(run_dir: str) -> dict:
-    """Wall clock (seconds, summed step times of the run's log) and tokens of a training run: for
-    GRPO, completion tokens sampled and trained on (mean length x rollouts, per step); for SFT,
-    completion tokens trained on (the dataset's tokens x epochs, from the log's step count)."""
+    """What a training run cost, from its log: seconds (summed step times, evaluations included)
+    and completion tokens sampled and trained on. GRPO samples its rollouts and trains on the same
+    tokens (mean length x rollouts, per step); SFT samples nothing and trains on its rows' completion
+    tokens (the dataset's mean x rows per step x steps)."""
     records = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
     train = [r for r in records if r["kind"] == "train"]
     config = load_checkpoint(run_dir)["config"]
     seconds = sum(r.get("dt", 0.0) for r in train)
     if "group_size" in config:  # a GRPO run
-        rollouts = config["prompts_per_step"] * config["group_size"]
-        return {"seconds": seconds, "tokens": int(sum(r["len"] * rollouts for r in train))}
-    tok = get_tokenizer()
-    rows = sft.tokenize_rows(sft.load_rows(config["data"]), tok)
+        tokens = int(sum(r["len"] for r in train) * config["prompts_per_step"] * config["group_size"])
+        return {"seconds": seconds, "sampled": tokens, "trained": tokens}
+    rows = sft.tokenize_rows(sft.load_rows(config["data"]), get_tokenizer())
     per_row = sum(len(c) for _, c in rows) / len(rows)
-    return {"seconds": seconds, "tokens": int(per_row * config["batch_size"] * len(train))}
+    return {"seconds": seconds, "sampled": 0, "trained": int(per_row * config["batch_size"] * len(train))}
 
 
 def table(cfg: DistillConfig, task, data_stats: dict) -> list[dict]:
@@ -139,14 +151,16 @@ def table(cfg: DistillConfig, task, data_stats: dict) -> list[dict]:
         m = evaluate(model, get_tokenizer(), problems, k=cfg.eval_k, max_new_tokens=cfg.max_new_tokens,
                      seed=derive_seed(cfg.seed, "table"), progress=True)
         cost = compute(path) if name.startswith("student +") or name.startswith("student distilled") else {}
-        if name.startswith("student distilled"):
-            cost["tokens"] += data_stats.get("teacher_tokens", 0)  # the teacher's sampling is this arm's cost too
+        if name.startswith("student distilled"):  # the teacher's sampling is this arm's cost too
+            cost = {**cost, "seconds": cost["seconds"] + data_stats.get("teacher_seconds", 0.0),
+                    "sampled": data_stats.get("teacher_tokens", 0)}
         rows.append({"model": name, "dir": path, "params": model.num_params(), **m, **cost})
     print0(f"\nheld-out: {cfg.eval_problems} questions x {cfg.eval_k} samples, T 0.6, top-p 0.95")
     print0(f"{'model':<26} {'params':>8} {'pass@1':>7} {'cons@k':>7} {'length':>7} {'format':>7} "
-           f"{'train s':>8} {'tokens':>10}")
+           f"{'seconds':>8} {'sampled':>10} {'trained':>10}")
     for r in rows:
-        cost = f"{r['seconds']:>8.0f} {r['tokens']:>10,}" if "seconds" in r else f"{'-':>8} {'-':>10}"
+        cost = f"{r['seconds']:>8.0f} {r['sampled']:>10,} {r['trained']:>10,}" if "seconds" in r else \
+            f"{'-':>8} {'-':>10} {'-':>10}"
         print0(f"{r['model']:<26} {r['params']:>8,} {r['pass@1']:>7.3f} {r['cons@k']:>7.2f} {r['length']:>7.1f} "
                f"{r['format']:>7.3f} {cost}")
     return rows

@@ -196,6 +196,9 @@ def rejection_sample(model_dir: str, path: str, cfg: PipelineConfig, task) -> di
     samples = [(p, texts[i * cfg.rs_k + j] + (EOT if not texts[i * cfg.rs_k + j].endswith(EOT) else ""))
                for i, p in enumerate(problems) for j in range(cfg.rs_k)]
     rows, stats = rejection_filter(samples)
+    if not rows:
+        raise SystemExit(f"error: the stage-2 model {model_dir} got none of {len(samples)} samples right, well-formed "
+                         f"and clean ({stats}): nothing to fine-tune the base on")
     rng = random.Random(derive_seed(cfg.seed, "non-reasoning"))
     n_text = round(len(rows) * cfg.text_share / (1 - cfg.text_share)) if cfg.text_share < 1 else len(rows)
     rows += [{"prompt": EOT, "completion": plain_text(rng, rng.choice(("en", "es"))) + EOT, "source": "text",
@@ -364,8 +367,9 @@ def trade_off(cfg: PipelineConfig, task) -> None:
     fig = Figure(figsize=(5, 3.6))
     ax = fig.add_subplot()
     ax.plot([p["lang_mix"] for p in points], [p["pass@1"] for p in points], "o-")
-    for p in points:
-        ax.annotate(f"L={p['weight']:g}", (p["lang_mix"], p["pass@1"]), textcoords="offset points", xytext=(5, 5))
+    for i, p in enumerate(points):  # labels staggered: points with equal mixing sit on top of each other
+        ax.annotate(f"L={p['weight']:g}", (p["lang_mix"], p["pass@1"]), textcoords="offset points",
+                    xytext=(6, 4 + 11 * (i % 3)), fontsize=8)
     start = "the cold start (stage 2)" if cfg.sweep_from == "cold_start" else "the base (R1-Zero)"
     ax.set(xlabel="language mixing (share of completions)", ylabel="held-out pass@1",
            title=f"RL from {start} + L x language reward", xlim=(-0.02, None))

@@ -74,19 +74,33 @@ def test_bad_flags():
 
 
 def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
+    """Smoke models get nothing right, so rejection sampling stops the first run with one clear
+    error; with a rejection-sampled dataset on disk (reused) the pipeline runs to its table; a third
+    run skips every stage and dataset and rewrites no checkpoint."""
+    import subprocess
+    import sys
     from conftest import ROOT, run_script
     flags = ["--stage-preset", "smoke", "--base", tmp_path / "base", "--r1-zero", tmp_path / "grpo",
              "--out-root", tmp_path / "r1", "--data-dir", tmp_path / "data", "--cold-questions", "4",
              "--cold-k", "2", "--rs-questions", "4", "--rs-k", "2", "--rl-steps", "2", "--eval-problems", "2",
              "--eval-k", "2", "--language-weights", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run([sys.executable, f"{ROOT}/pipeline.py", *map(str, flags)], capture_output=True,
+                           text=True, cwd=ROOT, env=env, timeout=300)
+    assert first.returncode == 1 and "nothing to fine-tune the base on" in first.stderr
+    assert "Traceback" not in first.stderr
+    for name in ("cold_start", "reasoning_rl"):
+        assert (tmp_path / "r1" / name / "done.json").exists(), name
+    cold = [json.loads(line) for line in (tmp_path / "data" / "cold_start.jsonl").read_text().splitlines()]
+    assert len(cold) == 4 and all(r["source"] in ("r1_zero_cleaned", "template") for r in cold)
+    (tmp_path / "data" / "rejection_sampled.jsonl").write_text("".join(json.dumps(r) + "\n" for r in cold))
     out = run_script(f"{ROOT}/pipeline.py", *flags, timeout=300).stdout
+    assert out.count("done already") == 3 and out.count("exists, reused") == 2  # R1-Zero, stages 1 and 2
     for name in ("cold_start", "reasoning_rl", "rejection_sft", "final_rl", "reasoning_rl-L0"):
         assert (tmp_path / "r1" / name / "done.json").exists(), name
     rows = json.loads((tmp_path / "r1" / "table.json").read_text())
     assert [r["model"] for r in rows] == ["base", "R1-Zero", "stage 1: cold start", "stage 2: reasoning RL",
                                           "stage 3: rejection SFT", "stage 4: final RL"]
-    cold = [json.loads(line) for line in (tmp_path / "data" / "cold_start.jsonl").read_text().splitlines()]
-    assert len(cold) == 4 and all(r["source"] in ("r1_zero_cleaned", "template") for r in cold)
     assert (tmp_path / "r1" / "language_tradeoff_cold_start.png").exists() and "pipeline:" in out
     mtimes = {p: os.path.getmtime(p) for p in (tmp_path / "r1").glob("*/ckpt.pt")}
     again = run_script(f"{ROOT}/pipeline.py", *flags, timeout=300).stdout
