@@ -28,16 +28,12 @@ import os
 import time
 from dataclasses import dataclass
 
-import torch
-
 import pretrain  # deliberate reuse: the student's base, pretrained by pretrain.py if missing
 import sft       # deliberate reuse: distillation is SFT with sft.py's loss on the teacher's samples
 from common import (DEFAULT_TASK, check_ranges, checkpoint_path, config_from_args, derive_seed, get_device,
                     load_checkpoint, load_model, print0, read_dataset_stats, read_metrics, run_dir, write_dataset)
-from evaluate import evaluate
-from model import sample_completions
-from rewards import accuracy_reward, format_reward
-from tasks import format_prompt, get_task, sample_problems, test_set
+from evaluate import evaluate, filter_samples, sample_k
+from tasks import get_task, sample_problems, test_set
 from tokenizer import EOT, get_tokenizer
 
 
@@ -79,20 +75,8 @@ def check_files(cfg: DistillConfig) -> None:
 def distill_filter(samples: list[tuple]) -> tuple[list[dict], dict]:
     """Keep the correct, well-formed teacher samples, each (question, completion) once. Returns the
     rows and the counts: sampled, wrong, bad_format, duplicate, kept."""
-    counts = {"sampled": len(samples), "wrong": 0, "bad_format": 0, "duplicate": 0}
-    rows, seen = [], set()
-    for problem, completion in samples:
-        reason = ("wrong" if accuracy_reward(completion, problem.as_dict()) != 1.0 else
-                  "bad_format" if format_reward(completion) != 1.0 else
-                  "duplicate" if (problem.question, completion) in seen else None)
-        if reason:
-            counts[reason] += 1
-            continue
-        seen.add((problem.question, completion))
-        rows.append({"prompt": format_prompt(problem.question), "completion": completion, "source": "teacher",
-                     "language": problem.language})
-    counts["kept"] = len(rows)
-    return rows, counts
+    return filter_samples(samples, (("wrong", lambda s: s["correct"] != 1.0),
+                                    ("bad_format", lambda s: s["format"] != 1.0)), "teacher")
 
 
 def make_traces(cfg: DistillConfig, task) -> dict:
@@ -101,11 +85,9 @@ def make_traces(cfg: DistillConfig, task) -> dict:
     teacher, _ = load_model(cfg.teacher, device)
     teacher.eval()
     problems = sample_problems(task, cfg.questions, "train", seed=derive_seed(cfg.seed, "distill"))
-    prompts = [format_prompt(p.question) for p in problems for _ in range(cfg.k)]
-    gen = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "distill-sample"))
     t0 = time.time()
-    _, ids, texts = sample_completions(teacher, get_tokenizer(), prompts, cfg.max_new_tokens, 0.6, 0.95, gen,
-                                       progress=True)
+    texts, ids = sample_k(teacher, get_tokenizer(), problems, cfg.k, cfg.max_new_tokens,
+                          derive_seed(cfg.seed, "distill-sample"), progress=True)
     samples = [(problems[i // cfg.k], t if t.endswith(EOT) else t + EOT) for i, t in enumerate(texts)]
     rows, stats = distill_filter(samples)
     if not rows:

@@ -39,7 +39,7 @@ from model import generate, sample_completions
 from rewards import (accuracy_reward, answer_key, chain_of_thought, extract_answer, format_reward,
                      language_consistency_reward, majority_vote)
 from tasks import TASKS, format_prompt, get_task, longest_prompt, task_from_config, test_set
-from tokenizer import ANSWER_CLOSE, ANSWER_OPEN, EOT, THINK_CLOSE, get_tokenizer
+from tokenizer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, get_tokenizer
 
 EVAL_MAX_NEW_TOKENS = 320  # the one default cap on an evaluated completion's length, tokens
 SELF_CHECK = re.compile(r"\b(wait|espera)\b", re.IGNORECASE)
@@ -255,6 +255,39 @@ def evaluate(model, tok, problems, k: int = 4, temperature: float = 0.6, top_p: 
     (problem -> completion prefix), every completion is forced to start with that prefix."""
     return summarize(problems, sample_stats(model, tok, problems, k, temperature, top_p, max_new_tokens, batch_size,
                                             seed, prefix_fn, progress))
+
+
+def sample_k(model, tok, problems, k: int, max_new_tokens: int, seed: int, temperature: float = 0.6,
+             top_p: float = 0.95, progress: bool = False) -> tuple[list[str], list[list[int]]]:
+    """k completions per problem (problem-major order) with the paper's sampling settings: the
+    texts and their token ids. What the pipeline's and distill.py's datasets are sampled with."""
+    prompts = [format_prompt(p.question) for p in problems for _ in range(k)]
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    _, ids, texts = sample_completions(model, tok, prompts, max_new_tokens, temperature, top_p, gen,
+                                       progress=progress)
+    return texts, ids
+
+
+def filter_samples(samples: list[tuple], rules, source: str) -> tuple[list[dict], dict]:
+    """SFT rows from (problem, completion) samples: a sample is dropped by the first of `rules`
+    ((reason, predicate on completion_stats)) that holds, or as a duplicate of a kept (question,
+    completion); the others become {"prompt", "completion", "source", "language"} rows. Returns the
+    rows and the counts: sampled, one per reason, duplicate, kept."""
+    counts = {"sampled": len(samples), **{reason: 0 for reason, _ in rules}, "duplicate": 0}
+    rows, seen = [], set()
+    for problem, completion in samples:
+        s = completion_stats(problem, completion, 0)
+        reason = next((name for name, drop in rules if drop(s)), None)
+        if reason is None and (problem.question, completion) in seen:
+            reason = "duplicate"
+        if reason:
+            counts[reason] += 1
+            continue
+        seen.add((problem.question, completion))
+        rows.append({"prompt": format_prompt(problem.question), "completion": completion, "source": source,
+                     "language": problem.language})
+    counts["kept"] = len(rows)
+    return rows, counts
 
 
 def sample_stats(model, tok, problems, k: int = 4, temperature: float = 0.6, top_p: float = 0.95,

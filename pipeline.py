@@ -38,17 +38,13 @@ import random
 import time
 from dataclasses import dataclass
 
-import torch
-
 import grpo      # deliberate reuse: the pipeline's RL stages are grpo.run with other --init-from
 import pretrain  # deliberate reuse: the base model, as R1-Zero's
 import sft       # deliberate reuse: stages 1 and 3 are sft.run on the datasets made here
-from common import (DEFAULT_TASK, check_ranges, read_dataset_stats, write_dataset, config_from_args, derive_seed, get_device, load_checkpoint, load_model,
-                    print0,
-                    read_metrics, run_dir)
+from common import (DEFAULT_TASK, check_ranges, config_from_args, derive_seed, get_device, load_checkpoint,
+                    load_model, print0, read_dataset_stats, read_metrics, run_dir, write_dataset)
 from corpus import plain_text, readable_search
-from evaluate import SEARCH_TRY, completion_stats, evaluate
-from model import sample_completions
+from evaluate import SEARCH_TRY, completion_stats, evaluate, filter_samples, sample_k
 from rewards import chain_of_thought, extract_answer
 from tasks import format_prompt, get_task, sample_problems, test_set
 from tokenizer import EOT, get_tokenizer
@@ -139,11 +135,9 @@ def make_cold_start(model_dir: str, path: str, cfg: PipelineConfig, task) -> dic
     "r1_zero_cleaned"), and a question with none gets the template-written search ("template")."""
     model, _ = load_model(model_dir, get_device(cfg.device or None))
     model.eval()
-    tok = get_tokenizer()
     problems = sample_problems(task, cfg.cold_questions, "train", seed=derive_seed(cfg.seed, "cold-start"))
-    prompts = [format_prompt(p.question) for p in problems for _ in range(cfg.cold_k)]
-    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(derive_seed(cfg.seed, "cold-sample"))
-    _, _, texts = sample_completions(model, tok, prompts, rl_config(cfg).max_new_tokens, 0.6, 0.95, gen, progress=True)
+    texts, _ = sample_k(model, get_tokenizer(), problems, cfg.cold_k, rl_config(cfg).max_new_tokens,
+                        derive_seed(cfg.seed, "cold-sample"), progress=True)
     rows = []
     for i, p in enumerate(problems):
         cleaned = [c for c in (clean_r1_zero(t, p) for t in texts[i * cfg.cold_k:(i + 1) * cfg.cold_k]) if c]
@@ -163,22 +157,10 @@ def rejection_filter(samples: list[tuple]) -> tuple[list[dict], dict]:
     correct, well-formatted, single-language (the question's), non-repetitive (no pair tried twice,
     no giving up) ones, each (question, completion) once. Returns the kept rows and how many were
     sampled, kept and dropped by each filter (the first that fails, in that order)."""
-    counts = {"sampled": len(samples), "wrong": 0, "bad_format": 0, "mixed_language": 0, "repetitive": 0,
-              "duplicate": 0}
-    rows, seen = [], set()
-    for problem, completion in samples:
-        s = completion_stats(problem, completion, 0)
-        reason = ("wrong" if s["correct"] != 1.0 else "bad_format" if s["format"] != 1.0 else
-                  "mixed_language" if s["lang_mix"] else "repetitive" if s["repeats"] or s["give_up"] else
-                  "duplicate" if (problem.question, completion) in seen else None)
-        if reason:
-            counts[reason] += 1
-            continue
-        seen.add((problem.question, completion))
-        rows.append({"prompt": format_prompt(problem.question), "completion": completion, "source": "stage2",
-                     "language": problem.language})
-    counts["kept"] = len(rows)
-    return rows, counts
+    return filter_samples(samples, (("wrong", lambda s: s["correct"] != 1.0),
+                                    ("bad_format", lambda s: s["format"] != 1.0),
+                                    ("mixed_language", lambda s: s["lang_mix"] > 0),
+                                    ("repetitive", lambda s: s["repeats"] > 0 or s["give_up"] > 0)), "stage2")
 
 
 def rejection_sample(model_dir: str, path: str, cfg: PipelineConfig, task) -> dict:
@@ -187,11 +169,9 @@ def rejection_sample(model_dir: str, path: str, cfg: PipelineConfig, task) -> di
     (cfg.text_share of all rows; prompt: the end-of-text token that precedes any web document)."""
     model, _ = load_model(model_dir, get_device(cfg.device or None))
     model.eval()
-    tok = get_tokenizer()
     problems = sample_problems(task, cfg.rs_questions, "train", seed=derive_seed(cfg.seed, "rejection"))
-    prompts = [format_prompt(p.question) for p in problems for _ in range(cfg.rs_k)]
-    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(derive_seed(cfg.seed, "rs-sample"))
-    _, _, texts = sample_completions(model, tok, prompts, rl_config(cfg).max_new_tokens, 0.6, 0.95, gen, progress=True)
+    texts, _ = sample_k(model, get_tokenizer(), problems, cfg.rs_k, rl_config(cfg).max_new_tokens,
+                        derive_seed(cfg.seed, "rs-sample"), progress=True)
     # a sampled completion ends at </answer>; the row teaches the end of text after it, as the web has
     samples = [(p, texts[i * cfg.rs_k + j] + (EOT if not texts[i * cfg.rs_k + j].endswith(EOT) else ""))
                for i, p in enumerate(problems) for j in range(cfg.rs_k)]
