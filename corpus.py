@@ -161,13 +161,18 @@ def search_tries(numbers, target: int, lang: str) -> list[str]:
     number after the last one tried", a lookup one attention head learns. (Rewriting the numbers
     still in play at each new anchor, to make the anchor's lookup local too, was learned much WORSE
     in pretraining: docs/LOG.md.)"""
-    tries = []
+    return [search_try(x, y, target, lang) for x, y in search_pairs(numbers, target)]
+
+
+def search_pairs(numbers, target: int) -> list[tuple[int, int]]:
+    """The pairs the systematic search tries, in order, up to the first that makes the target."""
+    pairs = []
     for i, x in enumerate(numbers):
         for y in numbers[i + 1:]:
-            tries.append(search_try(x, y, target, lang))
+            pairs.append((x, y))
             if x + y == target:
-                return tries
-    return tries
+                return pairs
+    return pairs
 
 
 def search_try(x: int, y: int, target: int, lang: str) -> str:
@@ -182,9 +187,9 @@ def readable_search(problem, lang: str, pairs=None) -> str:
     the pair that works, then a summary sentence naming it, `<think>7+1=8 vs 8, no. 3+5=8 vs 8, yes.
     so the answer is 3+5.</think><answer>3+5</answer>`. `pairs`: the tries to write (a cleaned R1-Zero
     sample's own, ending with the right pair); default the systematic search (search_tries)."""
-    tries = [search_try(x, y, problem.target, lang) for x, y in pairs] if pairs is not None else \
-        search_tries(problem.numbers, problem.target, lang)
-    x, y = (pairs[-1] if pairs is not None else tries[-1].split("=")[0].split("+"))
+    pairs = pairs if pairs is not None else search_pairs(problem.numbers, problem.target)
+    tries = [search_try(x, y, problem.target, lang) for x, y in pairs]
+    x, y = pairs[-1]
     # lower case: the tokenizer is byte-level and the web has almost no capitals, so a capital S is
     # a byte the base model barely knows (an SFT'd model wrote "\ufffdo the answer is": docs/LOG.md)
     return format_completion(" ".join(tries) + f" {PHRASES[lang]['answer_is']} {x}+{y}.", f"{x}+{y}")
