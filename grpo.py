@@ -47,7 +47,7 @@ from common import (DEFAULT_TASK, MetricsLogger, all_reduce, check_fits, check_p
                     teardown_ddp, world_size)
 from corpus import WEB_TASKS
 from evaluate import behaviour, evaluate, summarize_behaviour
-from model import batched_logprobs, sample_completions, token_logprobs
+from model import sample_completions, token_logprobs
 from plots import plot_aha
 from rewards import parse_reward_spec
 from tasks import TASKS, format_prompt, longest_prompt, sample_problems, task_from_config, test_set
@@ -86,7 +86,7 @@ class GRPOConfig:
     scale_std: bool = True              # divide advantages by the group std (Dr. GRPO turns this off)
     seq_ratio: bool = False             # sequence-level ratio pi(o|q)/pi_old(o|q), as R1 writes it, instead of per token
     num_iterations: int = 1             # mu: optimisation passes over each rollout batch
-    micro_batch_size: int = 64          # sequences per forward/backward (gradient accumulation; exact for any size)
+    micro_batch_size: int = 32          # sequences per forward/backward (gradient accumulation; exact for any size)
     ref_reset_every: int = 0            # copy the policy into the reference every N steps (0 = never)
     eval_every: int = 5                 # held-out evaluation every N steps (0 = only at start and end)
     eval_problems: int = 50             # held-out questions per evaluation
@@ -237,7 +237,6 @@ def rl_batch(policy, ref_model, tok, problems, cfg: GRPOConfig, score_batch, gen
     rewards.parse_reward_spec("accuracy + 0.1*format").score_batch.
     Returns (batch, info): batch holds the (B, ...) tensors the loss needs plus the prompts, texts
     and rewards; info holds step-level scalars (mean reward and components, length, timings)."""
-    device = next(policy.parameters()).device
     t0 = time.time()
     # 1. each question G times, in the R1-Zero template
     prompts = [format_prompt(p.question) for p in problems for _ in range(cfg.group_size)]
@@ -254,33 +253,59 @@ def rl_batch(policy, ref_model, tok, problems, cfg: GRPOConfig, score_batch, gen
     # 5. prompt + completion, and the mask of completion tokens
     tokens, mask = pack(prompt_ids, completion_ids, tok.pad_id)          # (B, T), (B, T-1)
     # 6. log-probs under pi_old (needed only for mu > 1: at mu = 1 pi_old = pi_theta) and pi_ref,
-    #    at the temperature the rollouts were sampled at
-    on_device = tokens.to(device)
-    logp_old = batched_logprobs(policy, on_device, cfg.micro_batch_size, cfg.temperature) \
-        if cfg.num_iterations > 1 else None                              # (B, T-1)
-    logp_ref = batched_logprobs(ref_model, on_device, cfg.micro_batch_size, cfg.temperature) \
-        if cfg.kl_beta > 0 else None                                     # (B, T-1)
+    #    at the temperature the rollouts were sampled at, in the update's micro-batches
+    logp_old = batch_logprobs(policy, tokens, mask, cfg) if cfg.num_iterations > 1 else None  # (B, T-1)
+    logp_ref = batch_logprobs(ref_model, tokens, mask, cfg) if cfg.kl_beta > 0 else None      # (B, T-1)
+    t3 = time.time()
     components = {k: sum(c[k] for _, c in scored) / len(scored) for k in scored[0][1]}
     languages = [problems[i // cfg.group_size].language for i in range(len(texts))]
     shown = summarize_behaviour([{**behaviour(t, lang), "language": lang} for t, lang in zip(texts, languages)])
     info = {"reward": rewards.mean().item(), **{f"r_{k}": v for k, v in components.items()},
             "len": sum(map(len, completion_ids)) / len(completion_ids), **shown,
-            "t_rollout": t1 - t0, "t_reward": t2 - t1}
+            "t_rollout": t1 - t0, "t_reward": t2 - t1, "t_logprobs": t3 - t2}
     batch = {"tokens": tokens, "mask": mask, "advantages": advantages, "logp_old": logp_old, "logp_ref": logp_ref,
              "prompts": prompts, "texts": texts, "rewards": rewards.tolist()}
     return batch, info
 
 
-TENSORS = ("tokens", "mask", "advantages", "logp_old", "logp_ref")
+def chunks(mask, size: int) -> list[tuple[torch.Tensor, int]]:
+    """The micro-batches of a batch, as (row indices, tokens kept): rows sorted by length (where
+    their last completion token is), `size` at a time, each chunk cut after its own longest row.
+    Rollouts run from 20 to 250 tokens; padded to the longest row of the whole batch, half of the
+    positions would be padding. The loss is a sum of per-row shares, so the order of the rows
+    changes nothing but float rounding. mask (B, T-1) -> [(indices (b,), T_chunk)]."""
+    col = torch.arange(mask.size(1))                                      # (T-1,)
+    last = torch.where(mask > 0, col, -1).max(dim=1).values              # (B,) last completion position
+    ends = (last + 2).clamp(min=2)                                        # (B,) tokens each row needs
+    order = torch.argsort(ends, stable=True)                              # (B,) shortest first
+    return [(rows, int(ends[rows].max())) for rows in order.split(size)]
+
+
+@torch.no_grad()
+def batch_logprobs(model, tokens, mask, cfg: GRPOConfig):
+    """token_logprobs under `model` (pi_old or pi_ref) without autograd, in the micro-batches the
+    update uses (chunks), so pi_old's numbers are bit-identical to pi_theta's on the first update
+    pass (ratio exactly 1). (B, T-1), 0 after each row's end."""
+    device = next(model.parameters()).device
+    out = torch.zeros(mask.shape)                                         # (B, T-1)
+    for rows, T in chunks(mask, cfg.micro_batch_size):
+        out[rows, :T - 1] = token_logprobs(model, tokens[rows, :T].to(device), cfg.temperature).cpu()
+    return out
 
 
 def micro_batches(batch: dict, size: int) -> list[dict]:
-    """The batch's tensors in slices of `size` rows, each carrying the whole batch's row and
+    """The batch's tensors in the chunks above, each carrying the whole batch's row and
     completion-token counts over all ranks, so each micro-batch's loss is its exact share."""
     n_rows = sum_over_ranks(len(batch["tokens"]))
     n_tokens = sum_over_ranks(batch["mask"].sum().item())
-    return [{**{k: None if batch[k] is None else batch[k][s:s + size] for k in TENSORS},
-             "n_rows": n_rows, "n_tokens": n_tokens} for s in range(0, len(batch["tokens"]), size)]
+    out = []
+    for rows, T in chunks(batch["mask"], size):
+        mb = {"tokens": batch["tokens"][rows, :T], "mask": batch["mask"][rows, :T - 1],
+              "advantages": batch["advantages"][rows]}
+        for k in ("logp_old", "logp_ref"):
+            mb[k] = None if batch[k] is None else batch[k][rows, :T - 1]
+        out.append({**mb, "n_rows": n_rows, "n_tokens": n_tokens})
+    return out
 
 
 def make_loss_fn(cfg: GRPOConfig):
@@ -386,12 +411,13 @@ def run(cfg: GRPOConfig) -> dict:
             # d. mu optimizer steps on the same rollouts (pi_old stays the policy that sampled them)
             for i in range(rollout["pass"], mu):
                 lr = set_lr(optimizer, lr_at(step * mu + i, cfg.lr, cfg.warmup_steps, cfg.steps * mu, cfg.min_lr_ratio))
+                t_update = time.time()
                 metrics = optimizer_step(wrapped, optimizer, micro_batches(batch, cfg.micro_batch_size), loss_fn,
                                          cfg.grad_clip)
                 # e. one record, the new position (what a checkpoint would hold now), one console line
                 now = time.time()
                 record = {"kind": "train", "step": step + 1, **({"pass": i + 1} if mu > 1 else {}),
-                          **all_reduce(info), **metrics, "lr": lr, "dt": now - t_last}
+                          **all_reduce(info), **metrics, "lr": lr, "t_update": now - t_update, "dt": now - t_last}
                 t_last = now
                 logger.log(record)
                 rollout = {**rollout, "pass": i + 1} if i + 1 < mu else None

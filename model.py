@@ -150,6 +150,15 @@ class KVCache:
         self.v[layer, :, :, self.pos:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]         # (B, K, S, D) each
 
+    def keep_rows(self, keep):
+        """Keep only the batch rows where `keep` (B,) is True (generate() drops finished rows);
+        copies the filled slots only."""
+        for name in ("k", "v"):
+            old = getattr(self, name)                                       # (L, B, K, max_len, D)
+            new = old.new_empty((old.size(0), int(keep.sum())) + old.shape[2:])  # (L, n, K, max_len, D)
+            new[:, :, :, :self.pos] = old[:, keep, :, :self.pos]
+            setattr(self, name, new)
+
 
 class Attention(nn.Module):
     """Causal grouped-query self-attention (Ainslie et al. 2023) with rotary position embeddings:
@@ -304,22 +313,16 @@ def token_logprobs(model, tokens, temperature: float = 1.0):
     return target_logits - torch.logsumexp(logits, dim=-1)                  # (B, T-1)
 
 
-@torch.no_grad()
-def batched_logprobs(model, tokens, micro_batch_size: int, temperature: float = 1.0):
-    """token_logprobs without autograd, micro_batch_size rows at a time (pi_old and pi_ref in GRPO).
-    Chunked like the training micro-batches, so pi_old's numbers are bit-identical to pi_theta's on
-    the first update pass (ratio exactly 1)."""
-    out = [token_logprobs(model, tokens[s:s + micro_batch_size], temperature)
-           for s in range(0, len(tokens), micro_batch_size)]
-    return torch.cat(out)                                                   # (B, T-1)
-
-
 # ----------------------------------------------------------------------------- sampling
 
 
-def sample_next(logits, temperature: float, top_k=None, top_p=None, generator=None):
+def sample_next(logits, temperature: float, top_k=None, top_p=None, generator=None, noise=None):
     """logits (B, V) -> next token ids (B,). temperature 0 = greedy; top_k keeps the k likeliest;
-    top_p keeps the smallest set of likeliest tokens whose probability reaches p (nucleus sampling)."""
+    top_p keeps the smallest set of likeliest tokens whose probability reaches p (nucleus sampling).
+    The draw is the exponential race: with E_i ~ Exp(1) independent, argmax_i p_i / E_i is token i
+    with probability p_i (what torch.multinomial does for one sample, bit for bit). `noise` (B, V)
+    gives the E's; None draws them from `generator`. generate() draws them for the whole batch, so
+    a row's draw does not depend on which other rows are still running."""
     if temperature == 0:
         return logits.argmax(dim=-1)                                        # (B,)
     logits = logits / temperature                                           # (B, V)
@@ -333,7 +336,9 @@ def sample_next(logits, temperature: float, top_k=None, top_p=None, generator=No
         sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))  # keeps >= 1 token
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)  # (B, V)
     probs = logits.softmax(dim=-1)                                          # (B, V)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)     # (B,)
+    if noise is None:
+        noise = torch.empty_like(probs).exponential_(1, generator=generator)  # (B, V) E ~ Exp(1)
+    return (probs / noise).argmax(dim=-1)                                   # (B,)
 
 
 def _check_generate_args(config: GPTConfig, prompts, max_new_tokens, temperature, top_k, top_p,
@@ -371,7 +376,7 @@ def _check_generate_args(config: GPTConfig, prompts, max_new_tokens, temperature
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, stop_tokens=(), generator: torch.Generator | None = None,
-             use_cache: bool = True, pad_id: int = 0, return_logprobs: bool = False):
+             use_cache: bool = True, pad_id: int = 0, return_logprobs: bool = False, compact: bool = True):
     """Sample continuations of a batch of prompts (lists of token ids, of any lengths).
 
     Returns (new_tokens (B, max_new_tokens) long, lengths (B,) long). Row b generated
@@ -386,12 +391,18 @@ def generate(model, prompts, max_new_tokens: int, temperature: float = 1.0, top_
     start at 0 at its first real token, and the mask hides pad keys, so a prompt samples the same
     continuation alone or in any batch. With use_cache, the prompt is run once (prefill) and then one
     token per step through the KVCache; use_cache=False recomputes the whole sequence every step
-    (slow; the reference the cache is tested against). Runs without autograd; restores model.train().
+    (slow; the reference the cache is tested against).
+
+    compact: rows that have stopped leave the batch (and the cache), so the compute goes to the rows
+    still running. RL rollouts have very uneven lengths (20 to 250 tokens), and without this every
+    finished row rides along until the longest one ends. The random draws
+    are made for every row of the original batch either way (sample_next's noise), so compact=True
+    and compact=False sample the same tokens. Runs without autograd; restores model.train().
     """
     config = model.config
     _check_generate_args(config, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id)
     device = next(model.parameters()).device
-    B, P = len(prompts), max(len(p) for p in prompts)
+    B, P, V = len(prompts), max(len(p) for p in prompts), config.vocab_size
     S_max = P + max_new_tokens
     lens = torch.tensor([len(p) for p in prompts], device=device)          # (B,)
     n_pad = P - lens                                                        # (B,) left padding per row
@@ -402,19 +413,21 @@ def generate(model, prompts, max_new_tokens: int, temperature: float = 1.0, top_
     positions = (col[None] - n_pad[:, None]).clamp(min=0)                   # (B, S_max)
     is_real = col[None] >= n_pad[:, None]                                   # (B, S_max) False at pads
 
-    def attn_mask(q_start, q_end):
-        """May query column i (q_start <= i < q_end) attend key column j (j < q_end)? (B, 1, Tq, S)"""
+    def attn_mask(rows, q_start, q_end):
+        """May query column i (q_start <= i < q_end) of each row in `rows` attend key column j
+        (j < q_end)? (n, 1, Tq, S)"""
         q = torch.arange(q_start, q_end, device=device)[:, None]            # (Tq, 1)
         k = torch.arange(q_end, device=device)[None]                        # (1, S)
-        allowed = (k <= q)[None] & is_real[:, None, :q_end]                 # (B, Tq, S) causal, no pad keys
+        allowed = (k <= q)[None] & is_real[rows, None, :q_end]              # (n, Tq, S) causal, no pad keys
         allowed = allowed | (k == q)[None]  # a pad query sees itself, so no softmax row is empty (NaN)
-        return allowed.unsqueeze(1)                                         # (B, 1, Tq, S)
+        return allowed.unsqueeze(1)                                         # (n, 1, Tq, S)
 
     stop = torch.tensor(sorted({int(s) for s in stop_tokens}), dtype=torch.long, device=device)  # (n_stop,)
     new_tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)  # (B, max_new)
     new_logprobs = torch.zeros((B, max_new_tokens), device=device)         # (B, max_new)
     lengths = torch.zeros(B, dtype=torch.long, device=device)               # (B,)
     done = torch.zeros(B, dtype=torch.bool, device=device)                  # (B,)
+    rows = torch.arange(B, device=device)  # the original row of each row in the batch (and the cache)
     dtype = next(model.parameters()).dtype
     cache = KVCache(config, B, S_max, device, dtype) if use_cache else None
     was_training = model.training
@@ -423,21 +436,29 @@ def generate(model, prompts, max_new_tokens: int, temperature: float = 1.0, top_
         cur = P  # tokens[:, :cur] is known; sample column cur
         for step in range(max_new_tokens):
             start = cur - 1 if (use_cache and step > 0) else 0  # cache: only feed the newest token
-            logits = model(tokens[:, start:cur], positions[:, start:cur], attn_mask(start, cur), cache)
-            last = logits[:, -1].float()                                    # (B, V)
-            next_tok = sample_next(last, temperature, top_k, top_p, generator)  # (B,)
-            next_tok = torch.where(done, pad_id, next_tok)                 # (B,) finished rows: pad
-            new_tokens[:, step] = next_tok
+            logits = model(tokens[rows, start:cur], positions[rows, start:cur], attn_mask(rows, start, cur), cache)
+            last = logits[:, -1].float()                                    # (n, V)
+            noise = None
+            if temperature > 0:  # every original row's draw, running or not (see the docstring)
+                noise = torch.empty((B, V), device=device).exponential_(1, generator=generator)[rows]  # (n, V)
+            next_tok = sample_next(last, temperature, top_k, top_p, noise=noise)  # (n,)
+            next_tok = torch.where(done[rows], pad_id, next_tok)            # (n,) finished rows: pad
+            new_tokens[rows, step] = next_tok
             if return_logprobs:
-                logp = torch.log_softmax(last / (temperature or 1.0), dim=-1)   # (B, V)
-                picked = logp.gather(-1, next_tok[:, None]).squeeze(-1)        # (B,)
-                new_logprobs[:, step] = torch.where(done, 0.0, picked)
-            lengths += (~done).long()
-            done = done | torch.isin(next_tok, stop)
-            tokens[:, cur] = next_tok
+                logp = torch.log_softmax(last / (temperature or 1.0), dim=-1)   # (n, V)
+                picked = logp.gather(-1, next_tok[:, None]).squeeze(-1)        # (n,)
+                new_logprobs[rows, step] = torch.where(done[rows], 0.0, picked)
+            lengths[rows] += (~done[rows]).long()
+            done[rows] |= torch.isin(next_tok, stop)
+            tokens[rows, cur] = next_tok
             cur += 1
             if done.all():
                 break
+            running = ~done[rows]                                           # (n,)
+            if compact and not running.all():  # rows that stopped leave the batch
+                rows = rows[running]
+                if cache is not None:
+                    cache.keep_rows(running)
     finally:
         model.train(was_training)
     return (new_tokens, lengths, new_logprobs) if return_logprobs else (new_tokens, lengths)

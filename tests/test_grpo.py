@@ -13,7 +13,7 @@ import torch
 import common
 import grpo
 from common import pack
-from grpo import GRPOConfig, group_advantages, grpo_loss, make_loss_fn, micro_batches, rl_batch
+from grpo import GRPOConfig, chunks, group_advantages, grpo_loss, make_loss_fn, micro_batches, rl_batch
 from model import GPT, GPTConfig
 from tokenizer import get_tokenizer
 
@@ -222,12 +222,55 @@ def test_accumulated_gradient_equals_full_batch_gradient(agg, size):
     assert metrics["loss"] == pytest.approx(full.item(), rel=1e-5)
 
 
-def test_micro_batches_carry_whole_batch_counts():
-    batch = random_rl_batch(B=10)
-    parts = micro_batches(batch, 4)
-    assert [len(p["tokens"]) for p in parts] == [4, 4, 2]
-    assert all(p["n_rows"] == 10 and p["n_tokens"] == batch["mask"].sum().item() for p in parts)
-    assert torch.equal(torch.cat([p["mask"] for p in parts]), batch["mask"])
+def packed_rl_batch(B=10, seed=2):
+    """A GRPO batch laid out as rl_batch lays it out (common.pack): prompt + completion, right-padded,
+    rows of very different lengths."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(0, 64, (int(n),), generator=g).tolist() for n in torch.randint(2, 6, (B,), generator=g)]
+    completions = [torch.randint(0, 64, (int(n),), generator=g).tolist() for n in torch.randint(1, 20, (B,), generator=g)]
+    tokens, mask = common.pack(prompts, completions, pad_id=0)
+    T = tokens.shape[1]
+    return {"tokens": tokens, "mask": mask, "advantages": torch.randn(B, generator=g),
+            "logp_old": -torch.rand(B, T - 1, generator=g) * 4 * mask, "logp_ref": -torch.rand(B, T - 1, generator=g) * 4 * mask}
+
+
+@pytest.mark.parametrize("size", [4, 3, 10])
+def test_micro_batches_sort_rows_by_length_and_cut_each_after_its_longest_row(size):
+    batch = packed_rl_batch(B=10)
+    ends = [int(m.nonzero().max()) + 2 for m in batch["mask"]]          # tokens row b needs
+    parts, seen = micro_batches(batch, size), []
+    assert [len(p["tokens"]) for p in parts] == [len(r) for r in torch.arange(10).split(size)]
+    for part, (rows, T) in zip(parts, chunks(batch["mask"], size)):
+        seen += rows.tolist()
+        assert T == max(ends[r] for r in rows) and part["tokens"].shape[1] == T
+        assert part["n_rows"] == 10 and part["n_tokens"] == batch["mask"].sum().item()
+        assert torch.equal(part["tokens"], batch["tokens"][rows, :T])
+        assert torch.equal(part["advantages"], batch["advantages"][rows])
+        for k in ("mask", "logp_old", "logp_ref"):
+            assert torch.equal(part[k], batch[k][rows, :T - 1])
+        assert batch["mask"][rows, T - 1:].sum() == 0                      # nothing cut was a completion token
+    assert sorted(seen) == list(range(10)) and [ends[r] for r in seen] == sorted(ends)
+    assert len({ends[r] for r in seen}) > 3
+
+
+@pytest.mark.parametrize("agg", ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"])
+def test_sorted_cut_micro_batches_give_the_full_batch_gradient(agg):
+    """Sorting rows and cutting the padding off each micro-batch changes no loss or gradient
+    (beyond float rounding) on a ragged, right-padded batch as rl_batch makes it."""
+    cfg = GRPOConfig(loss_agg=agg, kl_beta=0.04, num_iterations=2, max_new_tokens=19, temperature=0.7)
+    batch = packed_rl_batch()
+    model = tiny_model()
+    from model import token_logprobs
+    logp = token_logprobs(model, batch["tokens"], cfg.temperature)
+    full, _ = grpo_loss(logp, batch["logp_old"], batch["logp_ref"], batch["advantages"], batch["mask"],
+                        cfg.clip_eps, cfg.kl_beta, agg, norm_len=cfg.max_new_tokens)
+    full.backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    grads, metrics = accumulated_grads(model, batch, cfg, 3)
+    for a, b in zip(grads, expected):
+        assert (a - b).norm() <= 1e-5 * b.norm() + 1e-9
+    assert metrics["loss"] == pytest.approx(full.item(), rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- one RL step
@@ -274,7 +317,8 @@ def test_rl_batch_shapes_advantages_and_log_probs():
     assert batch["prompts"][:4] == [batch["prompts"][0]] * 4 and len(batch["texts"]) == B
     torch.testing.assert_close(batch["advantages"], group_advantages(torch.tensor(batch["rewards"]), 4))
     expected = token_logprobs(model, batch["tokens"], 0.7).detach()
-    torch.testing.assert_close(batch["logp_old"], expected, rtol=0, atol=1e-6)
+    on_completion = batch["mask"].bool()    # computed in cut micro-batches: 0 after each row's end
+    torch.testing.assert_close(batch["logp_old"][on_completion], expected[on_completion], rtol=0, atol=1e-6)
     lengths = batch["mask"].sum(1)                           # completion tokens per row
     assert lengths.min() >= 1 and lengths.max() <= 8 and info["len"] == pytest.approx(lengths.mean().item())
     assert info["reward"] == pytest.approx(sum(batch["rewards"]) / B)
@@ -342,7 +386,7 @@ RESUME_FLAGS = ["--preset", "smoke", "--steps", "8", "--prompts-per-step", "4", 
                 "--num-iterations", "2", "--kl-beta", "0.04", "--ref-reset-every", "3", "--eval-every", "2",
                 "--ckpt-every", "2", "--micro-batch-size", "6", "--temperature", "0.8", "--show-every", "0",
                 "--reward", "accuracy + language", "--lr", "1e-3"]  # language: a reward that varies on a smoke base
-TIMINGS = ("dt", "t_rollout", "t_reward")
+TIMINGS = ("dt", "t_rollout", "t_reward", "t_logprobs", "t_update")
 
 
 def without_timings(path):

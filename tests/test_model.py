@@ -375,6 +375,51 @@ def test_stop_tokens_when_sampling_and_early_exit():
         assert (new[b, n:] == 0).all()
 
 
+def test_sample_next_is_multinomial_bit_for_bit():
+    """The exponential race draws exactly the tokens torch.multinomial draws from the same generator
+    (so compaction did not change the runs' random streams), including zero-probability tokens."""
+    probs = torch.randn(64, 264, generator=torch.Generator().manual_seed(0)).softmax(-1)
+    logits = probs.log().masked_fill(torch.rand(64, 264, generator=torch.Generator().manual_seed(1)) < 0.3,
+                                     float("-inf"))
+    for seed in range(3):
+        expected = torch.multinomial(logits.softmax(-1), 1, generator=torch.Generator().manual_seed(seed))
+        got = sample_next(logits, 1.0, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(got, expected.squeeze(-1))
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_compacting_finished_rows_samples_the_same_tokens(use_cache, temperature):
+    """compact=True (finished rows leave the batch and the cache) = compact=False (they ride along
+    as padding): the same tokens, lengths and (up to float rounding of a smaller batch) log-probs,
+    on a batch whose rows stop at very different steps."""
+    model = make_model(scale=1.0 if temperature else 4.0)
+    prompts = random_prompts([3, 7, 5, 2, 4, 4, 9, 1], seed=5)
+    stops = (1, 2, 3, 5, 8, 13)  # a few frequent-enough stop tokens: rows end anywhere from 1 to 30
+    runs = [generate(model, prompts, 30, temperature=temperature, stop_tokens=stops, pad_id=63,
+                     generator=torch.Generator().manual_seed(0), use_cache=use_cache, return_logprobs=True,
+                     compact=compact) for compact in (True, False)]
+    (new, lengths, logp), (ref_new, ref_lengths, ref_logp) = runs
+    assert torch.equal(new, ref_new) and torch.equal(lengths, ref_lengths)
+    torch.testing.assert_close(logp, ref_logp, rtol=0, atol=1e-5)
+    assert len(set(lengths.tolist())) >= 3  # rows really did stop at different steps
+
+
+def test_kv_cache_keep_rows_keeps_the_filled_slots_of_the_kept_rows():
+    config = small_config()
+    cache = KVCache(config, batch_size=4, max_len=10)
+    k = torch.randn(4, config.n_kv_head, 3, config.head_dim)
+    for layer in range(config.n_layer):
+        cache.update(layer, k + layer, -k - layer)
+    cache.pos = 3
+    keep = torch.tensor([True, False, True, False])
+    cache.keep_rows(keep)
+    assert cache.k.shape[1] == 2 and cache.max_len == 10
+    for layer in range(config.n_layer):
+        assert torch.equal(cache.k[layer, :, :, :3], k[keep] + layer)
+        assert torch.equal(cache.v[layer, :, :, :3], -k[keep] - layer)
+
+
 def test_generate_restores_mode_and_returns_trainable_tokens():
     model = make_model(scale=1.0).train()
     new, lengths = generate(model, [[1, 2, 3]], 4)
