@@ -44,19 +44,24 @@ from model import GPT, GPTConfig
 
 
 def get_device(override: str | None = None) -> torch.device:
-    """cuda, then mps, then cpu; `override` ("cpu", "cuda", "cuda:1", "mps") wins if it is available."""
+    """cuda, then mps, then cpu; `override` ("cpu", "cuda", "cuda:1", "mps") wins if it is available.
+    On CUDA, float32 matmuls outside bf16 autocast (model.autocast_for) may use TF32 tensor cores."""
     if override:
         dev = torch.device(override)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device={override!r} asked for, but CUDA is not available here")
         if dev.type == "mps" and not torch.backends.mps.is_available():
             raise ValueError(f"device={override!r} asked for, but MPS is not available here")
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    elif torch.cuda.is_available():
+        dev = torch.device("cuda")
+    elif torch.backends.mps.is_available():
+        dev = torch.device("mps")
+    else:
+        dev = torch.device("cpu")
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return dev
 
 
 @dataclass
@@ -115,6 +120,14 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
         model = getattr(model, "module", None) or getattr(model, "_orig_mod")
     return model
+
+
+def wrap(model: torch.nn.Module, dist_info: DistInfo, compile: bool = False) -> torch.nn.Module:
+    """The model a training step calls: DDP around it under torchrun (gradients all-reduced), and
+    torch.compile around that with --compile (opt-in: bench.py's `compile` section measures it).
+    Sampling and checkpoints use the raw model (unwrap)."""
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if dist_info.is_ddp else model
+    return torch.compile(wrapped) if compile else wrapped
 
 
 def all_reduce(metrics: dict[str, float], op: str = "mean") -> dict[str, float]:

@@ -44,7 +44,7 @@ from common import (DEFAULT_TASK, MetricsLogger, all_reduce, check_fits, check_p
                     config_from_args, derive_seed, get_device, load_checkpoint, load_model, lr_at, make_optimizer,
                     optimizer_step, pack, print0, read_metrics,
                     restore, run_dir, save_checkpoint, seed_everything, set_lr, setup_ddp, sum_over_ranks,
-                    teardown_ddp, world_size)
+                    teardown_ddp, world_size, wrap)
 from corpus import WEB_TASKS
 from evaluate import behaviour, evaluate, summarize_behaviour
 from model import sample_completions, token_logprobs
@@ -95,6 +95,7 @@ class GRPOConfig:
     ckpt_every: int = 10                # checkpoint every N RL steps (0 = only at the end; Ctrl-C saves too)
     seed: int = 0                       # seed for questions, sampling and (if pretraining) the base model
     device: str = ""                    # "" = auto (cuda, mps, cpu)
+    compile: bool = False               # torch.compile the training forward/backward (opt-in; bench.py measures it)
 
     def __post_init__(self):
         self.steps = self.steps or TASK_STEPS.get(self.task, TASK_STEPS[DEFAULT_TASK])
@@ -357,7 +358,7 @@ def run(cfg: GRPOConfig) -> dict:
             ref_model.load_state_dict(ckpt["ref_model"])
         print0(f"resumed from {cfg.out_dir} at RL step {start_step}" +
                (f", update pass {rollout['pass'] + 1} of {cfg.num_iterations}" if rollout else ""))
-    wrapped = torch.nn.parallel.DistributedDataParallel(model) if dist.is_ddp else model
+    wrapped = wrap(model, dist, cfg.compile)
     logger = MetricsLogger(cfg.out_dir, keep=keep)
     eval_set = test_set(task, n=cfg.eval_problems, seed=0)
     figure = os.path.join(cfg.out_dir, "aha.png")

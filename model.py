@@ -21,6 +21,7 @@ C channels (n_embd), H query heads, K kv heads, D head dim (C // H), F MLP hidde
 import json
 import math
 import os
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -223,7 +224,20 @@ class Block(nn.Module):
 # ----------------------------------------------------------------------------- the model
 
 
+def autocast_for(device: torch.device):
+    """Mixed precision where it pays: on CUDA, bf16 autocast (matmuls and attention in bfloat16 on
+    tensor cores; weights, optimizer state, RMSNorm and the returned logits stay float32). Off on
+    CPUs and MPS: float32 throughout (bf16 autocast made a nano training step only 12% faster on the
+    2-core dev box, docs/LOG.md, and many laptop CPUs have no bf16 units). GPT.cuda_bf16 = False
+    turns it off on CUDA too."""
+    if device.type == "cuda" and GPT.cuda_bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
 class GPT(nn.Module):
+    cuda_bf16 = True  # autocast_for: bf16 autocast when the input is on a CUDA device
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
@@ -244,10 +258,11 @@ class GPT(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer) if residual_out else 0.02)
 
     def forward(self, idx, positions=None, mask=None, kv_cache: KVCache | None = None):
-        """idx (B, T) token ids -> logits (B, T, V).
+        """idx (B, T) token ids -> logits (B, T, V), float32.
         positions (B, T): rotary position of each token; default 0..T-1 (after any cached tokens).
         mask (B, 1, T, S) bool, True = may attend; default causal. generate() passes both for ragged
-        batches. kv_cache: keys/values of earlier tokens; this call appends T more."""
+        batches. kv_cache: keys/values of earlier tokens; this call appends T more.
+        On CUDA the layers run under bf16 autocast (autocast_for)."""
         B, T = idx.shape
         start = 0 if kv_cache is None else kv_cache.pos
         if positions is None:
@@ -259,13 +274,15 @@ class GPT(nn.Module):
             mask = torch.arange(start + T, device=idx.device)[None] <= q_col     # (T, S)
         cos = self.rope_cos[positions].unsqueeze(1)                         # (B|1, 1, T, D)
         sin = self.rope_sin[positions].unsqueeze(1)                         # (B|1, 1, T, D)
-        x = self.embed_tokens(idx)                                          # (B, T, C)
-        for i, block in enumerate(self.layers):
-            x = block(x, cos, sin, mask, kv_cache, i)                       # (B, T, C)
+        with autocast_for(idx.device):
+            x = self.embed_tokens(idx)                                      # (B, T, C)
+            for i, block in enumerate(self.layers):
+                x = block(x, cos, sin, mask, kv_cache, i)                   # (B, T, C)
+            x = self.norm(x)                                                # (B, T, C)
+            logits = self.lm_head(x)                                        # (B, T, V)
         if kv_cache is not None:
             kv_cache.pos += T
-        x = self.norm(x)                                                    # (B, T, C)
-        return self.lm_head(x)                                              # (B, T, V)
+        return logits.float()  # a no-op in float32; losses and the sampler want float32
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """nn.Module's, but a state dict from a differently shaped model names the config field."""

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from common import (DEFAULT_TASK, LoopConfig, MetricsLogger, all_reduce, check_fits, check_processes, check_ranges, check_resume,
                     checkpoint_path, config_from_args, derive_seed, flag, get_device, load_checkpoint,
                     make_optimizer, print0, restore, run_dir, seed_everything, setup_ddp, sum_over_ranks,
-                    teardown_ddp, train, unwrap)
+                    teardown_ddp, train, unwrap, wrap)
 from corpus import WEB_TASKS, CorpusConfig, forced_prefixes, sample_document
 from evaluate import EVAL_MAX_NEW_TOKENS, EvalConfig, evaluate, report
 from model import GPT, PRESETS as MODEL_PRESETS, GPTConfig
@@ -80,6 +80,7 @@ class PretrainConfig(CorpusConfig):
     eval_k: int = 4                 # samples per question in the final report
     seed: int = 0                   # seed for init and data
     device: str = ""                # "" = auto (cuda, mps, cpu)
+    compile: bool = False           # torch.compile the training forward/backward (opt-in; bench.py measures it)
 
     def __post_init__(self):
         self.out_dir = self.out_dir or run_dir("out/base", self.seed, self.task)
@@ -176,7 +177,7 @@ def run(cfg: PretrainConfig):
     n_params = sum(p.numel() for p in model.parameters())
     print0(f"base model: preset {cfg.model}, {n_params / 1e6:.2f}M parameters, {dist.world_size} process(es) "
            f"on {dist.device}; {cfg.batch_size} rows x {cfg.seq_len} tokens per step")
-    wrapped = torch.nn.parallel.DistributedDataParallel(model) if dist.is_ddp else model
+    wrapped = wrap(model, dist, cfg.compile)
     loop_cfg = LoopConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LoopConfig)})
     logger = MetricsLogger(cfg.out_dir, keep=keep)
     t0 = time.time()

@@ -27,12 +27,10 @@ import random
 import time
 from dataclasses import dataclass
 
-import torch
-
 from common import (DEFAULT_TASK, LoopConfig, MetricsLogger, check_processes, check_ranges, check_resume,
                     checkpoint_path, config_from_args, derive_seed, get_device, load_checkpoint, load_model,
                     make_optimizer, pack, print0, restore, seed_everything, setup_ddp, sum_over_ranks, teardown_ddp,
-                    train, unwrap)
+                    train, unwrap, wrap)
 from evaluate import EvalConfig, report
 from model import token_logprobs
 from tasks import TASKS, task_from_config, test_set
@@ -61,6 +59,7 @@ class SFTConfig:
     resume: bool = False                # continue from out_dir/ckpt.pt
     seed: int = 0                       # seed for the data order and the evaluation
     device: str = ""                    # "" = auto (cuda, mps, cpu)
+    compile: bool = False               # torch.compile the training forward/backward (opt-in; bench.py measures it)
 
     def __post_init__(self):
         check_ranges(self, positive=("epochs", "batch_size", "micro_batch_size", "lr", "log_every", "eval_k"),
@@ -174,7 +173,7 @@ def run(cfg: SFTConfig) -> dict:
     print0(f"SFT of {cfg.init_from} on {cfg.data}: {len(examples)} rows, "
            f"{sum(len(c) for _, c in examples):,} completion tokens; {total} steps x {cfg.batch_size} rows "
            f"({total * cfg.batch_size / len(examples):.1f} epochs), {dist.world_size} process(es) on {dist.device}")
-    wrapped = torch.nn.parallel.DistributedDataParallel(model) if dist.is_ddp else model
+    wrapped = wrap(model, dist, cfg.compile)
     loop_cfg = LoopConfig(**{**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LoopConfig)},
                              "steps": total})
     t0 = time.time()

@@ -311,3 +311,20 @@ def test_check_ranges_names_the_flag():
         with pytest.raises(ValueError, match=re.escape(message)):
             common.check_ranges(bad, positive=("prompts_per_step",), non_negative=("kl_beta",),
                                 fraction=("mastery",), choices={"task": ("add", "mul")})
+
+
+def test_wrap_compiles_only_when_asked_and_unwrap_finds_the_model():
+    """--compile wraps the training model in torch.compile (lazily: nothing compiles until it runs);
+    checkpoints and sampling reach the raw model through unwrap. One process: no DDP."""
+    from model import GPT, GPTConfig
+    model = GPT(GPTConfig(vocab_size=16, n_layer=1, n_head=2, n_kv_head=1, n_embd=8, max_seq_len=8))
+    one = common.DistInfo(0, 0, 1, torch.device("cpu"))
+    assert common.wrap(model, one) is model
+    compiled = common.wrap(model, one, compile=True)
+    assert compiled is not model and common.unwrap(compiled) is model
+
+
+def test_get_device_turns_tf32_on_for_cuda_only(monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    assert common.get_device("cpu").type == "cpu"
+    assert torch.backends.cuda.matmul.allow_tf32 is False

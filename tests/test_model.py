@@ -420,6 +420,38 @@ def test_kv_cache_keep_rows_keeps_the_filled_slots_of_the_kept_rows():
         assert torch.equal(cache.v[layer, :, :, :3], -k[keep] - layer)
 
 
+def test_autocast_is_bf16_on_cuda_only():
+    """The GPU path, checked without a GPU: CUDA devices get bf16 autocast (unless GPT.cuda_bf16 is
+    off), CPUs run plain float32, and logits come back float32 either way."""
+    import warnings
+    from contextlib import nullcontext
+    from model import autocast_for
+    assert isinstance(autocast_for(torch.device("cpu")), nullcontext)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "CUDA is not available": only the context's settings are checked
+        ctx = autocast_for(torch.device("cuda"))
+        assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
+        GPT.cuda_bf16 = False
+        try:
+            assert isinstance(autocast_for(torch.device("cuda")), nullcontext)
+        finally:
+            GPT.cuda_bf16 = True
+    model = make_model()
+    seen = []
+    model.layers[0].self_attn.q_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    logits = model(torch.tensor([[1, 2, 3]]))
+    assert seen == [torch.float32] and logits.dtype == torch.float32
+
+
+def test_forward_returns_float32_logits_under_an_outer_autocast():
+    """A caller's bf16 autocast (a CPU run that opts in) still gets float32 logits for its losses."""
+    model = make_model()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(torch.tensor([[1, 2, 3]]))
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, model(torch.tensor([[1, 2, 3]])), atol=0.5, rtol=0.05)
+
+
 def test_generate_restores_mode_and_returns_trainable_tokens():
     model = make_model(scale=1.0).train()
     new, lengths = generate(model, [[1, 2, 3]], 4)
