@@ -9,9 +9,9 @@ Sections:
   hf       generation, ours vs Hugging Face transformers `generate` on the SAME weights (export_hf):
            n_prompts ragged prompts x new_tokens new tokens, no stop token, greedy (the outputs must
            match, and the table says whether they do) and sampled at temperature 1.
-  rollout  the RL rollout workload as it really is: 16 questions x 8 samples at temperature 1, up to
-           256 new tokens, from a policy early in a run (--early, the base model) and late (--late,
-           after R1-Zero). Useful tokens/s (tokens that belong to a completion) with finished rows
+  rollout  the RL rollout workload as it really is: --rollout-batches steps of 16 questions x 8
+           samples at temperature 1, up to 256 new tokens, from a policy early in a run (--early, the
+           base model) and late (--late, after R1-Zero). Useful tokens/s (tokens that belong to a completion) with finished rows
            leaving the batch (generate's default) against the old path where they ride along until
            the longest row ends (compact=False); both sample the same tokens.
   step     one GRPO step of the default run from the --late policy, broken down: rollout, reward,
@@ -56,6 +56,7 @@ class BenchConfig:
     n_prompts: int = 64             # `hf`: prompts sampled together in one batch
     new_tokens: int = 128           # `hf`: tokens generated per prompt
     prompt_len: int = 32            # `hf`: longest prompt; prompts are ragged, between half this and this
+    rollout_batches: int = 4        # `rollout`: RL steps' worth of questions sampled per policy
     batch_size: int = 16            # `train`, `memory`, `compile`: rows per training step
     seq_len: int = 256              # `train`, `memory`, `compile`: tokens per row
     train_steps: int = 3            # `train`, `compile`: timed steps (after untimed warm-up steps)
@@ -179,27 +180,30 @@ def bench_rollout(cfg: BenchConfig, device) -> None:
     from tokenizer import ANSWER_CLOSE, get_tokenizer
     tok = get_tokenizer()
     stop = (tok.special_ids[ANSWER_CLOSE], tok.eot_id)
-    print("rollout: one RL step's sampling, 16 questions x 8 samples, temperature 1, up to 256 new tokens")
+    print(f"rollout: {cfg.rollout_batches} RL steps' sampling from each policy, 16 questions x 8 samples, "
+          f"temperature 1, up to 256 new tokens")
     rows = []
     for label, path in (("early", cfg.early), ("late", cfg.late)):
         if not os.path.exists(os.path.join(path, "ckpt.pt")):
             print(f"rollout {label}: skipped, no checkpoint in {path}/ (python grpo.py makes out/base and out/grpo)")
             continue
         model, _ = load_model(path, device)
-        prompts = rollout_prompts(path, tok, seed=cfg.seed)
-        results = {}
-        for compact in (False, True):
-            def run():
-                gen = torch.Generator(device=device).manual_seed(cfg.seed)
-                return generate(model, prompts, 256, temperature=1.0, stop_tokens=stop, generator=gen,
-                                pad_id=tok.pad_id, compact=compact)
-            (new, lengths), dt = timed(run, device)
-            results[compact] = (new, lengths, dt)
-        (old_new, old_len, t_old), (new, lengths, t_new) = results[False], results[True]
-        useful = lengths.sum().item()
-        same = torch.equal(old_new, new) and torch.equal(old_len, lengths)
-        rows.append([label, path, f"{lengths.float().mean():.0f} / {lengths.max()}", useful / t_old, useful / t_new,
-                     f"{t_old / t_new:.2f}x", "yes" if same else "NO"])
+        seconds, useful, lengths, same = {False: 0.0, True: 0.0}, 0, [], True
+        for batch in range(cfg.rollout_batches):
+            prompts = rollout_prompts(path, tok, seed=cfg.seed + batch)
+            out = {}
+            for compact in (False, True):
+                def run():
+                    gen = torch.Generator(device=device).manual_seed(cfg.seed + batch)
+                    return generate(model, prompts, 256, temperature=1.0, stop_tokens=stop, generator=gen,
+                                    pad_id=tok.pad_id, compact=compact)
+                out[compact], dt = timed(run, device)
+                seconds[compact] += dt
+            same = same and all(torch.equal(a, b) for a, b in zip(out[False], out[True]))
+            useful += out[True][1].sum().item()
+            lengths += out[True][1].tolist()
+        rows.append([label, path, f"{sum(lengths) / len(lengths):.0f} / {max(lengths)}", useful / seconds[False],
+                     useful / seconds[True], f"{seconds[False] / seconds[True]:.2f}x", "yes" if same else "NO"])
     if rows:
         table(["policy", "checkpoint", "mean / max length", "riding along: useful tokens/s",
                "rows leave: useful tokens/s", "speed-up", "same tokens"], rows)

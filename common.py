@@ -193,14 +193,29 @@ def set_rng_state(state: dict) -> None:
 
 # ----------------------------------------------------------------------------- checkpoints
 
-CKPT_NAME = "ckpt.pt"
+CKPT_NAME = "ckpt.pt"           # the latest checkpoint of a run directory
+PREV_NAME = "ckpt.prev.pt"      # the one before it, kept for --resume to fall back to
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, truncated or corrupt (the message names the file)."""
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def save_checkpoint(out_dir: str, model, optimizer=None, step: int = 0, config: dict | None = None,
                     **extra) -> str:
-    """Write {model, optimizer, step, config, model_config, rng} to out_dir/ckpt.pt atomically
-    (temp file + os.replace, so an interrupted save never leaves half a checkpoint). Rank 0 only."""
-    path = os.path.join(out_dir, CKPT_NAME)
+    """Write {model, optimizer, step, config, model_config, rng} to out_dir/ckpt.pt with its SHA-256
+    next to it (ckpt.pt.sha256, what load_checkpoint verifies). The file is written whole under a
+    temporary name first, and the checkpoint it replaces is kept as ckpt.prev.pt (with its digest):
+    a save killed at any moment leaves at least one good checkpoint. Rank 0 only."""
+    path, prev = os.path.join(out_dir, CKPT_NAME), os.path.join(out_dir, PREV_NAME)
     if not is_main_process():
         return path
     raw = unwrap(model)
@@ -216,7 +231,14 @@ def save_checkpoint(out_dir: str, model, optimizer=None, step: int = 0, config: 
     }
     tmp = path + ".tmp"
     torch.save(ckpt, tmp)
+    with open(tmp + ".sha256", "w") as f:
+        f.write(_sha256(tmp) + "\n")
+    if os.path.exists(path):  # the current checkpoint becomes the previous one (digest first)
+        if os.path.exists(path + ".sha256"):
+            os.replace(path + ".sha256", prev + ".sha256")
+        os.replace(path, prev)
     os.replace(tmp, path)
+    os.replace(tmp + ".sha256", path + ".sha256")
     return path
 
 
@@ -257,11 +279,41 @@ def checkpoint_path(path: str) -> str:
     return os.path.join(path, CKPT_NAME) if os.path.isdir(path) else path
 
 
-def load_checkpoint(path: str, map_location="cpu") -> dict:
+def read_checkpoint_file(p: str, map_location="cpu") -> dict:
+    """torch.load one checkpoint file after checking it against its SHA-256 (when save_checkpoint
+    wrote one; older checkpoints have none). CheckpointError, naming the file, if it is truncated or
+    corrupt."""
+    digest = p + ".sha256"
+    if os.path.exists(digest):
+        with open(digest) as f:
+            expected = f.read().strip()
+        if _sha256(p) != expected:
+            raise CheckpointError(f"checkpoint {p} is corrupt: its SHA-256 differs from the one saved "
+                                  f"with it ({digest}); truncated or overwritten")
+    try:
+        return torch.load(p, map_location=map_location, weights_only=False)
+    except Exception as e:  # a truncated zip, a pickle error: name the file, keep the cause short
+        raise CheckpointError(f"checkpoint {p} cannot be read ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:120]})") from e
+
+
+def load_checkpoint(path: str, map_location="cpu", fallback: bool = False, quiet: bool = False) -> dict:
+    """The checkpoint of a run directory (or a checkpoint file), verified. With fallback (what
+    --resume uses), a latest checkpoint that fails verification is reported (unless quiet) and the
+    previous one (ckpt.prev.pt) is loaded instead, if it is good."""
     p = checkpoint_path(path)
-    if not os.path.exists(p):
+    if not os.path.exists(p) and not (fallback and os.path.exists(os.path.join(os.path.dirname(p), PREV_NAME))):
         raise FileNotFoundError(f"no checkpoint at {p}")
-    return torch.load(p, map_location=map_location, weights_only=False)
+    try:
+        return read_checkpoint_file(p, map_location)
+    except (CheckpointError, FileNotFoundError) as e:
+        prev = os.path.join(os.path.dirname(p), PREV_NAME)
+        if not fallback or not os.path.exists(prev):
+            raise
+        ckpt = read_checkpoint_file(prev, map_location)
+        if not quiet:
+            print0(f"WARNING: {e}; falling back to the previous checkpoint {prev} (step {ckpt['step']})")
+        return ckpt
 
 
 def check_model_config(expected: dict, found) -> None:
@@ -432,9 +484,9 @@ def check_resume(out_dir: str, resume: bool, config: dict | None = None, must_ma
     exact resume depends on (`must_match`, compared with `config`)."""
     if not resume:
         return
-    if not os.path.exists(checkpoint_path(out_dir)):
+    if not any(os.path.exists(os.path.join(out_dir, name)) for name in (CKPT_NAME, PREV_NAME)):
         raise ValueError(f"--resume: no checkpoint in {out_dir}")
-    saved = load_checkpoint(out_dir)["config"]
+    saved = load_checkpoint(out_dir, fallback=True, quiet=True)["config"]
     diffs = [f"{flag(k)} {config[k]!r} (the checkpoint has {saved.get(k)!r})" for k in must_match
              if saved.get(k) != config[k]]
     if diffs:
@@ -495,6 +547,10 @@ class LoopConfig:
     out_dir: str = ""           # where checkpoints and metrics go ("" = nowhere)
 
 
+class NonFiniteError(ArithmeticError):
+    """A NaN or infinity in a loss, a loss term, a log-prob or a gradient (the message says which)."""
+
+
 def optimizer_step(model, optimizer, micro_batches, loss_fn, grad_clip: float = 0.0) -> dict:
     """One optimizer step over a whole batch given as micro-batches (gradient accumulation):
     forward + backward each micro-batch, clip the global grad norm, step. `loss_fn` returns each
@@ -502,7 +558,9 @@ def optimizer_step(model, optimizer, micro_batches, loss_fn, grad_clip: float = 
     whole batch's counts over all ranks), so the backward passes add up to exactly the full-batch
     gradient. DDP averages gradients over ranks, so each share is scaled by the world size first;
     gradients are synchronised on the last micro-batch only. Returns the metric shares summed over
-    micro-batches and ranks (the whole batch's values), plus grad_norm."""
+    micro-batches and ranks (the whole batch's values), plus grad_norm. A non-finite loss, metric,
+    `nonfinite_<term>` count (a loss_fn's own check, e.g. of log-probs) or gradient raises
+    NonFiniteError before optimizer.step, so the weights are never updated with it."""
     ddp = dist.is_available() and dist.is_initialized() and hasattr(model, "no_sync")
     scale = world_size() if ddp else 1
     model.train()
@@ -515,10 +573,29 @@ def optimizer_step(model, optimizer, micro_batches, loss_fn, grad_clip: float = 
             (loss * scale).backward()
         for k, v in {"loss": loss.item(), **metrics}.items():
             sums[k] = sums.get(k, 0.0) + float(v)
+    # divergence guard, before the weights change: the same verdict on every rank (all-reduced sums,
+    # synchronised gradients), so a run stops whole and no checkpoint ever holds poisoned weights
+    totals = all_reduce(sums, "sum")
+    counts = {k.removeprefix("nonfinite_"): totals.pop(k) for k in list(totals) if k.startswith("nonfinite_")}
+    bad = [f"{name} ({v:.0f} values)" for name, v in counts.items() if v > 0]
+    bad += [f"{k} = {v}" for k, v in totals.items() if not math.isfinite(v)]
+    if bad:
+        raise NonFiniteError("non-finite " + ", ".join(bad))
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    try:  # raises before it scales anything, so the culprit can still be named
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"),
+                                                   error_if_nonfinite=True)
+    except RuntimeError as e:
+        name = next(n for n, p in unwrap(model).named_parameters() if p.grad is not None and not p.grad.isfinite().all())
+        raise NonFiniteError(f"non-finite gradient (first in {name})") from e
     optimizer.step()
-    return {**all_reduce(sums, "sum"), "grad_norm": float(grad_norm)}
+    return {**totals, "grad_norm": float(grad_norm)}
+
+
+def diverged_message(error: NonFiniteError, step: int, out_dir: str) -> str:
+    """The one-line error a diverged run exits with (exit status 1)."""
+    return (f"error: {error} in step {step}; the run stops without saving, so {out_dir or 'the last checkpoint'} "
+            f"keeps its last good checkpoint (--resume continues from it; a lower --lr may avoid this)")
 
 
 def set_lr(optimizer, lr: float) -> float:
@@ -563,9 +640,12 @@ def train(model, optimizer, cfg, batches, loss_fn, *, start_step: int = 0,
             if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
                 save(step)
     except KeyboardInterrupt:
-        print0(f"\ninterrupted at step {step}: saving a checkpoint to {cfg.out_dir or '(nowhere: no out_dir)'}")
+        print0(f"\ninterrupted at step {step}: saving a checkpoint to {cfg.out_dir or '(nowhere: no out_dir)'}; "
+               f"continue with --resume")
         save(step)
         raise
+    except NonFiniteError as e:  # nothing is saved: the last checkpoint stays the last good one
+        raise SystemExit(diverged_message(e, step + 1, cfg.out_dir)) from e
     save(step)
     return record
 

@@ -155,11 +155,21 @@ def run(cfg: DistillConfig) -> list[dict]:
         print0(f"{cfg.data} exists, reused (delete it to resample the teacher)")
         data_stats = read_dataset_stats(cfg.data)
     else:
-        data_stats = make_traces(cfg, task)
+        try:
+            data_stats = make_traces(cfg, task)
+        except KeyboardInterrupt:
+            print0("\ninterrupted while sampling the teacher's traces: they are not saved part-way (about 2 "
+                   "minutes, redone); run the same command again")
+            raise
     if not os.path.exists(os.path.join(cfg.out_dir, "done.json")):
         resume = os.path.exists(checkpoint_path(cfg.out_dir))
-        sft.run(sft.SFTConfig(init_from=cfg.student_base, data=cfg.data, out_dir=cfg.out_dir, resume=resume,
-                              epochs=cfg.epochs, lr=cfg.lr, eval_problems=0, seed=cfg.seed, device=cfg.device))
+        try:
+            sft.run(sft.SFTConfig(init_from=cfg.student_base, data=cfg.data, out_dir=cfg.out_dir, resume=resume,
+                                  epochs=cfg.epochs, lr=cfg.lr, eval_problems=0, seed=cfg.seed, device=cfg.device))
+        except KeyboardInterrupt:
+            print0(f"the student's SFT is saved in {cfg.out_dir}; run the same command again to resume it "
+                   f"(the traces in {cfg.data} are reused)")
+            raise
         open(os.path.join(cfg.out_dir, "done.json"), "w").write("{}\n")
     return table(cfg, task, data_stats)
 

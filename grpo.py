@@ -40,8 +40,8 @@ from dataclasses import dataclass
 import torch
 
 import pretrain  # deliberate reuse: `python grpo.py` on a fresh clone pretrains its base model first
-from common import (DEFAULT_TASK, MetricsLogger, all_reduce, check_fits, check_processes, check_ranges, check_resume, checkpoint_path,
-                    config_from_args, derive_seed, get_device, load_checkpoint, load_model, lr_at, make_optimizer,
+from common import (DEFAULT_TASK, MetricsLogger, NonFiniteError, all_reduce, check_fits, check_processes, check_ranges, check_resume, checkpoint_path,
+                    config_from_args, derive_seed, diverged_message, get_device, load_checkpoint, load_model, lr_at, make_optimizer,
                     optimizer_step, pack, print0, read_metrics,
                     restore, run_dir, save_checkpoint, seed_everything, set_lr, setup_ddp, sum_over_ranks,
                     teardown_ddp, world_size, wrap)
@@ -257,6 +257,9 @@ def rl_batch(policy, ref_model, tok, problems, cfg: GRPOConfig, score_batch, gen
     #    at the temperature the rollouts were sampled at, in the update's micro-batches
     logp_old = batch_logprobs(policy, tokens, mask, cfg) if cfg.num_iterations > 1 else None  # (B, T-1)
     logp_ref = batch_logprobs(ref_model, tokens, mask, cfg) if cfg.kl_beta > 0 else None      # (B, T-1)
+    for name, logp in (("pi_old", logp_old), ("pi_ref", logp_ref)):
+        if logp is not None and not logp[mask > 0].isfinite().all():
+            raise NonFiniteError(f"non-finite {name} log-probs")
     t3 = time.time()
     components = {k: sum(c[k] for _, c in scored) / len(scored) for k in scored[0][1]}
     languages = [problems[i // cfg.group_size].language for i in range(len(texts))]
@@ -315,11 +318,13 @@ def make_loss_fn(cfg: GRPOConfig):
         device = next(model.parameters()).device
         tokens, mask = mb["tokens"].to(device), mb["mask"].to(device)
         logp = token_logprobs(model, tokens, cfg.temperature)             # (b, T-1) pi_theta
+        nonfinite = (~logp.isfinite() & (mask > 0)).sum().item()         # divergence guard (optimizer_step)
         logp_old = logp.detach() if mb["logp_old"] is None else mb["logp_old"].to(device)
         logp_ref = None if mb["logp_ref"] is None else mb["logp_ref"].to(device)
-        return grpo_loss(logp, logp_old, logp_ref, mb["advantages"].to(device), mask, cfg.clip_eps,
-                         cfg.kl_beta, cfg.loss_agg, cfg.seq_ratio, norm_len=cfg.max_new_tokens,
-                         n_rows=mb["n_rows"], n_tokens=mb["n_tokens"])
+        loss, stats = grpo_loss(logp, logp_old, logp_ref, mb["advantages"].to(device), mask, cfg.clip_eps,
+                                cfg.kl_beta, cfg.loss_agg, cfg.seq_ratio, norm_len=cfg.max_new_tokens,
+                                n_rows=mb["n_rows"], n_tokens=mb["n_tokens"])
+        return loss, {**stats, "nonfinite_policy log-probs": nonfinite}
 
     return loss_fn
 
@@ -352,7 +357,7 @@ def run(cfg: GRPOConfig) -> dict:
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, betas=(0.9, 0.99))
     start_step, rollout, keep = 0, None, None
     if cfg.resume:  # weights, optimizer, RNG, reference, and where in the step it stopped
-        ckpt = load_checkpoint(cfg.out_dir, map_location=dist.device)
+        ckpt = load_checkpoint(cfg.out_dir, map_location=dist.device, fallback=True)
         start_step, rollout, keep = restore(model, optimizer, ckpt), ckpt["rollouts"][dist.rank], ckpt["keep"]
         if ckpt.get("ref_model") is not None:
             ref_model.load_state_dict(ckpt["ref_model"])
@@ -439,6 +444,8 @@ def run(cfg: GRPOConfig) -> dict:
                f"continue with --resume")
         save(position)
         raise
+    except NonFiniteError as e:  # nothing is saved: the last checkpoint stays the last good one
+        raise SystemExit(diverged_message(e, step + 1, cfg.out_dir)) from e
     finally:  # draw what the run has so far, Ctrl-C too
         if dist.is_main and os.path.exists(logger.path):
             plot_aha(logger.path, figure)

@@ -201,7 +201,12 @@ def stage(name: str, out_dir: str, fn) -> dict:
             return json.load(f)
     print0(f"\n== {name} -> {out_dir}")
     t0 = time.time()
-    result = {"result": fn(os.path.exists(os.path.join(out_dir, "ckpt.pt"))), "seconds": None}
+    try:
+        result = {"result": fn(os.path.exists(os.path.join(out_dir, "ckpt.pt"))), "seconds": None}
+    except KeyboardInterrupt:
+        print0(f"interrupted in {name}: its checkpoint is saved; run the same command again to resume here "
+               f"(finished stages are skipped)")
+        raise
     result["seconds"] = round(time.time() - t0, 1)
     os.makedirs(out_dir, exist_ok=True)
     with open(done, "w") as f:
@@ -216,7 +221,12 @@ def dataset(name: str, path: str, fn) -> dict:
         print0(f"== {name}: {path} exists, reused (delete it to remake it)")
         return read_dataset_stats(path)
     print0(f"\n== {name} -> {path}")
-    return fn()
+    try:
+        return fn()
+    except KeyboardInterrupt:
+        print0(f"\ninterrupted while making {path}: its sampling is not saved part-way (it takes a few minutes "
+               f"and starts over); run the same command again (finished stages are skipped)")
+        raise
 
 
 def finished(run_dir_: str) -> bool:

@@ -170,7 +170,7 @@ def run(cfg: PretrainConfig):
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     step, mastered_at, streak, keep = 0, None if cfg.mastery > 0 else 0, 0, None
     if cfg.resume:
-        ckpt = load_checkpoint(cfg.out_dir, map_location=dist.device)
+        ckpt = load_checkpoint(cfg.out_dir, map_location=dist.device, fallback=True)
         step, keep = restore(model, optimizer, ckpt), ckpt["keep"]
         mastered_at, streak = ckpt["config"]["mastered_at"], ckpt["config"]["mastery_streak"]
         print0(f"resumed from {cfg.out_dir} at step {step}")

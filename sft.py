@@ -166,7 +166,7 @@ def run(cfg: SFTConfig) -> dict:
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     step, keep = 0, None
     if cfg.resume:
-        ckpt = load_checkpoint(cfg.out_dir, map_location=dist.device)
+        ckpt = load_checkpoint(cfg.out_dir, map_location=dist.device, fallback=True)
         step, keep = restore(model, optimizer, ckpt), ckpt["keep"]
         print0(f"resumed from {cfg.out_dir} at step {step}")
     total = n_steps(cfg, len(examples))

@@ -25,7 +25,7 @@ def test_rollout_section_on_a_real_checkpoint(capsys, tmp_path):
     import pretrain
     base = tmp_path / "base"
     pretrain.main(["--preset", "smoke", "--task", "add", "--out-dir", str(base)])
-    bench.main(["--sections", "rollout", "--early", str(base), "--late", str(base)])
+    bench.main(["--sections", "rollout", "--early", str(base), "--late", str(base), "--rollout-batches", "2"])
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| early") or line.startswith("| late")]
     assert len(rows) == 2 and all(row.rstrip(" |").endswith("yes") for row in rows)

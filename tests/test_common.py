@@ -110,7 +110,7 @@ def test_checkpoint_round_trip_restores_model_optimizer_step_and_rng(tmp_path):
     net(torch.randn(3, 4)).sum().backward()
     opt.step()
     common.save_checkpoint(str(tmp_path), net, opt, step=7, config={"lr": 0.1})
-    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt"]  # no temp file left behind
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt", "ckpt.pt.sha256"]  # no temp file left behind
     expected_next = torch.rand(3)
 
     net2 = TinyNet()
@@ -328,3 +328,85 @@ def test_get_device_turns_tf32_on_for_cuda_only(monkeypatch):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     assert common.get_device("cpu").type == "cpu"
     assert torch.backends.cuda.matmul.allow_tf32 is False
+
+
+# ----------------------------------------------------------------------------- runs never lose work
+
+
+def tiny_gpt(seed=0):
+    from model import GPT, GPTConfig
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=16, n_layer=1, n_head=2, n_kv_head=1, n_embd=8, max_seq_len=8))
+
+
+def test_checkpoints_are_verified_and_the_previous_one_is_kept(tmp_path):
+    model = tiny_gpt()
+    common.save_checkpoint(str(tmp_path), model, step=1)
+    common.save_checkpoint(str(tmp_path), model, step=2)
+    latest, prev = tmp_path / "ckpt.pt", tmp_path / "ckpt.prev.pt"
+    assert (tmp_path / "ckpt.pt.sha256").exists() and (tmp_path / "ckpt.prev.pt.sha256").exists()
+    assert common.load_checkpoint(str(tmp_path))["step"] == 2
+    assert common.load_checkpoint(str(prev))["step"] == 1
+    good = latest.read_bytes()
+    half, flipped = good[:len(good) // 2], bytearray(good)
+    flipped[len(good) // 2] ^= 0xFF                                    # one bit flip torch.load would not notice
+    for broken in (half, bytes(flipped)):
+        latest.write_bytes(broken)
+        with pytest.raises(common.CheckpointError, match=re.escape(str(latest)) + " is corrupt: its SHA-256 differs"):
+            common.load_checkpoint(str(tmp_path))
+        assert common.load_checkpoint(str(tmp_path), fallback=True)["step"] == 1
+    (tmp_path / "ckpt.pt.sha256").unlink()          # no digest (a checkpoint from before them): only torch.load can tell
+    latest.write_bytes(half)
+    with pytest.raises(common.CheckpointError, match=re.escape(str(latest)) + " cannot be read"):
+        common.load_checkpoint(str(tmp_path))
+    latest.write_bytes(good)
+    assert common.load_checkpoint(str(tmp_path))["step"] == 2
+
+
+def test_fallback_warning_names_both_files(tmp_path, capsys):
+    model = tiny_gpt()
+    common.save_checkpoint(str(tmp_path), model, step=1)
+    common.save_checkpoint(str(tmp_path), model, step=2)
+    (tmp_path / "ckpt.pt").write_bytes(b"garbage")
+    assert common.load_checkpoint(str(tmp_path), fallback=True)["step"] == 1
+    out = capsys.readouterr().out
+    assert f"checkpoint {tmp_path / 'ckpt.pt'} is corrupt" in out and f"{tmp_path / 'ckpt.prev.pt'} (step 1)" in out
+    (tmp_path / "ckpt.prev.pt").write_bytes(b"garbage too")
+    with pytest.raises(common.CheckpointError, match="ckpt.prev.pt"):
+        common.load_checkpoint(str(tmp_path), fallback=True)
+
+
+def test_train_loop_stops_on_a_nan_loss_without_saving(tmp_path):
+    """A NaN loss at step 3 stops the run with a one-line error naming the term and the step; the
+    checkpoint of step 2 is untouched and its weights are finite."""
+    model = tiny_gpt()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randint(0, 16, (2, 8))
+    calls = []
+
+    def loss_fn(m, mb):
+        calls.append(1)
+        loss = m(x).logsumexp(-1).mean()
+        return loss * (float("nan") if len(calls) == 3 else 1.0), {"term_a": 1.0}
+
+    cfg = LoopConfig(steps=5, lr=0.1, warmup_steps=0, ckpt_every=1, out_dir=str(tmp_path))
+    batches = iter(lambda: ([{}], {}), None)
+    with pytest.raises(SystemExit, match=r"error: non-finite loss = nan in step 3; the run stops without saving"):
+        common.train(model, opt, cfg, batches, loss_fn)
+    ckpt = common.load_checkpoint(str(tmp_path))
+    assert ckpt["step"] == 2 and all(t.isfinite().all() for t in ckpt["model"].values())
+    assert all(p.isfinite().all() for p in model.parameters())   # the NaN step never reached the weights
+
+
+def test_optimizer_step_names_a_non_finite_gradient_and_a_loss_fn_count():
+    model = tiny_gpt()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randint(0, 16, (2, 8))
+    before = [p.detach().clone() for p in model.parameters()]
+    handle = model.layers[0].mlp.up_proj.weight.register_hook(lambda g: g * float("inf"))
+    with pytest.raises(common.NonFiniteError, match=r"non-finite gradient .*first in layers\.0\.mlp\.up_proj\.weight"):
+        common.optimizer_step(model, opt, [{}], lambda m, mb: (m(x).logsumexp(-1).mean(), {}))
+    handle.remove()
+    with pytest.raises(common.NonFiniteError, match=r"non-finite policy log-probs \(3 values\)"):
+        common.optimizer_step(model, opt, [{}], lambda m, mb: (m(x).mean(), {"nonfinite_policy log-probs": 3}))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

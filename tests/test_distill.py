@@ -1,6 +1,8 @@
 """distill.py: the teacher-trace filter on a hand-made batch, and the script end to end on smoke models."""
 import json
 
+import pytest
+
 from distill import distill_filter
 from tasks import Problem
 from tokenizer import EOT
@@ -41,3 +43,45 @@ def test_distill_script_on_smoke_models(tmp_path):
     out = run_script(f"{ROOT}/distill.py", *flags).stdout
     assert "reused" in out and "student distilled (SFT)" in out and "no checkpoint in" in out
     assert (tmp_path / "dist" / "ckpt.pt").exists()
+
+
+def test_ctrl_c_during_the_students_sft_saves_and_a_rerun_resumes_exactly(tmp_path, monkeypatch, capsys):
+    """Ctrl-C at the student's third SFT step: a checkpoint is saved, the message says how to go on,
+    and running the same command again finishes with the log of an uninterrupted run (timings aside)."""
+    import common
+    import distill
+    from conftest import ROOT, run_script
+    from corpus import readable_search
+    from tasks import PairSumTask, format_prompt, sample_problems
+    run_script(f"{ROOT}/pretrain.py", "--preset", "smoke", "--out-dir", tmp_path / "teacher")
+    run_script(f"{ROOT}/pretrain.py", "--preset", "smoke", "--model", "pico", "--out-dir", tmp_path / "student")
+    rows = [{"prompt": format_prompt(p.question), "completion": readable_search(p, p.language) + EOT}
+            for p in sample_problems(PairSumTask(), 40, "train", seed=1)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def flags(out):
+        return [str(x) for x in ["--teacher", tmp_path / "teacher", "--student-base", tmp_path / "student",
+                                 "--rl-student", tmp_path / "none", "--data", tmp_path / "d.jsonl", "--out-dir",
+                                 tmp_path / out, "--eval-problems", "2", "--eval-k", "1", "--epochs", "4"]]
+
+    distill.main(flags("full"))
+    real, calls = common.optimizer_step, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(common, "optimizer_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        distill.main(flags("cut"))
+    out = capsys.readouterr().out
+    assert "interrupted at step 2" in out and "run the same command again to resume it" in out
+    assert common.load_checkpoint(str(tmp_path / "cut"))["step"] == 2
+    monkeypatch.setattr(common, "optimizer_step", real)
+    distill.main(flags("cut"))
+
+    def log(d):
+        return [{k: v for k, v in r.items() if k != "dt"} for r in common.read_metrics(str(tmp_path / d / "metrics.jsonl"))]
+    assert log("cut") == log("full") and len(log("full")) == 5   # 40 rows x 4 epochs / 32 rows per step

@@ -600,3 +600,28 @@ def test_grpo_runs_under_torchrun_with_two_processes(tmp_path, tmp_path_factory)
     ckpt = common.load_checkpoint(str(tmp_path / "run"))
     assert ckpt["step"] == 3 and len(ckpt["rollouts"]) == 2
     assert len([r for r in common.read_metrics(str(tmp_path / "run" / "metrics.jsonl")) if r["kind"] == "train"]) == 6
+
+
+def test_a_nan_log_prob_stops_the_run_naming_it_and_keeps_the_last_good_checkpoint(tmp_path, tmp_path_factory,
+                                                                                     monkeypatch):
+    """NaN injected into the policy's log-probs at RL step 3: the run exits with one line naming the
+    term and the step, saves nothing, and the checkpoint of step 2 holds finite weights."""
+    base = smoke_base(tmp_path_factory)
+    real, calls = grpo.token_logprobs, []
+
+    def poisoned(model, tokens, temperature=1.0):
+        out = real(model, tokens, temperature)
+        if torch.is_grad_enabled():   # the update's forward, not pi_ref's
+            calls.append(1)
+            if len(calls) == 3:
+                out = out * float("nan")
+        return out
+
+    monkeypatch.setattr(grpo, "token_logprobs", poisoned)
+    out_dir = tmp_path / "run"
+    with pytest.raises(SystemExit, match=r"error: non-finite policy log-probs \(\d+ values\).* in step 3; the run "
+                                         r"stops without saving"):
+        grpo.main(["--preset", "smoke", "--steps", "5", "--ckpt-every", "1", "--init-from", str(base),
+                   "--out-dir", str(out_dir)])
+    ckpt = common.load_checkpoint(str(out_dir))
+    assert ckpt["step"] == 2 and all(t.isfinite().all() for t in ckpt["model"].values())

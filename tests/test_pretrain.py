@@ -91,3 +91,35 @@ def test_bad_flags_exit_2_in_one_line_before_any_work(tmp_path, capsys):
 
 def test_default_out_dir_follows_the_seed():
     assert pretrain.PretrainConfig().out_dir == "out/base" and pretrain.PretrainConfig(seed=3).out_dir == "out/base-s3"
+
+
+def test_resume_falls_back_to_the_previous_checkpoint_when_the_latest_is_corrupt(tmp_path, capsys, monkeypatch):
+    """Checkpoints every step; a run that crashes in step 5 (as under SIGKILL: nothing saved) has its
+    latest checkpoint (step 4) damaged: --resume names it, falls back to step 3's, drops the log
+    records after it, and the finished log equals an uninterrupted run's."""
+    pretrain.run(smoke_cfg(tmp_path / "full", steps=6, ckpt_every=1))
+    cut = smoke_cfg(tmp_path / "cut", steps=6, ckpt_every=1)
+    real, calls = common.optimizer_step, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(common, "optimizer_step", interrupted)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain.run(cut)
+    monkeypatch.setattr(common, "optimizer_step", real)
+    latest = tmp_path / "cut" / "ckpt.pt"
+    assert common.load_checkpoint(str(latest))["step"] == 4
+    latest.write_bytes(latest.read_bytes()[:1000])                         # truncated, as by a full disk
+    capsys.readouterr()
+    pretrain.run(dataclasses.replace(cut, resume=True))
+    out = capsys.readouterr().out
+    assert f"WARNING: checkpoint {latest} is corrupt" in out and "ckpt.prev.pt (step 3)" in out
+    assert "resumed from" in out and "at step 3" in out
+
+    def log(d):
+        return [{k: v for k, v in r.items() if k != "dt"} for r in common.read_metrics(str(tmp_path / d / "metrics.jsonl"))]
+    assert log("cut") == log("full") and len(log("full")) == 6
