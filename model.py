@@ -412,9 +412,9 @@ def generate(model, prompts, max_new_tokens: int, temperature: float = 1.0, top_
 
     compact: rows that have stopped leave the batch (and the cache), so the compute goes to the rows
     still running. RL rollouts have very uneven lengths (20 to 250 tokens), and without this every
-    finished row rides along until the longest one ends. The random draws
-    are made for every row of the original batch either way (sample_next's noise), so compact=True
-    and compact=False sample the same tokens. Runs without autograd; restores model.train().
+    finished row rides along until the longest one ends. The random draws are made for every row of
+    the original batch either way (sample_next's noise), so compact=True and compact=False sample
+    the same tokens. Runs without autograd; restores model.train().
     """
     config = model.config
     _check_generate_args(config, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id)

@@ -199,15 +199,30 @@ def accumulated_grads(model, batch, cfg, size):
     return [p.grad.clone() for p in model.parameters()], metrics
 
 
+def packed_rl_batch(B=10, seed=2):
+    """A GRPO batch laid out as rl_batch lays it out (common.pack): prompt + completion, right-padded,
+    rows of very different lengths."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(0, 64, (int(n),), generator=g).tolist() for n in torch.randint(2, 6, (B,), generator=g)]
+    completions = [torch.randint(0, 64, (int(n),), generator=g).tolist() for n in torch.randint(1, 20, (B,), generator=g)]
+    tokens, mask = common.pack(prompts, completions, pad_id=0)
+    T = tokens.shape[1]
+    return {"tokens": tokens, "mask": mask, "advantages": torch.randn(B, generator=g),
+            "logp_old": -torch.rand(B, T - 1, generator=g) * 4 * mask, "logp_ref": -torch.rand(B, T - 1, generator=g) * 4 * mask}
+
+
+@pytest.mark.parametrize("make_batch", [random_rl_batch, packed_rl_batch])
 @pytest.mark.parametrize("agg", ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"])
 @pytest.mark.parametrize("size", [5, 4, 3])   # 10 rows as 5/5, 4/4/2 (uneven), 3/3/3/1 (uneven)
-def test_accumulated_gradient_equals_full_batch_gradient(agg, size):
+def test_accumulated_gradient_equals_full_batch_gradient(make_batch, agg, size):
     """Normalising by whole-batch counts makes micro-batching exact for every loss aggregation:
     the one-shot gradient of grpo_loss on all 10 rows equals the sum of the micro-batch shares'.
     (Dividing each micro-batch's mean by the number of micro-batches, as before, is off by a third
-    on the 4/4/2 split and is never exact for token-mean.)"""
-    cfg = GRPOConfig(loss_agg=agg, kl_beta=0.04, num_iterations=2, max_new_tokens=11, temperature=0.7)
-    batch = random_rl_batch()
+    on the 4/4/2 split and is never exact for token-mean.) On a ragged, right-padded batch as
+    rl_batch makes it (packed_rl_batch), micro_batches also sorts the rows and cuts the padding:
+    that changes nothing beyond float rounding either."""
+    cfg = GRPOConfig(loss_agg=agg, kl_beta=0.04, num_iterations=2, max_new_tokens=19, temperature=0.7)
+    batch = make_batch()
     model = tiny_model()
     from model import token_logprobs
     logp = token_logprobs(model, batch["tokens"], cfg.temperature)
@@ -220,18 +235,6 @@ def test_accumulated_gradient_equals_full_batch_gradient(agg, size):
     for a, b in zip(grads, expected):
         assert (a - b).norm() <= 1e-5 * b.norm() + 1e-9
     assert metrics["loss"] == pytest.approx(full.item(), rel=1e-5)
-
-
-def packed_rl_batch(B=10, seed=2):
-    """A GRPO batch laid out as rl_batch lays it out (common.pack): prompt + completion, right-padded,
-    rows of very different lengths."""
-    g = torch.Generator().manual_seed(seed)
-    prompts = [torch.randint(0, 64, (int(n),), generator=g).tolist() for n in torch.randint(2, 6, (B,), generator=g)]
-    completions = [torch.randint(0, 64, (int(n),), generator=g).tolist() for n in torch.randint(1, 20, (B,), generator=g)]
-    tokens, mask = common.pack(prompts, completions, pad_id=0)
-    T = tokens.shape[1]
-    return {"tokens": tokens, "mask": mask, "advantages": torch.randn(B, generator=g),
-            "logp_old": -torch.rand(B, T - 1, generator=g) * 4 * mask, "logp_ref": -torch.rand(B, T - 1, generator=g) * 4 * mask}
 
 
 @pytest.mark.parametrize("size", [4, 3, 10])
@@ -251,26 +254,6 @@ def test_micro_batches_sort_rows_by_length_and_cut_each_after_its_longest_row(si
         assert batch["mask"][rows, T - 1:].sum() == 0                      # nothing cut was a completion token
     assert sorted(seen) == list(range(10)) and [ends[r] for r in seen] == sorted(ends)
     assert len({ends[r] for r in seen}) > 3
-
-
-@pytest.mark.parametrize("agg", ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"])
-def test_sorted_cut_micro_batches_give_the_full_batch_gradient(agg):
-    """Sorting rows and cutting the padding off each micro-batch changes no loss or gradient
-    (beyond float rounding) on a ragged, right-padded batch as rl_batch makes it."""
-    cfg = GRPOConfig(loss_agg=agg, kl_beta=0.04, num_iterations=2, max_new_tokens=19, temperature=0.7)
-    batch = packed_rl_batch()
-    model = tiny_model()
-    from model import token_logprobs
-    logp = token_logprobs(model, batch["tokens"], cfg.temperature)
-    full, _ = grpo_loss(logp, batch["logp_old"], batch["logp_ref"], batch["advantages"], batch["mask"],
-                        cfg.clip_eps, cfg.kl_beta, agg, norm_len=cfg.max_new_tokens)
-    full.backward()
-    expected = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    grads, metrics = accumulated_grads(model, batch, cfg, 3)
-    for a, b in zip(grads, expected):
-        assert (a - b).norm() <= 1e-5 * b.norm() + 1e-9
-    assert metrics["loss"] == pytest.approx(full.item(), rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- one RL step
