@@ -293,10 +293,15 @@ def _driver_main() -> None:
     if req["preload"]:  # the sandbox uid may not be able to read the stdlib later (fallback as root)
         for name in _PRELOAD:
             __import__(name)
-    reply = bytearray()
+    reply, hit = bytearray(), None
     for stdin in req["stdins"]:
-        rc, timed_out, truncated, out, err = _run_test(req["source"], stdin.encode("utf-8", "replace"),
-                                                       req["limits"], req["uid"])
+        if hit is None:
+            rc, timed_out, truncated, out, err = _run_test(req["source"], stdin.encode("utf-8", "replace"),
+                                                           req["limits"], req["uid"])
+            if (timed_out or truncated) and req["limits"]["skip_after_limit"]:
+                hit = (rc, timed_out, truncated)
+        else:  # not run: reported like the test that hit the limit, with no output
+            (rc, timed_out, truncated), out, err = hit, b"", b""
         reply += b"%d %d %d %d %d\n" % (rc, timed_out, truncated, len(out), len(err)) + out + err
     view = memoryview(reply)
     while view:
@@ -331,6 +336,8 @@ class Limits:
     nofile: int = 64          # RLIMIT_NOFILE: open file descriptors per process
     stdout_kb: int = 64       # stdout kept per test, KiB; a program writing more is killed, the test fails
     stderr_kb: int = 4        # stderr kept per test, KiB; the rest is read and dropped
+    skip_after_limit: bool = True  # once a test hits the time or output limit, the program's later tests are
+                                   # not run (reported like that one): a looping program costs one timeout
     startup_s: float = 10.0   # wall clock allowed for starting the sandbox itself, seconds
 
 

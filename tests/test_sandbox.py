@@ -110,6 +110,20 @@ def test_infinite_loop_times_out(mode):
     assert time.monotonic() - t0 < 5
 
 
+@pytest.mark.parametrize("skip", [True, False])
+def test_tests_after_a_timeout_are_skipped_unless_asked(skip):
+    """A program that loops on one input costs one timeout: its later tests are reported like the
+    one that timed out, without running (skip_after_limit, the default); with it off they run."""
+    source = "x = input()\nwhile x == '2':\n    pass\nprint(x)"
+    limits = Limits(timeout_s=0.5, cpu_s=1, skip_after_limit=skip)
+    ok, looped, last = run_program(source, ["1", "2", "3"], limits, use_bwrap=None)
+    assert ok.ok and ok.stdout == "1\n" and looped.timed_out
+    if skip:   # "3" does not loop: timed out with no output means it never ran
+        assert last.timed_out and last.stdout == "" and not last.ok
+    else:
+        assert last.ok and last.stdout == "3\n"
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_fork_bomb_is_bounded_and_reaped(mode):
     bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"

@@ -1,0 +1,156 @@
+"""Soak the code-execution reward under hostile load: RL-sized batches of programs scored the way
+GRPO scores them (rewards.code_rewards, all in parallel in the sandbox), with a share of the
+rollouts replaced by hostile programs. Prints the time per batch with and without them, what the
+hostile programs scored (must be 0), and what was left behind afterwards (must be 0 processes,
+0 files written outside the sandbox, 0 temporary directories), then the sandbox's programs/s with
+and without bubblewrap.
+
+    python soak_sandbox.py                         # 10 batches of 64 programs, a quarter hostile (~2 min)
+    python soak_sandbox.py --steps 2 --batch 16    # quicker
+
+Hostile programs: a fork bomb, a memory bomb, an infinite loop, infinite output, deep recursion, a
+setsid'd daemon that lives on, a parent killer, a writer of files outside the sandbox (the soak's own
+directory and this project's), a socket opener. None of them prints an answer, so each must score 0
+(one that did harm AND printed the right output would earn it: the reward judges the output, the
+sandbox contains the harm). The benign ones are the tasks' reference programs (tasks.CodeTask),
+which pass their tests. Leftover processes are counted over the whole machine (kernel threads
+aside), so run it on a machine doing nothing else.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+
+import sandbox
+from common import config_from_args, check_ranges
+from rewards import code_rewards
+from tasks import CodeTask
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def hostile_programs(target_dir: str) -> dict[str, str]:
+    """name -> source. `target_dir`: where the file writer tries to leave a file (besides this project)."""
+    escape = [os.path.join(target_dir, "escaped.txt"), os.path.join(HERE, "soak-escaped.txt")]
+    return {
+        "fork bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+        "memory bomb": "x = []\nwhile True:\n    x.append(bytearray(10 ** 7))",
+        "infinite loop": "while True:\n    pass",
+        "infinite output": "while True:\n    print('x' * 1000)",
+        "deep recursion": "import sys\nsys.setrecursionlimit(10 ** 9)\ndef f(n):\n    return f(n + 1)\nf(0)",
+        "daemon": ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+                   "        time.sleep(30)\n        open(" + repr(escape[0] + ".daemon") + ", 'w').write('x')\n"
+                   "    os._exit(0)"),
+        "parent killer": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
+        "file writer": "".join(f"try:\n    open({p!r}, 'w').write('x')\nexcept OSError:\n    pass\n" for p in escape),
+        "socket opener": ("import socket\ns = socket.socket()\ntry:\n    s.connect(('1.1.1.1', 80))\n"
+                          "except OSError:\n    pass"),
+    }
+
+
+def completion(program: str) -> str:
+    return f"<think>write the program</think><answer>```python\n{program}\n```</answer><|endoftext|>"
+
+
+@dataclass
+class SoakConfig:
+    steps: int = 10                 # batches (RL steps) with hostile programs, and as many without
+    batch: int = 64                 # programs per batch (an RL step's rollouts)
+    hostile: float = 0.25           # share of each batch replaced by hostile programs
+    timeout_s: float = 2.0          # sandbox wall clock per test (sandbox.Limits.timeout_s)
+    throughput_programs: int = 64   # benign programs for the programs/s line, with and without bubblewrap
+    seed: int = 0                   # seed for the problems and which rollouts turn hostile
+
+    def __post_init__(self):
+        check_ranges(self, positive=("steps", "batch", "timeout_s"), non_negative=("throughput_programs",),
+                     fraction=("hostile",))
+
+
+def process_table() -> set[int]:
+    """Every process but the kernel's own threads (children of kthreadd, pid 2), which come and go."""
+    return {pid for pid, ppid, *_ in sandbox._proc_table() if 2 not in (pid, ppid)}
+
+
+def sandbox_tmp_dirs() -> set[str]:
+    return {name for name in os.listdir(tempfile.gettempdir()) if name.startswith("sandbox-")}
+
+
+def soak(cfg: SoakConfig) -> dict:
+    """Run the soak; returns its figures (what main prints)."""
+    rng = random.Random(cfg.seed)
+    task = CodeTask()
+    target = tempfile.mkdtemp(prefix="soak-target-")   # a directory of ours the writer must not reach
+    hostile = hostile_programs(target)
+    limits = sandbox.Limits(timeout_s=cfg.timeout_s)
+    procs_before, tmp_before = process_table(), sandbox_tmp_dirs()
+    seconds = {"benign": [], "mixed": []}
+    hostile_scores, benign_scores = [], []
+    for step in range(cfg.steps):
+        problems = [task.sample(rng) for _ in range(cfg.batch)]
+        tests = [list(p.tests) for p in problems]
+        benign = [completion(p.gold) for p in problems]
+        n_hostile = round(cfg.hostile * cfg.batch)
+        turned = set(rng.sample(range(cfg.batch), n_hostile))
+        names = list(hostile)
+        mixed = list(benign)
+        for j, i in enumerate(sorted(turned)):  # every kind in turn
+            mixed[i] = completion(hostile[names[(step * n_hostile + j) % len(names)]])
+        for kind, batch in (("benign", benign), ("mixed", mixed)):
+            t0 = time.perf_counter()
+            scores = code_rewards(batch, tests, limits=limits)
+            seconds[kind].append(time.perf_counter() - t0)
+            if kind == "mixed":
+                hostile_scores += [scores[i] for i in turned]
+                benign_scores += [s for i, s in enumerate(scores) if i not in turned]
+        print(f"step {step + 1}/{cfg.steps}: benign batch {seconds['benign'][-1]:.1f} s, with {n_hostile} hostile "
+              f"{seconds['mixed'][-1]:.1f} s", flush=True)
+    time.sleep(1.0)  # give anything that escaped a moment to show itself
+    leftover_procs = sorted(process_table() - procs_before - {os.getpid()})
+    escaped = [p for p in (os.path.join(target, "escaped.txt"), os.path.join(target, "escaped.txt.daemon"),
+                           os.path.join(HERE, "soak-escaped.txt")) if os.path.exists(p)]
+    leftover_tmp = sorted(sandbox_tmp_dirs() - tmp_before)
+    shutil.rmtree(target, ignore_errors=True)
+    return {"seconds": seconds, "hostile_max": max(hostile_scores, default=0.0),
+            "benign_mean": sum(benign_scores) / max(1, len(benign_scores)), "n_hostile": len(hostile_scores),
+            "processes": leftover_procs, "files": escaped, "tmp_dirs": leftover_tmp}
+
+
+def throughput(n: int, use_bwrap: bool) -> float:
+    """Programs/s of sandbox.run_programs on n trivially correct programs, 3 tests each."""
+    programs = [f"x = int(input())\nprint(x + {i})" for i in range(n)]
+    stdins = [[str(j) for j in range(3)]] * n
+    sandbox.run_programs(programs[:2], stdins[:2], use_bwrap=use_bwrap)  # warm-up
+    t0 = time.perf_counter()
+    sandbox.run_programs(programs, stdins, use_bwrap=use_bwrap)
+    return n / (time.perf_counter() - t0)
+
+
+def main(argv=None) -> dict:
+    cfg = config_from_args(SoakConfig, argv, description=__doc__.split("\n")[0])
+    print(f"{os.cpu_count()} cores; isolation: {'bubblewrap' if sandbox.bwrap_path() else 'rlimits fallback'}; "
+          f"{cfg.steps} batches of {cfg.batch} programs, {cfg.hostile:.0%} hostile")
+    r = soak(cfg)
+    benign, mixed = (sum(r["seconds"][k]) / cfg.steps for k in ("benign", "mixed"))
+    print(f"\nseconds per batch: benign only {benign:.2f}, with hostile programs {mixed:.2f} ({mixed / benign:.2f}x)")
+    print(f"scores: hostile programs max {r['hostile_max']:.1f} over {r['n_hostile']}; benign programs in the "
+          f"same batches mean {r['benign_mean']:.2f}")
+    print(f"left behind: {len(r['processes'])} processes, {len(r['files'])} files outside the sandbox, "
+          f"{len(r['tmp_dirs'])} temporary directories")
+    for what in ("processes", "files", "tmp_dirs"):
+        if r[what]:
+            print(f"  {what}: {r[what]}")
+    if cfg.throughput_programs:
+        rates = {"bubblewrap": throughput(cfg.throughput_programs, True) if sandbox.bwrap_path() else None,
+                 "rlimits only": throughput(cfg.throughput_programs, False)}
+        print("programs/s (3 tests each): " + ", ".join(f"{k} {v:.1f}" if v else f"{k} n/a (no bwrap)"
+                                                       for k, v in rates.items()))
+        r["rates"] = rates
+    return r
+
+
+if __name__ == "__main__":
+    main()
