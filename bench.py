@@ -79,10 +79,10 @@ def timed(fn, device):
     return out, time.perf_counter() - t0
 
 
-def matmul_flops_per_s(n: int, device, reps: int = 5) -> float:
-    """FLOP/s of an n x n float32 matmul (2 n^3 FLOPs each): the machine's practical peak."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+def matmul_flops_per_s(n: int, device, reps: int = 5, dtype=torch.float32) -> float:
+    """FLOP/s of an n x n matmul (2 n^3 FLOPs each) in `dtype`: the machine's practical peak."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b  # warm-up
     _, dt = timed(lambda: [a @ b for _ in range(reps)], device)
     return 2 * n ** 3 * reps / dt
@@ -119,6 +119,7 @@ def bench_hf(cfg: BenchConfig, device) -> None:
         print("hf: skipped, transformers is not installed (pip install -r requirements-bench.txt)")
         return
     transformers.logging.set_verbosity_error()
+    GPT.cuda_bf16 = False  # both sides in float32 (main turned TF32 off), so greedy outputs can match
     g = torch.Generator().manual_seed(cfg.seed)
     lengths = torch.randint(cfg.prompt_len // 2, cfg.prompt_len + 1, (cfg.n_prompts,), generator=g)
     prompts = [torch.randint(0, 256, (int(n),), generator=g).tolist() for n in lengths]
@@ -163,6 +164,7 @@ def bench_hf(cfg: BenchConfig, device) -> None:
             match = f"{(a == b).float().mean().item():.1%} of tokens" if mode == "greedy" else "n/a (different RNG)"
             rows.append([name, weights, mode, n_new / t_ours, n_new / t_hf, f"{t_hf / t_ours:.2f}x", match])
     table(["preset", "weights", "mode", "ours tokens/s", "HF tokens/s", "ours / HF", "outputs equal"], rows)
+    GPT.cuda_bf16 = True
 
 
 # ----------------------------------------------------------------------------- rollout
@@ -188,11 +190,12 @@ def bench_rollout(cfg: BenchConfig, device) -> None:
             print(f"rollout {label}: skipped, no checkpoint in {path}/ (python grpo.py makes out/base and out/grpo)")
             continue
         model, _ = load_model(path, device)
+        generate(model, [[1, 2, 3]] * 4, 8)  # warm-up: allocations, kernel selection
         seconds, useful, lengths, same = {False: 0.0, True: 0.0}, 0, [], True
         for batch in range(cfg.rollout_batches):
             prompts = rollout_prompts(path, tok, seed=cfg.seed + batch)
             out = {}
-            for compact in (False, True):
+            for compact in ((False, True) if batch % 2 == 0 else (True, False)):  # neither always first
                 def run():
                     gen = torch.Generator(device=device).manual_seed(cfg.seed + batch)
                     return generate(model, prompts, 256, temperature=1.0, stop_tokens=stop, generator=gen,
@@ -264,9 +267,10 @@ def train_tokens_per_s(step, cfg: BenchConfig, device, warmup: int = 1) -> float
 
 
 def bench_train(cfg: BenchConfig, device) -> None:
-    peak = matmul_flops_per_s(cfg.matmul_size, device)
-    print(f"train: {cfg.batch_size} x {cfg.seq_len} tokens per step; float32 matmul {cfg.matmul_size}^3 "
-          f"{peak / 1e9:.1f} GFLOP/s (the reference for 'fraction')")
+    dtype = torch.bfloat16 if device.type == "cuda" and GPT.cuda_bf16 else torch.float32  # what the model runs in
+    peak = matmul_flops_per_s(cfg.matmul_size, device, dtype=dtype)
+    print(f"train: {cfg.batch_size} x {cfg.seq_len} tokens per step; {str(dtype).removeprefix('torch.')} matmul "
+          f"{cfg.matmul_size}^3 {peak / 1e9:.1f} GFLOP/s (the reference for 'fraction')")
     rows = []
     for name in cfg.presets.split(","):
         model = preset_model(name, cfg, device, max(cfg.seq_len, 256))
@@ -314,7 +318,11 @@ def bench_memory(cfg: BenchConfig, device) -> None:
             queue = ctx.Queue()
             child = ctx.Process(target=_peak_rss_child, args=(name, cfg, queue))
             child.start()
-            peak, how = queue.get(), "peak resident set growth of a fresh process"
+            try:
+                peak, how = queue.get(timeout=600), "peak resident set growth of a fresh process"
+            except Exception:  # the child died (out of memory?) or hung
+                child.kill()
+                peak, how = float("nan"), f"failed (child exit code {child.exitcode})"
             child.join()
         else:
             print("memory: skipped, needs CUDA or Linux's /proc/self/clear_refs")

@@ -236,6 +236,8 @@ def save_checkpoint(out_dir: str, model, optimizer=None, step: int = 0, config: 
     if os.path.exists(path):  # the current checkpoint becomes the previous one (digest first)
         if os.path.exists(path + ".sha256"):
             os.replace(path + ".sha256", prev + ".sha256")
+        elif os.path.exists(prev + ".sha256"):  # no digest to move: never leave prev a stale one
+            os.remove(prev + ".sha256")
         os.replace(path, prev)
     os.replace(tmp, path)
     os.replace(tmp + ".sha256", path + ".sha256")
@@ -311,9 +313,26 @@ def load_checkpoint(path: str, map_location="cpu", fallback: bool = False, quiet
         if not fallback or not os.path.exists(prev):
             raise
         ckpt = read_checkpoint_file(prev, map_location)
-        if not quiet:
+        if not quiet:  # the run goes on from prev: set the bad file aside, so no save rotates it into prev
             print0(f"WARNING: {e}; falling back to the previous checkpoint {prev} (step {ckpt['step']})")
+            if is_main_process() and os.path.exists(p):
+                os.replace(p, p + ".corrupt")
+                print0(f"(the bad file is kept as {p}.corrupt)")
         return ckpt
+
+
+def has_checkpoint(out_dir: str) -> bool:
+    """Whether a run directory holds a checkpoint to resume from (the latest or the previous one)."""
+    return any(os.path.exists(os.path.join(out_dir, name)) for name in (CKPT_NAME, PREV_NAME))
+
+
+def start_fresh(out_dir: str) -> None:
+    """A run that does not resume: drop an earlier run's previous checkpoint, so a later fallback can
+    never land on another run's weights (the latest one is replaced by the first save). Rank 0."""
+    if is_main_process():
+        for name in (PREV_NAME, PREV_NAME + ".sha256"):
+            if os.path.exists(os.path.join(out_dir, name)):
+                os.remove(os.path.join(out_dir, name))
 
 
 def check_model_config(expected: dict, found) -> None:
@@ -484,7 +503,7 @@ def check_resume(out_dir: str, resume: bool, config: dict | None = None, must_ma
     exact resume depends on (`must_match`, compared with `config`)."""
     if not resume:
         return
-    if not any(os.path.exists(os.path.join(out_dir, name)) for name in (CKPT_NAME, PREV_NAME)):
+    if not has_checkpoint(out_dir):
         raise ValueError(f"--resume: no checkpoint in {out_dir}")
     saved = load_checkpoint(out_dir, fallback=True, quiet=True)["config"]
     diffs = [f"{flag(k)} {config[k]!r} (the checkpoint has {saved.get(k)!r})" for k in must_match
@@ -586,8 +605,10 @@ def optimizer_step(model, optimizer, micro_batches, loss_fn, grad_clip: float = 
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"),
                                                    error_if_nonfinite=True)
     except RuntimeError as e:
-        name = next(n for n, p in unwrap(model).named_parameters() if p.grad is not None and not p.grad.isfinite().all())
-        raise NonFiniteError(f"non-finite gradient (first in {name})") from e
+        name = next((n for n, p in unwrap(model).named_parameters() if p.grad is not None and not p.grad.isfinite().all()),
+                    None)
+        raise NonFiniteError(f"non-finite gradient (first in {name})" if name else
+                             "non-finite gradient norm (every gradient finite, their norm overflowed)") from e
     optimizer.step()
     return {**totals, "grad_norm": float(grad_norm)}
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import pretrain  # deliberate reuse: the student's base, pretrained by pretrain.py if missing
 import sft       # deliberate reuse: distillation is SFT with sft.py's loss on the teacher's samples
-from common import (DEFAULT_TASK, check_ranges, checkpoint_path, config_from_args, derive_seed, get_device,
+from common import (DEFAULT_TASK, check_ranges, checkpoint_path, config_from_args, derive_seed, get_device, has_checkpoint,
                     load_checkpoint, load_model, print0, read_dataset_stats, read_metrics, run_dir, write_dataset)
 from evaluate import evaluate, filter_samples, sample_k
 from tasks import get_task, sample_problems, test_set
@@ -162,7 +162,7 @@ def run(cfg: DistillConfig) -> list[dict]:
                    "minutes, redone); run the same command again")
             raise
     if not os.path.exists(os.path.join(cfg.out_dir, "done.json")):
-        resume = os.path.exists(checkpoint_path(cfg.out_dir))
+        resume = has_checkpoint(cfg.out_dir)
         try:
             sft.run(sft.SFTConfig(init_from=cfg.student_base, data=cfg.data, out_dir=cfg.out_dir, resume=resume,
                                   epochs=cfg.epochs, lr=cfg.lr, eval_problems=0, seed=cfg.seed, device=cfg.device))

@@ -43,7 +43,7 @@ import pretrain  # deliberate reuse: `python grpo.py` on a fresh clone pretrains
 from common import (DEFAULT_TASK, MetricsLogger, NonFiniteError, all_reduce, check_fits, check_processes, check_ranges, check_resume, checkpoint_path,
                     config_from_args, derive_seed, diverged_message, get_device, load_checkpoint, load_model, lr_at, make_optimizer,
                     optimizer_step, pack, print0, read_metrics,
-                    restore, run_dir, save_checkpoint, seed_everything, set_lr, setup_ddp, sum_over_ranks,
+                    restore, run_dir, save_checkpoint, seed_everything, set_lr, setup_ddp, start_fresh, sum_over_ranks,
                     teardown_ddp, world_size, wrap)
 from corpus import WEB_TASKS
 from evaluate import behaviour, evaluate, summarize_behaviour
@@ -257,8 +257,8 @@ def rl_batch(policy, ref_model, tok, problems, cfg: GRPOConfig, score_batch, gen
     #    at the temperature the rollouts were sampled at, in the update's micro-batches
     logp_old = batch_logprobs(policy, tokens, mask, cfg) if cfg.num_iterations > 1 else None  # (B, T-1)
     logp_ref = batch_logprobs(ref_model, tokens, mask, cfg) if cfg.kl_beta > 0 else None      # (B, T-1)
-    for name, logp in (("pi_old", logp_old), ("pi_ref", logp_ref)):
-        if logp is not None and not logp[mask > 0].isfinite().all():
+    for name, logp in (("pi_old", logp_old), ("pi_ref", logp_ref)):  # summed over ranks: all stop together
+        if logp is not None and sum_over_ranks((~logp[mask > 0].isfinite()).sum().item()) > 0:
             raise NonFiniteError(f"non-finite {name} log-probs")
     t3 = time.time()
     components = {k: sum(c[k] for _, c in scored) / len(scored) for k in scored[0][1]}
@@ -363,6 +363,8 @@ def run(cfg: GRPOConfig) -> dict:
             ref_model.load_state_dict(ckpt["ref_model"])
         print0(f"resumed from {cfg.out_dir} at RL step {start_step}" +
                (f", update pass {rollout['pass'] + 1} of {cfg.num_iterations}" if rollout else ""))
+    else:
+        start_fresh(cfg.out_dir)
     wrapped = wrap(model, dist, cfg.compile)
     logger = MetricsLogger(cfg.out_dir, keep=keep)
     eval_set = test_set(task, n=cfg.eval_problems, seed=0)

@@ -225,8 +225,9 @@ class Block(nn.Module):
 
 
 def autocast_for(device: torch.device):
-    """Mixed precision where it pays: on CUDA, bf16 autocast (matmuls and attention in bfloat16 on
-    tensor cores; weights, optimizer state, RMSNorm and the returned logits stay float32). Off on
+    """Mixed precision where it pays: on CUDA, bf16 autocast of the blocks (matmuls and attention in
+    bfloat16 on tensor cores; weights, optimizer state, RMSNorm, the final norm and lm_head, so the
+    logits and every log-prob, stay float32). Off on
     CPUs and MPS: float32 throughout (bf16 autocast made a nano training step only 12% faster on the
     2-core dev box, docs/LOG.md, and many laptop CPUs have no bf16 units). GPT.cuda_bf16 = False
     turns it off on CUDA too."""
@@ -262,7 +263,7 @@ class GPT(nn.Module):
         positions (B, T): rotary position of each token; default 0..T-1 (after any cached tokens).
         mask (B, 1, T, S) bool, True = may attend; default causal. generate() passes both for ragged
         batches. kv_cache: keys/values of earlier tokens; this call appends T more.
-        On CUDA the layers run under bf16 autocast (autocast_for)."""
+        On CUDA the blocks run under bf16 autocast (autocast_for); the final norm and lm_head do not."""
         B, T = idx.shape
         start = 0 if kv_cache is None else kv_cache.pos
         if positions is None:
@@ -278,11 +279,10 @@ class GPT(nn.Module):
             x = self.embed_tokens(idx)                                      # (B, T, C)
             for i, block in enumerate(self.layers):
                 x = block(x, cos, sin, mask, kv_cache, i)                   # (B, T, C)
-            x = self.norm(x)                                                # (B, T, C)
-            logits = self.lm_head(x)                                        # (B, T, V)
         if kv_cache is not None:
             kv_cache.pos += T
-        return logits.float()  # a no-op in float32; losses and the sampler want float32
+        x = self.norm(x.float())                                            # (B, T, C) float32
+        return self.lm_head(x).float()  # (B, T, V); .float() for a caller's own autocast, else a no-op
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """nn.Module's, but a state dict from a differently shaped model names the config field."""

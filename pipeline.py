@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import grpo      # deliberate reuse: the pipeline's RL stages are grpo.run with other --init-from
 import pretrain  # deliberate reuse: the base model, as R1-Zero's
 import sft       # deliberate reuse: stages 1 and 3 are sft.run on the datasets made here
-from common import (DEFAULT_TASK, check_ranges, config_from_args, derive_seed, get_device, load_checkpoint,
+from common import (DEFAULT_TASK, check_ranges, config_from_args, derive_seed, get_device, has_checkpoint, load_checkpoint,
                     load_model, print0, read_dataset_stats, read_metrics, run_dir, write_dataset)
 from corpus import plain_text, readable_search
 from evaluate import SEARCH_TRY, completion_stats, evaluate, filter_samples, sample_k
@@ -202,7 +202,7 @@ def stage(name: str, out_dir: str, fn) -> dict:
     print0(f"\n== {name} -> {out_dir}")
     t0 = time.time()
     try:
-        result = {"result": fn(os.path.exists(os.path.join(out_dir, "ckpt.pt"))), "seconds": None}
+        result = {"result": fn(has_checkpoint(out_dir)), "seconds": None}
     except KeyboardInterrupt:
         print0(f"interrupted in {name}: its checkpoint is saved; run the same command again to resume here "
                f"(finished stages are skipped)")

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from common import (DEFAULT_TASK, LoopConfig, MetricsLogger, all_reduce, check_fits, check_processes, check_ranges, check_resume,
                     checkpoint_path, config_from_args, derive_seed, flag, get_device, load_checkpoint,
                     make_optimizer, print0, restore, run_dir, seed_everything, setup_ddp, sum_over_ranks,
-                    teardown_ddp, train, unwrap, wrap)
+                    start_fresh, teardown_ddp, train, unwrap, wrap)
 from corpus import WEB_TASKS, CorpusConfig, forced_prefixes, sample_document
 from evaluate import EVAL_MAX_NEW_TOKENS, EvalConfig, evaluate, report
 from model import GPT, PRESETS as MODEL_PRESETS, GPTConfig
@@ -174,6 +174,8 @@ def run(cfg: PretrainConfig):
         step, keep = restore(model, optimizer, ckpt), ckpt["keep"]
         mastered_at, streak = ckpt["config"]["mastered_at"], ckpt["config"]["mastery_streak"]
         print0(f"resumed from {cfg.out_dir} at step {step}")
+    else:
+        start_fresh(cfg.out_dir)
     n_params = sum(p.numel() for p in model.parameters())
     print0(f"base model: preset {cfg.model}, {n_params / 1e6:.2f}M parameters, {dist.world_size} process(es) "
            f"on {dist.device}; {cfg.batch_size} rows x {cfg.seq_len} tokens per step")

@@ -34,7 +34,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any, Callable, Hashable, Iterable, Mapping
 
@@ -336,9 +336,13 @@ def outputs_match(got: str, expected: str) -> bool:
 
 def code_rewards(completions: list[str], tests_list: list[list[Mapping[str, str]]], *,
                  all_or_nothing: bool = False, limits=None, max_workers: int | None = None) -> list[float]:
-    """Batch version of code_reward: all programs run in parallel (sandbox.run_programs)."""
+    """Batch version of code_reward: all programs run in parallel (sandbox.run_programs). With
+    all_or_nothing, a program's tests stop at the first one that hits a limit (it scores 0 anyway),
+    so a looping program costs one timeout, not one per test."""
     import sandbox  # lazy: importing rewards.py stays free of subprocess machinery
 
+    if all_or_nothing:
+        limits = replace(limits or sandbox.Limits(), skip_after_limit=True)
     programs = [extract_program(c) for c in completions]
     todo = [i for i, p in enumerate(programs) if p is not None and tests_list[i]]
     results = sandbox.run_programs([programs[i] for i in todo],

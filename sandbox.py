@@ -336,8 +336,9 @@ class Limits:
     nofile: int = 64          # RLIMIT_NOFILE: open file descriptors per process
     stdout_kb: int = 64       # stdout kept per test, KiB; a program writing more is killed, the test fails
     stderr_kb: int = 4        # stderr kept per test, KiB; the rest is read and dropped
-    skip_after_limit: bool = True  # once a test hits the time or output limit, the program's later tests are
-                                   # not run (reported like that one): a looping program costs one timeout
+    skip_after_limit: bool = False  # once a test hits the time or output limit, the program's later tests
+                                    # are not run (reported like that one): a looping program costs one
+                                    # timeout. Exact for all-or-nothing scoring (code_rewards turns it on)
     startup_s: float = 10.0   # wall clock allowed for starting the sandbox itself, seconds
 
 
@@ -426,6 +427,26 @@ def _bwrap_argv(bwrap: str, limits: Limits, as_root: bool, seccomp_fd: int | Non
 
 _lock = threading.Lock()
 _bwrap_state: dict = {}
+
+
+def sandbox_processes() -> list[str]:
+    """Every live process that belongs to a sandbox: a sandbox uid, a driver, or a bwrap, as
+    "pid uid=... cmdline". None should outlive run_program (tests and soak_sandbox.py count them)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status") as f:
+                status = f.read()
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        uid = int(status.split("Uid:")[1].split()[0])
+        if uid in SANDBOX_UIDS or "--driver" in cmdline or os.path.basename(cmdline.split(" ")[0]) == "bwrap":
+            found.append(f"{name} uid={uid} {cmdline[:80]}")
+    return found
 
 
 def bwrap_path() -> str | None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from common import (DEFAULT_TASK, LoopConfig, MetricsLogger, check_processes, check_ranges, check_resume,
                     checkpoint_path, config_from_args, derive_seed, get_device, load_checkpoint, load_model,
                     make_optimizer, pack, print0, restore, seed_everything, setup_ddp, sum_over_ranks, teardown_ddp,
-                    train, unwrap, wrap)
+                    start_fresh, train, unwrap, wrap)
 from evaluate import EvalConfig, report
 from model import token_logprobs
 from tasks import TASKS, task_from_config, test_set
@@ -169,6 +169,8 @@ def run(cfg: SFTConfig) -> dict:
         ckpt = load_checkpoint(cfg.out_dir, map_location=dist.device, fallback=True)
         step, keep = restore(model, optimizer, ckpt), ckpt["keep"]
         print0(f"resumed from {cfg.out_dir} at step {step}")
+    else:
+        start_fresh(cfg.out_dir)
     total = n_steps(cfg, len(examples))
     print0(f"SFT of {cfg.init_from} on {cfg.data}: {len(examples)} rows, "
            f"{sum(len(c) for _, c in examples):,} completion tokens; {total} steps x {cfg.batch_size} rows "

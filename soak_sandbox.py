@@ -1,6 +1,7 @@
 """Soak the code-execution reward under hostile load: RL-sized batches of programs scored the way
 GRPO scores them (rewards.code_rewards, all in parallel in the sandbox), with a share of the
-rollouts replaced by hostile programs. Prints the time per batch with and without them, what the
+rollouts replaced by hostile programs. Programs are scored all-or-nothing, as a judge scores them
+(so a program's tests stop at the first one that hits a limit). Prints the time per batch with and without them, what the
 hostile programs scored (must be 0), and what was left behind afterwards (must be 0 processes,
 0 files written outside the sandbox, 0 temporary directories), then the sandbox's programs/s with
 and without bubblewrap.
@@ -13,8 +14,9 @@ setsid'd daemon that lives on, a parent killer, a writer of files outside the sa
 directory and this project's), a socket opener. None of them prints an answer, so each must score 0
 (one that did harm AND printed the right output would earn it: the reward judges the output, the
 sandbox contains the harm). The benign ones are the tasks' reference programs (tasks.CodeTask),
-which pass their tests. Leftover processes are counted over the whole machine (kernel threads
-aside), so run it on a machine doing nothing else.
+which pass their tests. Leftover processes are sandbox.sandbox_processes(): a sandbox uid, a driver
+or a bwrap. Without bubblewrap, run as root (the fallback's unprivileged uid is what keeps the file
+writer out; as another user the programs run as you, and the soak reports what got out).
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ def hostile_programs(target_dir: str) -> dict[str, str]:
         "infinite output": "while True:\n    print('x' * 1000)",
         "deep recursion": "import sys\nsys.setrecursionlimit(10 ** 9)\ndef f(n):\n    return f(n + 1)\nf(0)",
         "daemon": ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
-                   "        time.sleep(30)\n        open(" + repr(escape[0] + ".daemon") + ", 'w').write('x')\n"
+                   "        time.sleep(0.5)\n        open(" + repr(escape[0] + ".daemon") + ", 'w').write('x')\n"
                    "    os._exit(0)"),
         "parent killer": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
         "file writer": "".join(f"try:\n    open({p!r}, 'w').write('x')\nexcept OSError:\n    pass\n" for p in escape),
@@ -70,11 +72,6 @@ class SoakConfig:
                      fraction=("hostile",))
 
 
-def process_table() -> set[int]:
-    """Every process but the kernel's own threads (children of kthreadd, pid 2), which come and go."""
-    return {pid for pid, ppid, *_ in sandbox._proc_table() if 2 not in (pid, ppid)}
-
-
 def sandbox_tmp_dirs() -> set[str]:
     return {name for name in os.listdir(tempfile.gettempdir()) if name.startswith("sandbox-")}
 
@@ -86,7 +83,7 @@ def soak(cfg: SoakConfig) -> dict:
     target = tempfile.mkdtemp(prefix="soak-target-")   # a directory of ours the writer must not reach
     hostile = hostile_programs(target)
     limits = sandbox.Limits(timeout_s=cfg.timeout_s)
-    procs_before, tmp_before = process_table(), sandbox_tmp_dirs()
+    tmp_before = sandbox_tmp_dirs()
     seconds = {"benign": [], "mixed": []}
     hostile_scores, benign_scores = [], []
     for step in range(cfg.steps):
@@ -101,15 +98,15 @@ def soak(cfg: SoakConfig) -> dict:
             mixed[i] = completion(hostile[names[(step * n_hostile + j) % len(names)]])
         for kind, batch in (("benign", benign), ("mixed", mixed)):
             t0 = time.perf_counter()
-            scores = code_rewards(batch, tests, limits=limits)
+            scores = code_rewards(batch, tests, all_or_nothing=True, limits=limits)
             seconds[kind].append(time.perf_counter() - t0)
             if kind == "mixed":
                 hostile_scores += [scores[i] for i in turned]
                 benign_scores += [s for i, s in enumerate(scores) if i not in turned]
         print(f"step {step + 1}/{cfg.steps}: benign batch {seconds['benign'][-1]:.1f} s, with {n_hostile} hostile "
               f"{seconds['mixed'][-1]:.1f} s", flush=True)
-    time.sleep(1.0)  # give anything that escaped a moment to show itself
-    leftover_procs = sorted(process_table() - procs_before - {os.getpid()})
+    time.sleep(1.0)  # give anything that escaped a moment to show itself (the daemon writes at 0.5 s)
+    leftover_procs = sandbox.sandbox_processes()
     escaped = [p for p in (os.path.join(target, "escaped.txt"), os.path.join(target, "escaped.txt.daemon"),
                            os.path.join(HERE, "soak-escaped.txt")) if os.path.exists(p)]
     leftover_tmp = sorted(sandbox_tmp_dirs() - tmp_before)

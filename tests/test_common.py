@@ -371,6 +371,11 @@ def test_fallback_warning_names_both_files(tmp_path, capsys):
     assert common.load_checkpoint(str(tmp_path), fallback=True)["step"] == 1
     out = capsys.readouterr().out
     assert f"checkpoint {tmp_path / 'ckpt.pt'} is corrupt" in out and f"{tmp_path / 'ckpt.prev.pt'} (step 1)" in out
+    # the bad file is set aside, so the resumed run's next save cannot rotate it into ckpt.prev.pt
+    assert (tmp_path / "ckpt.pt.corrupt").read_bytes() == b"garbage" and not (tmp_path / "ckpt.pt").exists()
+    common.save_checkpoint(str(tmp_path), model, step=3)
+    assert common.load_checkpoint(str(tmp_path / "ckpt.prev.pt"))["step"] == 1
+    (tmp_path / "ckpt.pt").unlink()
     (tmp_path / "ckpt.prev.pt").write_bytes(b"garbage too")
     with pytest.raises(common.CheckpointError, match="ckpt.prev.pt"):
         common.load_checkpoint(str(tmp_path), fallback=True)
@@ -410,3 +415,14 @@ def test_optimizer_step_names_a_non_finite_gradient_and_a_loss_fn_count():
     with pytest.raises(common.NonFiniteError, match=r"non-finite policy log-probs \(3 values\)"):
         common.optimizer_step(model, opt, [{}], lambda m, mb: (m(x).mean(), {"nonfinite_policy log-probs": 3}))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_fresh_run_drops_an_earlier_runs_previous_checkpoint(tmp_path):
+    """Without --resume, a run in a used directory must not leave the earlier run's ckpt.prev.pt for a
+    later fallback to land on."""
+    model = tiny_gpt()
+    common.save_checkpoint(str(tmp_path), model, step=7)
+    common.save_checkpoint(str(tmp_path), model, step=8)           # an earlier run's latest and previous
+    common.start_fresh(str(tmp_path))
+    assert not (tmp_path / "ckpt.prev.pt").exists() and not (tmp_path / "ckpt.prev.pt.sha256").exists()
+    assert common.has_checkpoint(str(tmp_path))                    # its latest is replaced by the first save

@@ -10,32 +10,13 @@ import uuid
 import pytest
 
 import sandbox
-from sandbox import Limits, run_program, run_programs
+from sandbox import Limits, run_program, run_programs, sandbox_processes
 
 FAST = Limits(timeout_s=0.5, cpu_s=1)
 HAVE_BWRAP = sandbox.bwrap_path() is not None
 IS_ROOT = os.geteuid() == 0
 MODES = [pytest.param(True, id="bwrap", marks=pytest.mark.skipif(not HAVE_BWRAP, reason="no working bwrap")),
          pytest.param(False, id="fallback", marks=pytest.mark.skipif(not IS_ROOT, reason="fallback tested as root"))]
-
-
-def sandbox_processes() -> list[str]:
-    """Every process that belongs to a sandbox: a sandbox uid, a driver, or a bwrap."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/status") as f:
-                status = f.read()
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        uid = int(status.split("Uid:")[1].split()[0])
-        if uid in sandbox.SANDBOX_UIDS or "--driver" in cmdline or os.path.basename(cmdline.split(" ")[0]) == "bwrap":
-            found.append(f"{name} uid={uid} {cmdline[:80]}")
-    return found
 
 
 @pytest.fixture(autouse=True)
@@ -113,7 +94,8 @@ def test_infinite_loop_times_out(mode):
 @pytest.mark.parametrize("skip", [True, False])
 def test_tests_after_a_timeout_are_skipped_unless_asked(skip):
     """A program that loops on one input costs one timeout: its later tests are reported like the
-    one that timed out, without running (skip_after_limit, the default); with it off they run."""
+    one that timed out, without running (skip_after_limit, what all-or-nothing scoring uses); with it
+    off (the default) they run."""
     source = "x = input()\nwhile x == '2':\n    pass\nprint(x)"
     limits = Limits(timeout_s=0.5, cpu_s=1, skip_after_limit=skip)
     ok, looped, last = run_program(source, ["1", "2", "3"], limits, use_bwrap=None)

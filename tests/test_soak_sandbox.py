@@ -1,8 +1,15 @@
 """soak_sandbox.py in its short form: one RL-sized batch where half the programs are hostile (every
 kind once): they score 0, the benign ones in the same batch still pass, and nothing is left behind."""
+import os
+
+import pytest
+
+import sandbox
 import soak_sandbox
 
 
+@pytest.mark.skipif(sandbox.bwrap_path() is None and os.geteuid() != 0,
+                    reason="without bubblewrap, only root's fallback (an unprivileged uid) keeps the file writer out")
 def test_hostile_batch_scores_zero_and_leaves_nothing_behind(capsys):
     kinds = len(soak_sandbox.hostile_programs("/nonexistent"))
     r = soak_sandbox.main(["--steps", "1", "--batch", str(2 * kinds), "--hostile", "0.5", "--timeout-s", "0.5",
