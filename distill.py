@@ -87,7 +87,7 @@ def make_traces(cfg: DistillConfig, task) -> dict:
     problems = sample_problems(task, cfg.questions, "train", seed=derive_seed(cfg.seed, "distill"))
     t0 = time.time()
     texts, ids = sample_k(teacher, get_tokenizer(), problems, cfg.k, cfg.max_new_tokens,
-                          derive_seed(cfg.seed, "distill-sample"), progress=True)
+                          derive_seed(cfg.seed, "distill-sample"), progress=True, partial=cfg.data + ".partial")
     samples = [(problems[i // cfg.k], t if t.endswith(EOT) else t + EOT) for i, t in enumerate(texts)]
     rows, stats = distill_filter(samples)
     if not rows:
@@ -158,8 +158,8 @@ def run(cfg: DistillConfig) -> list[dict]:
         try:
             data_stats = make_traces(cfg, task)
         except KeyboardInterrupt:
-            print0("\ninterrupted while sampling the teacher's traces: they are not saved part-way (about 2 "
-                   "minutes, redone); run the same command again")
+            print0(f"\ninterrupted while sampling the teacher's traces: the samples so far are saved in "
+                   f"{cfg.data}.partial; run the same command again to continue")
             raise
     if not os.path.exists(os.path.join(cfg.out_dir, "done.json")):
         resume = has_checkpoint(cfg.out_dir)

@@ -24,6 +24,7 @@ Deliberate deviations: none in the metrics; the k and question counts are small 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -31,6 +32,7 @@ import re
 from dataclasses import dataclass, field
 
 import torch
+from tqdm import tqdm
 
 from common import (check_fits, check_ranges, checkpoint_path, config_from_args, get_device, load_checkpoint, load_model,
                     print0)
@@ -258,14 +260,35 @@ def evaluate(model, tok, problems, k: int = 4, temperature: float = 0.6, top_p: 
 
 
 def sample_k(model, tok, problems, k: int, max_new_tokens: int, seed: int, temperature: float = 0.6,
-             top_p: float = 0.95, progress: bool = False) -> tuple[list[str], list[list[int]]]:
+             top_p: float = 0.95, progress: bool = False, partial: str | None = None,
+             batch_size: int = 128) -> tuple[list[str], list[list[int]]]:
     """k completions per problem (problem-major order) with the paper's sampling settings: the
-    texts and their token ids. What the pipeline's and distill.py's datasets are sampled with."""
+    texts and their token ids. What the pipeline's and distill.py's datasets are sampled with.
+    partial: a file where the samples so far and the generator's state are saved after every batch
+    of batch_size prompts; a call with the same arguments continues from it (an interrupted dataset
+    loses at most one batch, and the result equals an uninterrupted call's), and it is removed at
+    the end."""
     prompts = [format_prompt(p.question) for p in problems for _ in range(k)]
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    _, ids, texts = sample_completions(model, tok, prompts, max_new_tokens, temperature, top_p, gen,
-                                       progress=progress)
-    return texts, ids
+    what = hashlib.sha256(json.dumps([prompts, max_new_tokens, seed, temperature, top_p, batch_size]).encode()
+                          ).hexdigest()  # what the partial file must have been sampled for
+    ids: list[list[int]] = []
+    if partial and os.path.exists(partial):
+        saved = torch.load(partial, weights_only=False)
+        if saved["what"] == what:
+            ids = saved["ids"]
+            gen.set_state(saved["generator"])
+            print0(f"continuing from {partial}: {len(ids)} of {len(prompts)} samples already drawn")
+    for s in tqdm(range(len(ids), len(prompts), batch_size), desc="sampling", disable=not progress, leave=False):
+        ids += sample_completions(model, tok, prompts[s:s + batch_size], max_new_tokens, temperature, top_p, gen,
+                                  batch_size)[1]
+        if partial:
+            os.makedirs(os.path.dirname(partial) or ".", exist_ok=True)
+            torch.save({"what": what, "ids": ids, "generator": gen.get_state()}, partial + ".tmp")
+            os.replace(partial + ".tmp", partial)
+    if partial and os.path.exists(partial):
+        os.remove(partial)
+    return [tok.decode(i) for i in ids], ids
 
 
 def filter_samples(samples: list[tuple], rules, source: str) -> tuple[list[dict], dict]:

@@ -137,7 +137,7 @@ def make_cold_start(model_dir: str, path: str, cfg: PipelineConfig, task) -> dic
     model.eval()
     problems = sample_problems(task, cfg.cold_questions, "train", seed=derive_seed(cfg.seed, "cold-start"))
     texts, _ = sample_k(model, get_tokenizer(), problems, cfg.cold_k, rl_config(cfg).max_new_tokens,
-                        derive_seed(cfg.seed, "cold-sample"), progress=True)
+                        derive_seed(cfg.seed, "cold-sample"), progress=True, partial=path + ".partial")
     rows = []
     for i, p in enumerate(problems):
         cleaned = [c for c in (clean_r1_zero(t, p) for t in texts[i * cfg.cold_k:(i + 1) * cfg.cold_k]) if c]
@@ -171,7 +171,7 @@ def rejection_sample(model_dir: str, path: str, cfg: PipelineConfig, task) -> di
     model.eval()
     problems = sample_problems(task, cfg.rs_questions, "train", seed=derive_seed(cfg.seed, "rejection"))
     texts, _ = sample_k(model, get_tokenizer(), problems, cfg.rs_k, rl_config(cfg).max_new_tokens,
-                        derive_seed(cfg.seed, "rs-sample"), progress=True)
+                        derive_seed(cfg.seed, "rs-sample"), progress=True, partial=path + ".partial")
     # a sampled completion ends at </answer>; the row teaches the end of text after it, as the web has
     samples = [(p, texts[i * cfg.rs_k + j] + (EOT if not texts[i * cfg.rs_k + j].endswith(EOT) else ""))
                for i, p in enumerate(problems) for j in range(cfg.rs_k)]
@@ -224,8 +224,8 @@ def dataset(name: str, path: str, fn) -> dict:
     try:
         return fn()
     except KeyboardInterrupt:
-        print0(f"\ninterrupted while making {path}: its sampling is not saved part-way (it takes a few minutes "
-               f"and starts over); run the same command again (finished stages are skipped)")
+        print0(f"\ninterrupted while making {path}: the samples so far are saved in {path}.partial; run the "
+               f"same command again to continue (finished stages are skipped)")
         raise
 
 

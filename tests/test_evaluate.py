@@ -226,3 +226,36 @@ def test_compare_and_scaling_cli_on_smoke_models(tmp_path):
     assert all((tmp_path / n / "eval.json").exists() for n in ("a", "b"))
     result = json.loads((tmp_path / "s.json").read_text())
     assert result[str(tmp_path / "a")]["k"] == [1, 2, 4] and len(result[str(tmp_path / "a")]["budget_pass@1"]) == 2
+
+
+def test_sample_k_continues_an_interrupted_dataset_exactly(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the middle of a dataset's sampling: the batches done are in the partial file, and the
+    same call again draws only the rest and returns what an uninterrupted call returns."""
+    import evaluate as ev
+    from tasks import PairSumTask, sample_problems
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_kv_head=1, n_embd=16, max_seq_len=64)).eval()
+    tok, problems = get_tokenizer(), sample_problems(PairSumTask(), 3, "train", seed=0)
+    args = (model, tok, problems, 2, 6, 123)
+    expected = ev.sample_k(*args, batch_size=2)
+    partial = tmp_path / "d.jsonl.partial"
+    real, calls = ev.sample_completions, []
+
+    def interrupted(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ev, "sample_completions", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ev.sample_k(*args, batch_size=2, partial=str(partial))
+    assert partial.exists()
+    monkeypatch.setattr(ev, "sample_completions", real)
+    capsys.readouterr()
+    assert ev.sample_k(*args, batch_size=2, partial=str(partial)) == expected
+    assert f"continuing from {partial}: 2 of 6 samples already drawn" in capsys.readouterr().out
+    assert not partial.exists()
+    ev.sample_k(*args, batch_size=3, partial=str(partial))   # other arguments: a stale file is not used
+    torch.save({"what": "another dataset", "ids": [[1]], "generator": None}, partial)
+    assert ev.sample_k(*args, batch_size=2, partial=str(partial)) == expected
