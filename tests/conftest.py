@@ -35,3 +35,17 @@ def run_script(script_path, *args, nproc: int = 1, timeout: int = 150) -> subpro
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     return result
+
+
+def raising_on_call(fn, n: int, error: BaseException):
+    """fn, except that its n-th call raises `error` instead: a Ctrl-C (KeyboardInterrupt) or a crash
+    at a chosen moment of a run, for the tests that interrupt and resume."""
+    calls = []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise error
+        return fn(*args, **kwargs)
+
+    return wrapped

@@ -50,7 +50,7 @@ def test_ctrl_c_during_the_students_sft_saves_and_a_rerun_resumes_exactly(tmp_pa
     and running the same command again finishes with the log of an uninterrupted run (timings aside)."""
     import common
     import distill
-    from conftest import ROOT, run_script
+    from conftest import ROOT, raising_on_call, run_script
     from corpus import readable_search
     from tasks import PairSumTask, format_prompt, sample_problems
     run_script(f"{ROOT}/pretrain.py", "--preset", "smoke", "--out-dir", tmp_path / "teacher")
@@ -65,15 +65,8 @@ def test_ctrl_c_during_the_students_sft_saves_and_a_rerun_resumes_exactly(tmp_pa
                                  tmp_path / out, "--eval-problems", "2", "--eval-k", "1", "--epochs", "4"]]
 
     distill.main(flags("full"))
-    real, calls = common.optimizer_step, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(common, "optimizer_step", interrupted)
+    real = common.optimizer_step
+    monkeypatch.setattr(common, "optimizer_step", raising_on_call(real, 3, KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         distill.main(flags("cut"))
     out = capsys.readouterr().out

@@ -232,6 +232,7 @@ def test_sample_k_continues_an_interrupted_dataset_exactly(tmp_path, monkeypatch
     """Ctrl-C in the middle of a dataset's sampling: the batches done are in the partial file, and the
     same call again draws only the rest and returns what an uninterrupted call returns."""
     import evaluate as ev
+    from conftest import raising_on_call
     from tasks import PairSumTask, sample_problems
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_kv_head=1, n_embd=16, max_seq_len=64)).eval()
@@ -239,15 +240,8 @@ def test_sample_k_continues_an_interrupted_dataset_exactly(tmp_path, monkeypatch
     args = (model, tok, problems, 2, 6, 123)
     expected = ev.sample_k(*args, batch_size=2)
     partial = tmp_path / "d.jsonl.partial"
-    real, calls = ev.sample_completions, []
-
-    def interrupted(*a, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(ev, "sample_completions", interrupted)
+    real = ev.sample_completions
+    monkeypatch.setattr(ev, "sample_completions", raising_on_call(real, 2, KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         ev.sample_k(*args, batch_size=2, partial=str(partial))
     assert partial.exists()

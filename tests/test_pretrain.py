@@ -7,7 +7,7 @@ import torch
 
 import common
 import pretrain
-from conftest import ROOT, run_script
+from conftest import ROOT, raising_on_call, run_script
 from tasks import task_from_config
 from tokenizer import get_tokenizer
 
@@ -99,15 +99,8 @@ def test_resume_falls_back_to_the_previous_checkpoint_when_the_latest_is_corrupt
     records after it, and the finished log equals an uninterrupted run's."""
     pretrain.run(smoke_cfg(tmp_path / "full", steps=6, ckpt_every=1))
     cut = smoke_cfg(tmp_path / "cut", steps=6, ckpt_every=1)
-    real, calls = common.optimizer_step, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:
-            raise RuntimeError("simulated crash")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(common, "optimizer_step", interrupted)
+    real = common.optimizer_step
+    monkeypatch.setattr(common, "optimizer_step", raising_on_call(real, 5, RuntimeError("simulated crash")))
     with pytest.raises(RuntimeError, match="simulated crash"):
         pretrain.run(cut)
     monkeypatch.setattr(common, "optimizer_step", real)
