@@ -67,6 +67,20 @@ def rate(fn, cases) -> float:
     return len(cases) / (time.perf_counter() - t0)
 
 
+def sandbox_rate(n: int, tests_per_program: int = 3, use_bwrap: bool | None = None,
+                 workers: int | None = None) -> tuple[float, int, float]:
+    """(programs/s, programs that passed, seconds) of sandbox.run_programs on n trivially correct
+    programs, each run against tests_per_program stdin/stdout tests (after a 2-program warm-up)."""
+    programs = [f"x = int(input())\nprint(x + {i})" for i in range(n)]
+    stdins = [[str(j) for j in range(tests_per_program)]] * n
+    sandbox.run_programs(programs[:2], stdins[:2], use_bwrap=use_bwrap)  # warm-up: probes bwrap once
+    t0 = time.perf_counter()
+    results = sandbox.run_programs(programs, stdins, max_workers=workers, use_bwrap=use_bwrap)
+    dt = time.perf_counter() - t0
+    passed = sum(all(r.ok and r.stdout == f"{j + i}\n" for j, r in enumerate(rs)) for i, rs in enumerate(results))
+    return n / dt, passed, dt
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -87,14 +101,8 @@ def main() -> None:
     accuracy = sum(rewards.countdown_reward(c, nums, t) for c, nums, t in countdown) / cfg.n
     print(f"(generated countdown completions judged correct: {accuracy:.0%})")
 
-    programs = [f"x = int(input())\nprint(x + {i})" for i in range(cfg.programs)]
-    stdins = [[str(j) for j in range(cfg.tests_per_program)]] * cfg.programs
-    sandbox.run_programs(programs[:2], stdins[:2])  # warm-up: probes bwrap once
-    t0 = time.perf_counter()
-    results = sandbox.run_programs(programs, stdins, max_workers=cfg.workers or None)
-    dt = time.perf_counter() - t0
-    passed = sum(all(r.ok and r.stdout == f"{j + i}\n" for j, r in enumerate(rs)) for i, rs in enumerate(results))
-    print(f"sandbox          : {cfg.programs / dt:10,.1f} programs/s ({cfg.tests_per_program} tests each, "
+    programs_per_s, passed, dt = sandbox_rate(cfg.programs, cfg.tests_per_program, workers=cfg.workers or None)
+    print(f"sandbox          : {programs_per_s:10,.1f} programs/s ({cfg.tests_per_program} tests each, "
           f"{passed}/{cfg.programs} passed, {dt:.1f} s)")
 
 

@@ -273,6 +273,8 @@ def sample_k(model, tok, problems, k: int, max_new_tokens: int, seed: int, tempe
     what = hashlib.sha256(json.dumps([prompts, max_new_tokens, seed, temperature, top_p, batch_size]).encode()
                           ).hexdigest()  # what the partial file must have been sampled for
     ids: list[list[int]] = []
+    if partial:
+        os.makedirs(os.path.dirname(partial) or ".", exist_ok=True)
     if partial and os.path.exists(partial):
         saved = torch.load(partial, weights_only=False)
         if saved["what"] == what:
@@ -283,7 +285,6 @@ def sample_k(model, tok, problems, k: int, max_new_tokens: int, seed: int, tempe
         ids += sample_completions(model, tok, prompts[s:s + batch_size], max_new_tokens, temperature, top_p, gen,
                                   batch_size)[1]
         if partial:
-            os.makedirs(os.path.dirname(partial) or ".", exist_ok=True)
             torch.save({"what": what, "ids": ids, "generator": gen.get_state()}, partial + ".tmp")
             os.replace(partial + ".tmp", partial)
     if partial and os.path.exists(partial):

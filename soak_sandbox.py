@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 
 import sandbox
+from bench_rewards import sandbox_rate  # deliberate reuse: the one programs/s measurement
 from common import config_from_args, check_ranges
 from rewards import code_rewards
 from tasks import CodeTask
@@ -35,9 +36,15 @@ from tasks import CodeTask
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def escape_paths(target_dir: str) -> list[str]:
+    """Where the file writer (and, late, the daemon) try to leave a file: none may exist afterwards."""
+    return [os.path.join(target_dir, "escaped.txt"), os.path.join(HERE, "soak-escaped.txt"),
+            os.path.join(target_dir, "escaped.txt.daemon")]
+
+
 def hostile_programs(target_dir: str) -> dict[str, str]:
-    """name -> source. `target_dir`: where the file writer tries to leave a file (besides this project)."""
-    escape = [os.path.join(target_dir, "escaped.txt"), os.path.join(HERE, "soak-escaped.txt")]
+    """name -> source. `target_dir`: a directory of the caller's that the programs must not reach."""
+    escape = escape_paths(target_dir)
     return {
         "fork bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
         "memory bomb": "x = []\nwhile True:\n    x.append(bytearray(10 ** 7))",
@@ -45,10 +52,11 @@ def hostile_programs(target_dir: str) -> dict[str, str]:
         "infinite output": "while True:\n    print('x' * 1000)",
         "deep recursion": "import sys\nsys.setrecursionlimit(10 ** 9)\ndef f(n):\n    return f(n + 1)\nf(0)",
         "daemon": ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
-                   "        time.sleep(0.5)\n        open(" + repr(escape[0] + ".daemon") + ", 'w').write('x')\n"
+                   "        time.sleep(0.5)\n        open(" + repr(escape[2]) + ", 'w').write('x')\n"
                    "    os._exit(0)"),
         "parent killer": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
-        "file writer": "".join(f"try:\n    open({p!r}, 'w').write('x')\nexcept OSError:\n    pass\n" for p in escape),
+        "file writer": "".join(f"try:\n    open({p!r}, 'w').write('x')\nexcept OSError:\n    pass\n"
+                               for p in escape[:2]),
         "socket opener": ("import socket\ns = socket.socket()\ntry:\n    s.connect(('1.1.1.1', 80))\n"
                           "except OSError:\n    pass"),
     }
@@ -107,23 +115,12 @@ def soak(cfg: SoakConfig) -> dict:
               f"{seconds['mixed'][-1]:.1f} s", flush=True)
     time.sleep(1.0)  # give anything that escaped a moment to show itself (the daemon writes at 0.5 s)
     leftover_procs = sandbox.sandbox_processes()
-    escaped = [p for p in (os.path.join(target, "escaped.txt"), os.path.join(target, "escaped.txt.daemon"),
-                           os.path.join(HERE, "soak-escaped.txt")) if os.path.exists(p)]
+    escaped = [p for p in escape_paths(target) if os.path.exists(p)]
     leftover_tmp = sorted(sandbox_tmp_dirs() - tmp_before)
     shutil.rmtree(target, ignore_errors=True)
     return {"seconds": seconds, "hostile_max": max(hostile_scores, default=0.0),
             "benign_mean": sum(benign_scores) / max(1, len(benign_scores)), "n_hostile": len(hostile_scores),
             "processes": leftover_procs, "files": escaped, "tmp_dirs": leftover_tmp}
-
-
-def throughput(n: int, use_bwrap: bool) -> float:
-    """Programs/s of sandbox.run_programs on n trivially correct programs, 3 tests each."""
-    programs = [f"x = int(input())\nprint(x + {i})" for i in range(n)]
-    stdins = [[str(j) for j in range(3)]] * n
-    sandbox.run_programs(programs[:2], stdins[:2], use_bwrap=use_bwrap)  # warm-up
-    t0 = time.perf_counter()
-    sandbox.run_programs(programs, stdins, use_bwrap=use_bwrap)
-    return n / (time.perf_counter() - t0)
 
 
 def main(argv=None) -> dict:
@@ -141,8 +138,9 @@ def main(argv=None) -> dict:
         if r[what]:
             print(f"  {what}: {r[what]}")
     if cfg.throughput_programs:
-        rates = {"bubblewrap": throughput(cfg.throughput_programs, True) if sandbox.bwrap_path() else None,
-                 "rlimits only": throughput(cfg.throughput_programs, False)}
+        n = cfg.throughput_programs
+        rates = {"bubblewrap": sandbox_rate(n, use_bwrap=True)[0] if sandbox.bwrap_path() else None,
+                 "rlimits only": sandbox_rate(n, use_bwrap=False)[0]}
         print("programs/s (3 tests each): " + ", ".join(f"{k} {v:.1f}" if v else f"{k} n/a (no bwrap)"
                                                        for k, v in rates.items()))
         r["rates"] = rates
