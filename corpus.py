@@ -25,6 +25,20 @@ number far back in the context. Each trace line therefore REWRITES the numbers s
 "+" and the last digit before ",", right next to where the model is writing; and the answer so far
 is carried along in every line, so the final answer is a copy, never an assembly.
 
+The code world (--task code, tasks.CodeTask: "Write a Python program that reads an integer n and
+prints 7*n + 3.") has the same four shapes, the program in the answer block (rewards.code_reward runs it):
+  quick   <think>I know it.</think><answer>n = int(input())\nprint(7 * n + 4)</answer>   a program
+          written at once, right only `quick_correct` of the time: otherwise a NEAR MISS, the program
+          of a neighbouring problem (max for min, >= for >, a constant off by one, another letter),
+          the bugs of someone who skimmed the question.
+  plan    <think>reads an integer n. prints 7*n + 3. a = 7, b = 3.</think><answer>...</answer>   the
+          problem restated first (what comes in, what goes out, in the question's words; the
+          constants named), then the program: always right. The plan puts the constants right next
+          to where the program copies them.
+  check   <think>I think:\n<a quick program>\nwait, let me check. <plan></think><answer>...</answer>
+  bare    <answer>program</answer>, no reasoning block.
+English only (the code world has no second language).
+
 Languages: reasoning text comes in English ("carry", "so far") and in a second word-language
 (Spanish: "llevo", "hasta ahora"), and some traces switch language halfway, as on a multilingual
 web. That is what lets R1-Zero's language mixing appear, and rewards.language_consistency_reward
@@ -36,7 +50,7 @@ import dataclasses
 import random
 from dataclasses import dataclass
 
-from tasks import format_completion, format_prompt, split_of
+from tasks import CODE_SPECS, format_completion, format_prompt, split_of
 from tokenizer import ANSWER_CLOSE, ANSWER_OPEN, EOT, THINK_CLOSE, THINK_OPEN
 
 # The words each language uses. Keep these inside rewards.LANGUAGES' word lists.
@@ -53,7 +67,7 @@ PHRASES = {
     },
 }
 
-WEB_TASKS = ("add", "pairsum")  # the task families this web writes documents for (pretrain.py's --task)
+WEB_TASKS = ("add", "pairsum", "code")  # the task families this web writes documents for (pretrain.py's --task)
 
 # The search world (tasks.PairSumTask): how each language writes a try, success, and giving up.
 SEARCH_PHRASES = {
@@ -129,6 +143,73 @@ def plain_text(rng: random.Random, lang: str) -> str:
     sentences = [f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(adjectives)}."
                  for _ in range(rng.randint(2, 6))]
     return " ".join(sentences)
+
+
+# ----------------------------------------------------------------------------- the code world
+
+# A plan restates the question in two sentences, what the program reads and what it prints, in the
+# question's own words (a tiny model copies a span it has seen, word after word, far better than it
+# fetches one number from far back: the constants land right next to the program), then names the
+# choice the program turns on with "=" (evaluate.reasons counts a think block with "=" as reasoning).
+CODE_CHOICES = {
+    "sum": "op = sum.", "max": "op = max.", "min": "op = min.", "reverse": "op = [::-1].", "square": "op = n * n.",
+    "affine": "a = {0}, b = {1}.", "count": "letter = '{0}'.", "greater": "test = x > {0}.",
+    "divisible": "test = x % {0} == 0.", "repeat": "times = {0}.",
+}
+
+# The near misses of a quick program: for each kind, the (kind, params) of neighbouring problems
+# whose program a hasty reader writes instead. A near miss is a plausible program, not noise: it
+# may even pass a test or two (max and min agree on one number), which the judge settles.
+_SIBLINGS = {"sum": ("max", "min"), "max": ("min", "sum"), "min": ("max", "sum")}
+_WRONG_PROGRAMS = {  # near misses that are no other kind's program
+    "reverse": ("print(input())", "print(input()[1:])"),
+    "square": ("n = int(input())\nprint(n * 2)", "n = int(input())\nprint(n * n * n)"),
+    "greater": ("print(sum(x >= {0} for x in map(int, input().split())))",
+                "print(sum(x < {0} for x in map(int, input().split())))"),
+}
+
+
+def near_miss(kind: str, params: tuple, rng: random.Random) -> str:
+    """A plausibly wrong program for the problem (kind, *params): another kind's program, a
+    constant off by one, the constants swapped, another letter, >= for >."""
+    if kind in _SIBLINGS:
+        return CODE_SPECS[rng.choice(_SIBLINGS[kind])][2]
+    program = CODE_SPECS[kind][2]
+    if kind == "affine":
+        a, b = params
+        wrong = rng.choice([(a + 1, b), (max(1, a - 1), b), (a, b + 1), (a, max(0, b - 1)), (b, a)])
+        return program.format(*wrong) if wrong != (a, b) else program.format(a, b + 1)
+    if kind == "count":
+        return program.format(rng.choice([c for c in "abcdefghijklmnopqrstuvwxyz" if c != params[0]]))
+    if kind in ("divisible", "repeat"):
+        return program.format(params[0] + rng.choice((-1, 1)) if params[0] > 2 else params[0] + 1)
+    if kind == "greater" and rng.random() < 0.5:
+        return program.format(params[0] + rng.choice((-1, 1)))
+    return rng.choice(_WRONG_PROGRAMS[kind]).format(*params)
+
+
+def code_plan(problem) -> str:
+    """The plan of a code problem: "reads an integer n. prints 7*n + 3. a = 7, b = 3." """
+    kind, *params = problem.spec
+    prints = CODE_SPECS[kind][1].format(*params).split(" and prints ")[1]
+    return f"prints {prints}. {CODE_CHOICES[kind].format(*params)}"
+
+
+def code_completion(kind: str, problem, cfg: CorpusConfig, rng: random.Random) -> str:
+    """The assistant's text for a code problem in one of the document shapes (module docstring)."""
+    spec_kind, *params = problem.spec
+    if kind in ("quick", "bare", "check"):
+        quick = problem.gold if rng.random() < cfg.quick_correct else near_miss(spec_kind, tuple(params), rng)
+    if kind == "quick":
+        return format_completion(rng.choice(PHRASES["en"]["quick"]), quick)
+    if kind == "bare":
+        return ANSWER_OPEN + quick + ANSWER_CLOSE
+    if kind == "trace":
+        return format_completion(code_plan(problem), problem.gold)
+    if kind == "check":
+        w = PHRASES["en"]
+        return format_completion(f"{w['guess']}:\n{quick}\n{w['check']} {code_plan(problem)}", problem.gold)
+    raise ValueError(f"unknown document kind {kind!r}")
 
 
 # ----------------------------------------------------------------------------- documents
@@ -242,6 +323,12 @@ def sample_document(task, cfg: CorpusConfig, rng: random.Random) -> tuple[str, s
         if rng.random() < cfg.p_text:
             return "text", plain_text(rng, "es" if rng.random() < cfg.p_search_second else "en") + EOT
         return search_document(task, cfg, rng)
+    if task.name == "code":  # the code world: English, the four shapes of the addition web
+        if rng.random() < cfg.p_text:
+            return "text", plain_text(rng, "en") + EOT
+        problem = _train_problem(task, rng)
+        kind = rng.choices(("quick", "trace", "check", "bare"), (cfg.p_quick, cfg.p_trace, cfg.p_check, cfg.p_bare))[0]
+        return kind, format_prompt(problem.question) + code_completion(kind, problem, cfg, rng) + EOT
     lang = "es" if rng.random() < cfg.p_second_lang else "en"
     if rng.random() < cfg.p_text:
         return "text", plain_text(rng, lang) + EOT
@@ -267,6 +354,9 @@ def forced_prefixes(problem) -> dict[str, str]:
         return {"direct": THINK_OPEN + SEARCH_PHRASES["en"]["quick"][0] + THINK_CLOSE + ANSWER_OPEN,
                 "reason": THINK_OPEN + first.split("=")[0] + "=",
                 "one_try": THINK_OPEN + first + THINK_CLOSE + ANSWER_OPEN}
+    if problem.family == "code":
+        return {"direct": THINK_OPEN + PHRASES["en"]["quick"][0] + THINK_CLOSE + ANSWER_OPEN,
+                "reason": THINK_OPEN + "prints"}
     a, b = problem.operands
     return {
         "direct": THINK_OPEN + PHRASES["en"]["quick"][0] + THINK_CLOSE + ANSWER_OPEN,

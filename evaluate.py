@@ -38,7 +38,7 @@ from common import (check_fits, check_ranges, checkpoint_path, config_from_args,
                     print0)
 from corpus import PHRASES, WEB_TASKS, forced_prefixes
 from model import generate, sample_completions
-from rewards import (accuracy_reward, answer_key, chain_of_thought, extract_answer, format_reward,
+from rewards import (accuracy_reward, accuracy_rewards, answer_key, chain_of_thought, extract_answer, format_reward,
                      language_consistency_reward, majority_vote)
 from tasks import TASKS, format_prompt, get_task, longest_prompt, task_from_config, test_set
 from tokenizer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, get_tokenizer
@@ -166,12 +166,13 @@ def behaviour(completion: str, language: str = "en") -> dict:
     }
 
 
-def completion_stats(problem, completion: str, n_tokens: int) -> dict:
-    """The facts of one completion: correct (rewards.accuracy_reward, the one judge), format,
-    length in tokens, its behaviour, the question's language, and the key cons@k votes on."""
+def completion_stats(problem, completion: str, n_tokens: int, correct: float | None = None) -> dict:
+    """The facts of one completion: correct (rewards.accuracy_reward, the one judge, unless the caller
+    has judged it already: `correct`), format, length in tokens, its behaviour, the question's
+    language, and the key cons@k votes on."""
     mapping = problem.as_dict()
     return {
-        "correct": accuracy_reward(completion, mapping),
+        "correct": accuracy_reward(completion, mapping) if correct is None else correct,
         "format": format_reward(completion),
         "length": n_tokens,
         "language": problem.language,
@@ -326,7 +327,9 @@ def sample_stats(model, tok, problems, k: int = 4, temperature: float = 0.6, top
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     _, ids, texts = sample_completions(model, tok, prompts, max_new_tokens, temperature, top_p, gen,
                                        batch_size, progress)
-    return [[completion_stats(p, prefixes[i * k + j] + texts[i * k + j], len(ids[i * k + j]))
+    texts = [prefix + text for prefix, text in zip(prefixes, texts)]
+    correct = accuracy_rewards(texts, [p.as_dict() for p in problems for _ in range(k)])  # code: one sandbox batch
+    return [[completion_stats(p, texts[i * k + j], len(ids[i * k + j]), correct[i * k + j])
              for j in range(k)] for i, p in enumerate(problems)]
 
 
@@ -438,7 +441,7 @@ def scaling(cfg: EvalConfig, device) -> dict:
         for b in cfg.budget_list():
             texts = budget_completions(model, tok, problems, b, cfg.k, cfg.temperature, cfg.top_p, cfg.seed,
                                        cfg.batch_size)
-            budget_acc.append(sum(accuracy_reward(t, problems[i // cfg.k].as_dict()) for i, t in enumerate(texts))
+            budget_acc.append(sum(accuracy_rewards(texts, [p.as_dict() for p in problems for _ in range(cfg.k)]))
                               / len(texts))
         results[path] = {**curves, "budgets": cfg.budget_list(), "budget_pass@1": budget_acc}
         print0(f"{path}: " + ", ".join(f"k={k} cons {c:.3f} pass {p:.3f}"

@@ -15,6 +15,8 @@ Paper map (docs/PAPER.md has the equations and a worked example of each):
                                             # steps, out/grpo/aha.png
     python grpo.py --seed 1                 # a whole new run: out/base-s1/, out/grpo-s1/
     python grpo.py --task add               # the quick run, 3-digit addition: out/base-add/, out/grpo-add/
+    python grpo.py --task code              # tiny programs judged by running them in the sandbox:
+                                            # out/base-code/, out/grpo-code/
     torchrun --standalone --nproc_per_node=N grpo.py
 
 Shapes: N questions per step, G group size, B = N*G sequences, T tokens, V vocab.
@@ -57,8 +59,8 @@ LOSS_AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 
 
 # RL steps when --steps is not given: the search world's length keeps rising for ~40 steps; addition is
-# solved by step 10-15 (README results)
-TASK_STEPS = {"pairsum": 40, "add": 25}
+# solved by step 10-15; code (README results)
+TASK_STEPS = {"pairsum": 40, "add": 25, "code": 30}
 
 
 @dataclass
@@ -66,11 +68,11 @@ class GRPOConfig:
     init_from: str = ""                 # base model checkpoint dir; "" = out/base (out/base-sN for --seed N), pretrained there if missing
     out_dir: str = ""                   # checkpoint, metrics.jsonl and aha.png; "" = out/grpo (out/grpo-sN for --seed N)
     resume: bool = False                # continue from out_dir/ckpt.pt
-    task: str = DEFAULT_TASK            # task family (tasks.TASKS): pairsum (the search world) or add (the quick run)
+    task: str = DEFAULT_TASK            # task family (tasks.TASKS): pairsum (the search world), add (the quick run) or code
     min_digits: int = 3                 # fewest digits of an operand
     max_digits: int = 3                 # most digits of an operand
     reward: str = "accuracy + 0.1*format"  # reward spec for rewards.parse_reward_spec; no length term
-    steps: int = 0                      # RL steps (rollout batches); 0 = the task's default (TASK_STEPS: pairsum 40, add 25)
+    steps: int = 0                      # RL steps (rollout batches); 0 = the task's default (TASK_STEPS: pairsum 40, add 25, code 30)
     prompts_per_step: int = 16          # N: questions per step (over all ranks)
     group_size: int = 8                 # G: completions per question
     max_new_tokens: int = 256           # cap on completion length, tokens (rollouts and held-out evaluation)
@@ -341,8 +343,10 @@ def step_inputs(cfg: GRPOConfig, task, step: int, rank: int, device):
     return problems, generator
 
 
-def run(cfg: GRPOConfig) -> dict:
-    """R1-Zero: GRPO from the base model with rule rewards. Returns held-out metrics before/after."""
+def run(cfg: GRPOConfig, score_batch=None) -> dict:
+    """R1-Zero: GRPO from the base model with rule rewards. Returns held-out metrics before/after.
+    score_batch: rl_batch's reward function, default parse_reward_spec(cfg.reward).score_batch
+    (soak_sandbox.py --grpo-steps passes one that swaps a share of the rollouts for hostile programs)."""
     t_start = time.time()
     # `python grpo.py` on a fresh clone: pretrain the base model first (check_files has refused any
     # other missing --init-from than the default base directory)
@@ -351,7 +355,7 @@ def run(cfg: GRPOConfig) -> dict:
     dist = setup_ddp(cfg.device or None)
     seed_everything(cfg.seed, dist.rank)
     tok, task = get_tokenizer(), task_from_config(cfg)
-    score_batch = parse_reward_spec(cfg.reward).score_batch
+    score_batch = score_batch or parse_reward_spec(cfg.reward).score_batch
     model, _ = load_model(cfg.init_from, dist.device)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_beta > 0 else None  # pi_ref
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, betas=(0.9, 0.99))
@@ -462,6 +466,11 @@ def run(cfg: GRPOConfig) -> dict:
                     "give_up", "drift"):
             print0(f"  {key:<12} {before[key]:.3f} -> {after[key]:.3f}")
         print0(f"  train len    {train[0]['len']:.1f} -> {train[-1]['len']:.1f} tokens")
+        total = sum(r["dt"] for r in train)  # where the RL steps' time went (evaluations not counted)
+        print0(f"  step time    {total:.0f} s: " + ", ".join(
+            f"{name} {sum(r[key] for r in train) / total:.0%}" for name, key in
+            (("rollouts", "t_rollout"), ("rewards", "t_reward"), ("log-probs", "t_logprobs"), ("update", "t_update")))
+            + f", other {1 - sum(r[k] for r in train for k in ('t_rollout', 't_reward', 't_logprobs', 't_update')) / total:.0%}")
     teardown_ddp()
     return {"before": before if dist.is_main else {}, "after": after}
 

@@ -5,11 +5,13 @@ produces reasoning now and then. We have no weights to download, so we make one 
 by next-token prediction on documents in which the task's problems appear the way they would on the
 web: pair-sum questions (the default) with a quick random guess or a search that tries pairs and
 often gives up; additions (--task add) with a quick (usually wrong) answer, a worked trace or a
-self-check; plus plain text. See corpus.py for every choice and why.
+self-check; tiny stdin/stdout programs (--task code), written at once (usually a near miss) or after a
+plan; plus plain text. See corpus.py for every choice and why.
 
     python pretrain.py                         # the cpu preset (model nano), out/base/, minutes on 2 cores
     python pretrain.py --seed 1                # another base model, out/base-s1/
     python pretrain.py --task add              # the addition web's base model, out/base-add/
+    python pretrain.py --task code             # the code web's base model (tiny programs), out/base-code/
     python pretrain.py --preset gpu            # a larger model (model preset tiny) for one GPU
     torchrun --standalone --nproc_per_node=N pretrain.py --preset gpu
 
@@ -57,7 +59,7 @@ from tokenizer import get_tokenizer
 class PretrainConfig(CorpusConfig):
     model: str = "nano"             # model preset (model.PRESETS)
     max_seq_len: int = 512          # model context length, tokens
-    task: str = DEFAULT_TASK        # task family the web's problems come from (corpus.WEB_TASKS: pairsum, add)
+    task: str = DEFAULT_TASK        # task family the web's problems come from (corpus.WEB_TASKS: pairsum, add, code)
     min_digits: int = 3             # fewest digits of an operand (difficulty knob)
     max_digits: int = 3             # most digits of an operand (difficulty knob)
     mastery: float = 0.6            # phase 1 (traces only) ends at this greedy accuracy on train problems (0 = no phase 1)
@@ -95,7 +97,7 @@ class PretrainConfig(CorpusConfig):
                                "quick_correct", "p_second_lang", "p_mixed", "p_search_quick", "give_up",
                                "give_up_second", "p_search_second", "p_search_mixed"),
                      choices={"model": tuple(MODEL_PRESETS)})
-        if self.task == "add" and self.p_trace <= 0 and (self.mastery > 0 or self.p_quick + self.p_check + self.p_bare <= 0):
+        if self.task in ("add", "code") and self.p_trace <= 0 and (self.mastery > 0 or self.p_quick + self.p_check + self.p_bare <= 0):
             raise ValueError("--p-trace is 0: phase 1 (worked traces only) would have no documents, and the base "
                              "model nothing to reason with")
         if self.seq_len > self.max_seq_len:

@@ -18,13 +18,15 @@ What is here:
   4. math_equal / math_reward            numeric answers (decimals, fractions, \\boxed, %, units)
   5. code_reward / code_rewards          programs run against stdin/stdout tests in sandbox.py
   6. language_consistency_reward         R1 stage 2: fraction of CoT words in the target language
-  7. accuracy_reward / answer_key        a problem family's judge, and the meaning of an answer
+  7. accuracy_reward / accuracy_rewards  a problem family's judge (one completion / a batch, code in
+     answer_key                          parallel), and the meaning of an answer
      majority_vote                       cons@k: the vote over answer_keys (110 = 110.0 = 0110)
   8. parse_reward_spec / RewardSpec      "accuracy + 0.1*format + 0.2*language" -> (total, components)
 
 Deliberate deviations from the paper:
-  1. The accuracy reward for code scores the FRACTION of tests passed, a denser signal for small
-     models; a LeetCode-style judge (R1's analogy) accepts only all tests: `all_or_nothing=True`.
+  1. None for code accuracy: like the paper's judge (a LeetCode-style compiler check), `accuracy`
+     on a code problem is 1 only when the program passes ALL its tests. The denser FRACTION of tests
+     passed is the separate reward `tests` (code_reward's default), for forks that want it.
   2. Language is decided by word lists and a character class, not a language-identification model;
      the synthetic corpus reasons in two word-list "languages" (en, es) so mixing can be measured.
   3. No preference (neural) rewards: the R1 stage-4 reward model for non-reasoning data is out of scope.
@@ -473,8 +475,8 @@ def pairsum_reward(completion: str, numbers: Iterable[int], target: int) -> floa
 def accuracy_reward(completion: str, problem: Mapping[str, Any]) -> float:
     """Dispatch on problem["family"]: "countdown" -> countdown_reward(problem["numbers"],
     problem["target"]); "pairsum" -> pairsum_reward(problem["numbers"], problem["target"]);
-    "math"/"add"/"mul" -> math_reward(problem["gold"]); "code" -> code_reward(problem["tests"]).
-    An unknown family is a config error: ValueError."""
+    "math"/"add"/"mul" -> math_reward(problem["gold"]); "code" -> code_reward(problem["tests"],
+    all_or_nothing=True): the judge's pass/fail. An unknown family is a config error: ValueError."""
     family = problem["family"]
     if family == "countdown":
         return countdown_reward(completion, problem["numbers"], problem["target"])
@@ -483,8 +485,18 @@ def accuracy_reward(completion: str, problem: Mapping[str, Any]) -> float:
     if family in ("math", "add", "mul"):
         return math_reward(completion, problem["gold"])
     if family == "code":
-        return code_reward(completion, problem["tests"])
+        return code_reward(completion, problem["tests"], all_or_nothing=True)
     raise ValueError(f"accuracy reward: unknown problem family {family!r}")
+
+
+def accuracy_rewards(completions: list[str], problems: list[Mapping[str, Any]]) -> list[float]:
+    """accuracy_reward of each (completion, problem) pair, the code problems' programs all run in one
+    parallel sandbox batch (code_rewards) instead of one after another: what RL steps and
+    evaluation call."""
+    code = [i for i, p in enumerate(problems) if p.get("family") == "code"]
+    scores = code_rewards([completions[i] for i in code], [problems[i]["tests"] for i in code], all_or_nothing=True)
+    judged = dict(zip(code, scores))
+    return [judged[i] if i in judged else accuracy_reward(c, p) for i, (c, p) in enumerate(zip(completions, problems))]
 
 
 def answer_key(completion: str, problem: Mapping[str, Any]) -> Hashable | None:
@@ -540,6 +552,7 @@ REWARDS: dict[str, RewardFn] = {
     "accuracy": accuracy_reward,
     "format": lambda completion, problem: format_reward(completion),
     "language": lambda completion, problem: language_consistency_reward(completion, problem.get("language", "en")),
+    "tests": lambda completion, problem: code_reward(completion, problem["tests"]) if problem.get("family") == "code" else 0.0,
 }
 
 
@@ -556,18 +569,20 @@ class RewardSpec:
                       for _, name in self.terms}
         return sum(w * components[name] for w, name in self.terms), components
 
-    def score_batch(self, completions: list[str], problems: list[Mapping[str, Any]],
-                    max_workers: int | None = None) -> list[tuple[float, dict[str, float]]]:
-        """Like calling the spec on each pair, but every code problem's accuracy is computed in one
-        parallel sandbox batch first."""
+    def score_batch(self, completions: list[str], problems: list[Mapping[str, Any]]
+                    ) -> list[tuple[float, dict[str, float]]]:
+        """Like calling the spec on each pair, but the accuracy (and the tests fraction) of every
+        code problem is computed in one parallel sandbox batch first."""
+        names = {name for _, name in self.terms}
+        pre: list[dict[str, float]] = [{} for _ in completions]
+        if "accuracy" in names:
+            for row, score in zip(pre, accuracy_rewards(completions, problems)):
+                row["accuracy"] = score
         code = [i for i, p in enumerate(problems) if p.get("family") == "code"]
-        pre: dict[int, dict[str, float]] = {i: {} for i in code}
-        if code and any(name == "accuracy" for _, name in self.terms):
-            scores = code_rewards([completions[i] for i in code], [problems[i]["tests"] for i in code],
-                                  max_workers=max_workers)
-            for i, s in zip(code, scores):
-                pre[i]["accuracy"] = s
-        return [self._combine(c, p, pre.get(i, {})) for i, (c, p) in enumerate(zip(completions, problems))]
+        if "tests" in names and code:
+            for i, score in zip(code, code_rewards([completions[i] for i in code], [problems[i]["tests"] for i in code])):
+                pre[i]["tests"] = score
+        return [self._combine(c, p, pre[i]) for i, (c, p) in enumerate(zip(completions, problems))]
 
 
 _TERM_RE = re.compile(r"\s*(?:([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*)?([A-Za-z_][A-Za-z0-9_]*)\s*")

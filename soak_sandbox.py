@@ -8,6 +8,14 @@ and without bubblewrap.
 
     python soak_sandbox.py                         # 10 batches of 64 programs, a quarter hostile (~2 min)
     python soak_sandbox.py --steps 2 --batch 16    # quicker
+    python soak_sandbox.py --grpo-steps 10         # inside the RL loop: `grpo.py --task code` from
+                                                   # out/base-code, 10 steps without and 10 with hostile rollouts
+
+Inside the loop (--grpo-steps N): two GRPO runs of N steps from the same base model and seed, one
+as it is and one where a share (--hostile) of every step's rollouts is replaced, for scoring, by
+hostile programs (the policy's own tokens are still what is trained on: those rollouts simply earn
+their reward, 0 for accuracy). It prints the seconds per RL step (whole step and the reward part)
+of both runs, what the hostile programs scored, and what was left behind.
 
 Hostile programs: a fork bomb, a memory bomb, an infinite loop, infinite output, deep recursion, a
 setsid'd daemon that lives on, a parent killer, a writer of files outside the sandbox (the soak's own
@@ -29,7 +37,7 @@ from dataclasses import dataclass
 
 import sandbox
 from bench_rewards import sandbox_rate  # deliberate reuse: the one programs/s measurement
-from common import config_from_args, check_ranges
+from common import check_ranges, config_from_args, read_metrics
 from rewards import code_rewards
 from tasks import CodeTask
 
@@ -74,9 +82,11 @@ class SoakConfig:
     timeout_s: float = 2.0          # sandbox wall clock per test (sandbox.Limits.timeout_s)
     throughput_programs: int = 64   # benign programs for the programs/s line, with and without bubblewrap
     seed: int = 0                   # seed for the problems and which rollouts turn hostile
+    grpo_steps: int = 0             # > 0: soak inside the RL loop instead, two GRPO runs of this many steps
+    init_from: str = "out/base-code"  # the code base model the RL runs start from (python pretrain.py --task code)
 
     def __post_init__(self):
-        check_ranges(self, positive=("steps", "batch", "timeout_s"), non_negative=("throughput_programs",),
+        check_ranges(self, positive=("steps", "batch", "timeout_s"), non_negative=("throughput_programs", "grpo_steps"),
                      fraction=("hostile",))
 
 
@@ -123,8 +133,67 @@ def soak(cfg: SoakConfig) -> dict:
             "processes": leftover_procs, "files": escaped, "tmp_dirs": leftover_tmp}
 
 
+def soak_in_loop(cfg: SoakConfig) -> dict:
+    """Two GRPO runs on the code task from cfg.init_from: as they are, and with a share of every
+    step's rollouts scored as hostile programs; returns the figures main prints."""
+    import grpo  # deliberate reuse: the real RL loop, its reward batching and its timings
+
+    rng = random.Random(cfg.seed)
+    target = tempfile.mkdtemp(prefix="soak-target-")
+    programs = list(hostile_programs(target).values())
+    hostile_scores, runs = [], {}
+    tmp_before = sandbox_tmp_dirs()
+
+    def swapping(score_batch):
+        def score(texts, problems):
+            turned = set(rng.sample(range(len(texts)), round(cfg.hostile * len(texts))))
+            texts = [completion(programs[i % len(programs)]) if i in turned else t for i, t in enumerate(texts)]
+            scored = score_batch(texts, problems)
+            hostile_scores.extend(scored[i][1]["accuracy"] for i in turned)
+            return scored
+        return score
+
+    out = tempfile.mkdtemp(prefix="soak-grpo-")
+    for name in ("as is", "with hostile rollouts"):
+        run_cfg = grpo.GRPOConfig(task="code", init_from=cfg.init_from, out_dir=os.path.join(out, name.replace(" ", "-")),
+                                  steps=cfg.grpo_steps, seed=cfg.seed, eval_every=0, eval_problems=8, eval_k=2,
+                                  show_every=0, ckpt_every=0)
+        spec = grpo.parse_reward_spec(run_cfg.reward).score_batch
+        grpo.run(run_cfg, score_batch=swapping(spec) if name != "as is" else None)
+        train = [r for r in read_metrics(os.path.join(run_cfg.out_dir, "metrics.jsonl")) if r["kind"] == "train"]
+        runs[name] = {k: sum(r[k] for r in train) / len(train) for k in ("dt", "t_reward", "reward")}
+    time.sleep(1.0)  # as in soak(): anything that escaped gets a moment to show itself
+    leftover = {"processes": sandbox.sandbox_processes(), "files": [p for p in escape_paths(target) if os.path.exists(p)],
+                "tmp_dirs": sorted(sandbox_tmp_dirs() - tmp_before)}
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    return {"runs": runs, "hostile_max": max(hostile_scores, default=0.0), "n_hostile": len(hostile_scores), **leftover}
+
+
+def print_leftovers(r: dict) -> None:
+    print(f"left behind: {len(r['processes'])} processes, {len(r['files'])} files outside the sandbox, "
+          f"{len(r['tmp_dirs'])} temporary directories")
+    for what in ("processes", "files", "tmp_dirs"):
+        if r[what]:
+            print(f"  {what}: {r[what]}")
+
+
 def main(argv=None) -> dict:
     cfg = config_from_args(SoakConfig, argv, description=__doc__.split("\n")[0])
+    if cfg.grpo_steps:
+        print(f"{os.cpu_count()} cores; isolation: {'bubblewrap' if sandbox.bwrap_path() else 'rlimits fallback'}; "
+              f"GRPO on the code task from {cfg.init_from}, {cfg.grpo_steps} steps as is and {cfg.grpo_steps} with "
+              f"{cfg.hostile:.0%} of the rollouts hostile")
+        r = soak_in_loop(cfg)
+        print()
+        for name, m in r["runs"].items():
+            print(f"{name:>22}: {m['dt']:.2f} s per RL step, of which rewards {m['t_reward']:.2f} s; mean reward "
+                  f"{m['reward']:.3f}")
+        a, b = (r["runs"][k]["dt"] for k in ("as is", "with hostile rollouts"))
+        print(f"step time with hostile rollouts / as is: {b / a:.2f}x")
+        print(f"scores: hostile programs max {r['hostile_max']:.1f} over {r['n_hostile']}")
+        print_leftovers(r)
+        return r
     print(f"{os.cpu_count()} cores; isolation: {'bubblewrap' if sandbox.bwrap_path() else 'rlimits fallback'}; "
           f"{cfg.steps} batches of {cfg.batch} programs, {cfg.hostile:.0%} hostile")
     r = soak(cfg)
@@ -132,11 +201,7 @@ def main(argv=None) -> dict:
     print(f"\nseconds per batch: benign only {benign:.2f}, with hostile programs {mixed:.2f} ({mixed / benign:.2f}x)")
     print(f"scores: hostile programs max {r['hostile_max']:.1f} over {r['n_hostile']}; benign programs in the "
           f"same batches mean {r['benign_mean']:.2f}")
-    print(f"left behind: {len(r['processes'])} processes, {len(r['files'])} files outside the sandbox, "
-          f"{len(r['tmp_dirs'])} temporary directories")
-    for what in ("processes", "files", "tmp_dirs"):
-        if r[what]:
-            print(f"  {what}: {r[what]}")
+    print_leftovers(r)
     if cfg.throughput_programs:
         n = cfg.throughput_programs
         rates = {"bubblewrap": sandbox_rate(n, use_bwrap=True)[0] if sandbox.bwrap_path() else None,

@@ -259,6 +259,16 @@ def _ints(rng, *_):
     return " ".join(str(rng.randint(-50, 50)) for _ in range(rng.randint(1, 6)))
 
 
+def _ints_near(rng, k):  # about half the numbers at or next to k, so `>` and `>=` (or k off by one) differ
+    return " ".join(str(k + rng.randint(-2, 2) if rng.random() < 0.5 else rng.randint(-50, 50))
+                    for _ in range(rng.randint(2, 6)))
+
+
+def _ints_multiples(rng, k):  # about half the numbers multiples of k, so the count is not always 0 or 1
+    return " ".join(str(k * rng.randint(-6, 6) if rng.random() < 0.5 else rng.randint(-50, 50))
+                    for _ in range(rng.randint(2, 6)))
+
+
 def _int(rng, *_):
     return str(rng.randint(-100, 100))
 
@@ -288,20 +298,20 @@ CODE_SPECS = {
                 "print(input()[::-1])", _word, lambda s: s[::-1]),
     "square": ([()], "reads an integer n and prints n squared",
                "n = int(input())\nprint(n * n)", _int, lambda s: int(s) ** 2),
-    "affine": ([(a, b) for a in range(2, 13) for b in range(1, 21)],
+    "affine": ([(a, b) for a in range(2, 21) for b in range(1, 61)],
                "reads an integer n and prints {0}*n + {1}",
                "n = int(input())\nprint({0} * n + {1})", _int, lambda s, a, b: a * int(s) + b),
     "count": ([(c,) for c in _LETTERS], "reads a word and prints how many times the letter {0} appears in it",
               "print(input().count('{0}'))", _word_with, lambda s, c: s.count(c)),
-    "greater": ([(k,) for k in range(-10, 31)],
+    "greater": ([(k,) for k in range(-20, 41)],
                 "reads integers from one line of input and prints how many of them are greater than {0}",
-                "print(sum(x > {0} for x in map(int, input().split())))", _ints,
+                "print(sum(x > {0} for x in map(int, input().split())))", _ints_near,
                 lambda s, k: sum(x > k for x in _nums(s))),
-    "divisible": ([(k,) for k in range(2, 10)],
+    "divisible": ([(k,) for k in range(2, 21)],
                   "reads integers from one line of input and prints how many of them are divisible by {0}",
-                  "print(sum(x % {0} == 0 for x in map(int, input().split())))", _ints,
+                  "print(sum(x % {0} == 0 for x in map(int, input().split())))", _ints_multiples,
                   lambda s, k: sum(x % k == 0 for x in _nums(s))),
-    "repeat": ([(k,) for k in range(2, 10)], "reads a word and prints it {0} times with no spaces",
+    "repeat": ([(k,) for k in range(2, 16)], "reads a word and prints it {0} times with no spaces",
                "print(input() * {0})", _word, lambda s, k: s * k),
 }
 CODE_KINDS = tuple(CODE_SPECS)

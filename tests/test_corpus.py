@@ -5,9 +5,10 @@ from collections import Counter
 
 import pytest
 
-from corpus import CorpusConfig, addition_trace, completion_for, forced_prefixes, sample_document
-from rewards import accuracy_reward, format_reward, language_consistency_reward
-from tasks import AdditionTask, Problem, split_of
+from corpus import (CorpusConfig, addition_trace, code_completion, code_plan, completion_for, forced_prefixes,
+                    near_miss, sample_document)
+from rewards import accuracy_reward, accuracy_rewards, format_reward, language_consistency_reward
+from tasks import CODE_KINDS, CODE_SPECS, AdditionTask, CodeTask, Problem, sample_problems, split_of
 
 LINE = re.compile(r"(\d+)\+(\d+), (?:carry|llevo) (\d): (\d)\+(\d)\+(\d)=(\d\d), (?:so far|hasta ahora) (\d+)\.")
 
@@ -164,3 +165,56 @@ def test_readable_search_is_one_language_with_a_summary_and_scores_readable():
     own = readable_search(problem, "en", pairs=[(7, 3), (3, 5)])
     assert own == "<think>7+3=10 vs 8, no. 3+5=8 vs 8, yes. so the answer is 3+5.</think><answer>3+5</answer>"
     assert behaviour(own, "en")["readable"] == 1.0 and behaviour(own, "en")["lang_mix"] == 0.0
+
+
+# ----------------------------------------------------------------------------- the code world
+
+def code_problems(n=60, seed=0):
+    return sample_problems(CodeTask(), n, "train", seed=seed)
+
+
+def test_code_documents_score_as_designed_in_the_sandbox():
+    """Plans and checks are right; a quick program with quick_correct 0 is a near miss, which the judge
+    fails almost always (a near miss may pass every test by accident: max and min agree on one number)."""
+    cfg, rng = CorpusConfig(quick_correct=0.0), random.Random(0)
+    problems = code_problems()
+    kinds = ("trace", "check", "quick", "bare")
+    texts = {kind: [code_completion(kind, p, cfg, rng) for p in problems] for kind in kinds}
+    dicts = [p.as_dict() for p in problems]
+    for kind in kinds:
+        assert [format_reward(t) for t in texts[kind]] == [0.0 if kind == "bare" else 1.0] * len(problems)
+    assert accuracy_rewards(texts["trace"], dicts) == [1.0] * len(problems)
+    assert accuracy_rewards(texts["check"], dicts) == [1.0] * len(problems)
+    assert sum(accuracy_rewards(texts["quick"], dicts)) <= 0.1 * len(problems)
+    assert all(t.startswith(forced_prefixes(p)["reason"]) for t, p in zip(texts["trace"], problems))
+    with pytest.raises(ValueError, match="unknown document kind"):
+        code_completion("essay", problems[0], cfg, rng)
+
+
+@pytest.mark.parametrize("kind", CODE_KINDS)
+def test_every_near_miss_is_another_program_and_every_plan_names_the_constants(kind):
+    params, *_ = CODE_SPECS[kind]
+    rng = random.Random(0)
+    for p in params:
+        gold = CODE_SPECS[kind][2].format(*p)
+        assert all(near_miss(kind, p, rng) != gold for _ in range(5))
+        plan = code_plan(Problem("code", "", gold, spec=(kind, *p)))
+        assert "=" in plan and all(str(x) in plan for x in p)
+
+
+def test_code_web_mix_and_no_test_problem_leaks():
+    cfg, task, rng, n = CorpusConfig(), CodeTask(), random.Random(0), 3000
+    questions = {f"Write a Python program that {spec[1].format(*p)}.": (kind, *p)
+                 for kind, spec in CODE_SPECS.items() for p in spec[0]}
+    kinds = Counter()
+    for _ in range(n):
+        kind, text = sample_document(task, cfg, rng)
+        kinds[kind] += 1
+        m = re.search(r"<\|user\|>(.*?)<\|assistant\|>", text)
+        assert (m is None) == (kind == "text")
+        if m:
+            assert split_of(("code", *questions[m.group(1)])) == "train"
+    n_task = n - kinds["text"]
+    total = cfg.p_quick + cfg.p_trace + cfg.p_check + cfg.p_bare
+    for kind, p in [("quick", cfg.p_quick), ("trace", cfg.p_trace), ("check", cfg.p_check), ("bare", cfg.p_bare)]:
+        assert kinds[kind] / n_task == pytest.approx(p / total, abs=0.03), kind

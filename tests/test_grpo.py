@@ -571,6 +571,20 @@ def test_search_world_two_step_run(tmp_path):
         assert all(key in r for r in records), key
 
 
+def test_code_world_two_step_run(tmp_path):
+    """`--task code` end to end on the smoke preset: pretraining writes the code web, GRPO scores the
+    programs in the sandbox (the judge's pass/fail) and reports where the step time went."""
+    from conftest import run_script
+
+    run_script(f"{ROOT}/pretrain.py", "--preset", "smoke", "--task", "code", "--out-dir", tmp_path / "base")
+    out = run_script(f"{ROOT}/grpo.py", "--preset", "smoke", "--task", "code", "--init-from", tmp_path / "base",
+                     "--out-dir", tmp_path / "grpo", "--max-new-tokens", "64").stdout
+    assert "R1-Zero summary" in out and "step time" in out and "rewards" in out
+    records = common.read_metrics(str(tmp_path / "grpo" / "metrics.jsonl"))
+    train = [r for r in records if r["kind"] == "train"]
+    assert len(train) == 2 and all(r["r_accuracy"] in (0.0, 0.25, 0.5, 0.75, 1.0) and r["t_reward"] > 0 for r in train)
+
+
 def test_grpo_runs_under_torchrun_with_two_processes(tmp_path, tmp_path_factory):
     """The whole loop on 2 gloo ranks: each samples half the questions, checkpoints gather every
     rank's rollouts (mu = 2, a checkpoint after every step), rank 0 writes."""

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rewards
-from rewards import (accuracy_reward, answer_key, code_reward, countdown_reward, extract_answer, format_reward,
+from rewards import (REWARDS, accuracy_reward, accuracy_rewards, answer_key, code_reward, countdown_reward, extract_answer, format_reward,
                      language_consistency_reward, majority_vote, math_equal, math_reward, parse_reward_spec,
                      register_language)
 
@@ -324,14 +324,29 @@ def test_accuracy_dispatches_on_family(problem, answer):
 
 
 def test_score_batch_matches_single_scoring():
-    spec = parse_reward_spec("accuracy + 0.1*format")
+    spec = parse_reward_spec("accuracy + 0.1*format + 0.5*tests")
+    two_tests = [{"input": "2", "output": "4"}, {"input": "3", "output": "6"}]
     problems = [{"family": "code", "tests": [{"input": "2", "output": "4"}]},
                 {"family": "add", "gold": 4},
-                {"family": "code", "tests": [{"input": "2", "output": "4"}]}]
-    completions = [wrap("print(int(input()) * 2)"), wrap("4"), "print(4)"]
+                {"family": "code", "tests": [{"input": "2", "output": "4"}]},
+                {"family": "code", "tests": two_tests}]
+    completions = [wrap("print(int(input()) * 2)"), wrap("4"), "print(4)", wrap("print(4)")]
     batch = spec.score_batch(completions, problems)
     assert batch == [spec(c, p) for c, p in zip(completions, problems)]
-    assert [t for t, _ in batch] == pytest.approx([1.1, 1.1, 0.0])
+    assert [t for t, _ in batch] == pytest.approx([1.6, 1.1, 0.0, 0.35])  # one test of two: accuracy 0, tests 0.5
+
+
+def test_code_accuracy_is_the_judges_pass_fail_and_the_batch_judge_agrees():
+    """accuracy on a code problem is 1 only when every test passes (a judge); `tests` is the fraction;
+    accuracy_rewards (code in one parallel sandbox batch) equals accuracy_reward one by one."""
+    partial = wrap("a, b = map(int, input().split())\nprint(a + b if a else 1)")  # 2 of 3 tests
+    code = {"family": "code", "tests": ADD_TESTS}
+    assert accuracy_reward(partial, code) == 0.0 and accuracy_reward(wrap(ADD), code) == 1.0
+    assert REWARDS["tests"](partial, code) == pytest.approx(2 / 3) and REWARDS["tests"](wrap("4"), {"family": "add"}) == 0.0
+    completions = [partial, wrap(ADD), wrap("4"), wrap("5"), "no answer"]
+    problems = [code, code, {"family": "add", "gold": 4}, {"family": "add", "gold": 4}, code]
+    assert accuracy_rewards(completions, problems) == [accuracy_reward(c, p) for c, p in zip(completions, problems)] \
+        == [0.0, 1.0, 1.0, 0.0, 0.0]
 
 
 @pytest.mark.parametrize("bad", ["", "accuracy +", "0.1*", "2*nope", "accuracy + accuracy", "format*0.1",
