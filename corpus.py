@@ -31,10 +31,10 @@ prints 7*n + 3.") has the same four shapes, the program in the answer block (rew
           written at once, right only `quick_correct` of the time: otherwise a NEAR MISS, the program
           of a neighbouring problem (max for min, >= for >, a constant off by one, another letter),
           the bugs of someone who skimmed the question.
-  plan    <think>reads an integer n. prints 7*n + 3. a = 7, b = 3.</think><answer>...</answer>   the
-          problem restated first (what comes in, what goes out, in the question's words; the
-          constants named), then the program: always right. The plan puts the constants right next
-          to where the program copies them.
+  plan    <think>prints 7*n + 3. a = 7, b = 3.</think><answer>...</answer>   the problem restated
+          first (what the program prints, in the question's words; the constants named), then the
+          program: always right. The plan puts the constants right next to where the program
+          copies them.
   check   <think>I think:\n<a quick program>\nwait, let me check. <plan></think><answer>...</answer>
   bare    <answer>program</answer>, no reasoning block.
 English only (the code world has no second language).
@@ -50,7 +50,7 @@ import dataclasses
 import random
 from dataclasses import dataclass
 
-from tasks import CODE_SPECS, format_completion, format_prompt, split_of
+from tasks import _LETTERS, CODE_SPECS, format_completion, format_prompt, split_of
 from tokenizer import ANSWER_CLOSE, ANSWER_OPEN, EOT, THINK_CLOSE, THINK_OPEN
 
 # The words each language uses. Keep these inside rewards.LANGUAGES' word lists.
@@ -147,21 +147,23 @@ def plain_text(rng: random.Random, lang: str) -> str:
 
 # ----------------------------------------------------------------------------- the code world
 
-# A plan restates the question in two sentences, what the program reads and what it prints, in the
-# question's own words (a tiny model copies a span it has seen, word after word, far better than it
-# fetches one number from far back: the constants land right next to the program), then names the
-# choice the program turns on with "=" (evaluate.reasons counts a think block with "=" as reasoning).
+# A plan restates what the program prints, in the question's own words (a tiny model copies a span it
+# has just read far better than it fetches one number from far back), then names the choice the
+# program turns on with "=" (evaluate.reasons counts a think block with "=" as reasoning): the
+# constants land right next to the program that copies them.
 CODE_CHOICES = {
     "sum": "op = sum.", "max": "op = max.", "min": "op = min.", "reverse": "op = [::-1].", "square": "op = n * n.",
     "affine": "a = {0}, b = {1}.", "count": "letter = '{0}'.", "greater": "test = x > {0}.",
     "divisible": "test = x % {0} == 0.", "repeat": "times = {0}.",
 }
 
-# The near misses of a quick program: for each kind, the (kind, params) of neighbouring problems
-# whose program a hasty reader writes instead. A near miss is a plausible program, not noise: it
-# may even pass a test or two (max and min agree on one number), which the judge settles.
+# The near misses of a quick program: what a hasty reader writes instead. A near miss is a plausible
+# program, not noise: it may even pass a test or two (max and min agree on one number), which the
+# judge settles. Three sorts: another kind's program (_SIBLINGS), a program of no kind
+# (_WRONG_PROGRAMS), and the same program with other constants (_wrong_constants), drawn only among
+# constants of the TRAIN split, so no held-out problem's program appears on the web, even as a mistake.
 _SIBLINGS = {"sum": ("max", "min"), "max": ("min", "sum"), "min": ("max", "sum")}
-_WRONG_PROGRAMS = {  # near misses that are no other kind's program
+_WRONG_PROGRAMS = {
     "reverse": ("print(input())", "print(input()[1:])"),
     "square": ("n = int(input())\nprint(n * 2)", "n = int(input())\nprint(n * n * n)"),
     "greater": ("print(sum(x >= {0} for x in map(int, input().split())))",
@@ -169,27 +171,31 @@ _WRONG_PROGRAMS = {  # near misses that are no other kind's program
 }
 
 
+def _wrong_constants(kind: str, params: tuple) -> list[tuple]:
+    """The constants of a near miss: off by one (or two), swapped, another letter."""
+    if kind == "affine":
+        a, b = params
+        near = [(a + 1, b), (a - 1, b), (a, b + 1), (a, b - 1), (b, a), (a + 2, b), (a, b + 2)]
+        return [(x, y) for x, y in near if (x, y) != (a, b) and x >= 1 and y >= 0]
+    if kind == "count":
+        return [(c,) for c in _LETTERS if c != params[0]]
+    k = params[0]
+    return [(k + d,) for d in (-1, 1, -2, 2) if kind == "greater" or k + d >= 1]
+
+
 def near_miss(kind: str, params: tuple, rng: random.Random) -> str:
     """A plausibly wrong program for the problem (kind, *params): another kind's program, a
     constant off by one, the constants swapped, another letter, >= for >."""
     if kind in _SIBLINGS:
         return CODE_SPECS[rng.choice(_SIBLINGS[kind])][2]
-    program = CODE_SPECS[kind][2]
-    if kind == "affine":
-        a, b = params
-        wrong = rng.choice([(a + 1, b), (max(1, a - 1), b), (a, b + 1), (a, max(0, b - 1)), (b, a)])
-        return program.format(*wrong) if wrong != (a, b) else program.format(a, b + 1)
-    if kind == "count":
-        return program.format(rng.choice([c for c in "abcdefghijklmnopqrstuvwxyz" if c != params[0]]))
-    if kind in ("divisible", "repeat"):
-        return program.format(params[0] + rng.choice((-1, 1)) if params[0] > 2 else params[0] + 1)
-    if kind == "greater" and rng.random() < 0.5:
-        return program.format(params[0] + rng.choice((-1, 1)))
-    return rng.choice(_WRONG_PROGRAMS[kind]).format(*params)
+    if kind in _WRONG_PROGRAMS and (kind != "greater" or rng.random() < 0.5):
+        return rng.choice(_WRONG_PROGRAMS[kind]).format(*params)
+    wrong = [w for w in _wrong_constants(kind, params) if split_of(("code", kind, *w)) == "train"]
+    return CODE_SPECS[kind][2].format(*rng.choice(wrong))
 
 
 def code_plan(problem) -> str:
-    """The plan of a code problem: "reads an integer n. prints 7*n + 3. a = 7, b = 3." """
+    """The plan of a code problem: "prints 7*n + 3. a = 7, b = 3." """
     kind, *params = problem.spec
     prints = CODE_SPECS[kind][1].format(*params).split(" and prints ")[1]
     return f"prints {prints}. {CODE_CHOICES[kind].format(*params)}"
@@ -316,6 +322,11 @@ def _train_problem(task, rng: random.Random):
             return problem
 
 
+def _shape(cfg: CorpusConfig, rng: random.Random) -> str:
+    """The shape of a problem's document in the addition and code webs, drawn with the config's weights."""
+    return rng.choices(("quick", "trace", "check", "bare"), (cfg.p_quick, cfg.p_trace, cfg.p_check, cfg.p_bare))[0]
+
+
 def sample_document(task, cfg: CorpusConfig, rng: random.Random) -> tuple[str, str]:
     """One web document (kind, text), for a TRAIN-split problem of `task` (the held-out test split
     never appears in any training text)."""
@@ -327,15 +338,14 @@ def sample_document(task, cfg: CorpusConfig, rng: random.Random) -> tuple[str, s
         if rng.random() < cfg.p_text:
             return "text", plain_text(rng, "en") + EOT
         problem = _train_problem(task, rng)
-        kind = rng.choices(("quick", "trace", "check", "bare"), (cfg.p_quick, cfg.p_trace, cfg.p_check, cfg.p_bare))[0]
+        kind = _shape(cfg, rng)
         return kind, format_prompt(problem.question) + code_completion(kind, problem, cfg, rng) + EOT
     lang = "es" if rng.random() < cfg.p_second_lang else "en"
     if rng.random() < cfg.p_text:
         return "text", plain_text(rng, lang) + EOT
     problem = _train_problem(task, rng)
     a, b = problem.operands
-    kinds, weights = ("quick", "trace", "check", "bare"), (cfg.p_quick, cfg.p_trace, cfg.p_check, cfg.p_bare)
-    kind = rng.choices(kinds, weights)[0]
+    kind = _shape(cfg, rng)
     n_cols = max(len(str(a)), len(str(b)))
     switch_at = rng.randint(1, n_cols - 1) if kind in ("trace", "check") and rng.random() < cfg.p_mixed else None
     completion = completion_for(kind, a, b, lang, cfg, rng, switch_at)

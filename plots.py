@@ -13,24 +13,27 @@ from matplotlib.figure import Figure  # a figure object, not pyplot: no display 
 from common import read_metrics
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-FIGURES = {  # figure -> (metrics log, title)
+FIGURES = {  # figure -> (metrics log, title[, the reasons panel])
     "assets/aha.png": ("docs/runs/grpo-pairsum-seed0.jsonl",
                        "R1-Zero from scratch on a 2-core CPU: the search world (python grpo.py, seed 0)"),
     "assets/aha-add.png": ("docs/runs/grpo-add-seed0.jsonl",
                            "The quick run: 3-digit addition (python grpo.py --task add, seed 0)"),
+    "assets/aha-code.png": ("docs/runs/grpo-code-seed0.jsonl",
+                            "Code judged in the sandbox: tiny programs (python grpo.py --task code, seed 0)", True),
 }
 
 
-def plot_aha(metrics_path: str, out_png: str, title: str = "R1-Zero on a CPU") -> str:
+def plot_aha(metrics_path: str, out_png: str, title: str = "R1-Zero on a CPU", reasons: bool = False) -> str:
     """The aha figure (R1 paper, Figures 2 and 3): held-out pass@1 and cons@k, the mean response
     length of the training rollouts, and reflection (backtracking markers per completion: a "no"
-    after a failed try, or a "wait") with the search's tries and give-ups, against RL step."""
+    after a failed try, or a "wait") with the search's tries and give-ups, against RL step.
+    reasons: a third panel with the share of completions that reason first (the code world's plans)."""
     records = read_metrics(metrics_path)
     evals = [r for r in records if r["kind"] == "eval"]
     train_rows = [r for r in records if r["kind"] == "train" and r.get("pass", 1) == 1]  # one per RL step
     search = any(r.get("tries", 0) > 0 for r in train_rows)  # the search world: a third panel
-    fig = Figure(figsize=(15 if search else 11, 4))
-    ax1, ax2, *ax3 = fig.subplots(1, 3 if search else 2)
+    fig = Figure(figsize=(15 if search or reasons else 11, 4))
+    ax1, ax2, *ax3 = fig.subplots(1, 3 if search or reasons else 2)
     ax1.plot([r["step"] for r in evals], [r["pass@1"] for r in evals], "o-", label="pass@1")
     ax1.plot([r["step"] for r in evals], [r["cons@k"] for r in evals], "s--", label="cons@k")
     ax1.set(xlabel="RL step", ylabel="held-out accuracy", ylim=(0, 1), title="accuracy (cf. R1 Fig. 2)")
@@ -43,6 +46,13 @@ def plot_aha(metrics_path: str, out_png: str, title: str = "R1-Zero on a CPU") -
     ax2.legend()
     if search:
         draw_reflection(ax3[0], train_rows)
+    elif reasons:
+        ax3[0].plot([r["step"] for r in train_rows], [r["reasons"] for r in train_rows], color="tab:green",
+                    label="training rollouts")
+        ax3[0].plot([r["step"] for r in evals], [r["reasons"] for r in evals], "o", color="tab:purple",
+                    label="held-out samples")
+        ax3[0].set(xlabel="RL step", ylabel="share that reasons first", ylim=(0, 1), title="thinking before answering")
+        ax3[0].legend(loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
     os.makedirs(os.path.dirname(out_png) or ".", exist_ok=True)
@@ -64,8 +74,8 @@ def draw_reflection(ax, train_rows) -> None:
 
 
 def main():
-    for png, (log, title) in FIGURES.items():
-        print(plot_aha(os.path.join(ROOT, log), os.path.join(ROOT, png), title))
+    for png, (log, title, *reasons) in FIGURES.items():
+        print(plot_aha(os.path.join(ROOT, log), os.path.join(ROOT, png), title, *reasons))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ What is here:
   2. extract_answer                      the last <answer> block
   3. countdown_reward                    exact rational evaluation of an arithmetic expression
   4. math_equal / math_reward            numeric answers (decimals, fractions, \\boxed, %, units)
-  5. code_reward / code_rewards          programs run against stdin/stdout tests in sandbox.py
+  5. code_reward / code_rewards          programs run against stdin/stdout tests in sandbox.py; as
+                                         the paper's judge, code ACCURACY is 1 only when all tests
+                                         pass; the fraction passed is the separate reward `tests`
   6. language_consistency_reward         R1 stage 2: fraction of CoT words in the target language
   7. accuracy_reward / accuracy_rewards  a problem family's judge (one completion / a batch, code in
      answer_key                          parallel), and the meaning of an answer
@@ -24,12 +26,9 @@ What is here:
   8. parse_reward_spec / RewardSpec      "accuracy + 0.1*format + 0.2*language" -> (total, components)
 
 Deliberate deviations from the paper:
-  1. None for code accuracy: like the paper's judge (a LeetCode-style compiler check), `accuracy`
-     on a code problem is 1 only when the program passes ALL its tests. The denser FRACTION of tests
-     passed is the separate reward `tests` (code_reward's default), for forks that want it.
-  2. Language is decided by word lists and a character class, not a language-identification model;
+  1. Language is decided by word lists and a character class, not a language-identification model;
      the synthetic corpus reasons in two word-list "languages" (en, es) so mixing can be measured.
-  3. No preference (neural) rewards: the R1 stage-4 reward model for non-reasoning data is out of scope.
+  2. No preference (neural) rewards: the R1 stage-4 reward model for non-reasoning data is out of scope.
 """
 from __future__ import annotations
 
@@ -489,13 +488,20 @@ def accuracy_reward(completion: str, problem: Mapping[str, Any]) -> float:
     raise ValueError(f"accuracy reward: unknown problem family {family!r}")
 
 
+def _code_scores(completions: list[str], problems: list[Mapping[str, Any]], all_or_nothing: bool) -> dict[int, float]:
+    """{index: code_reward} for the code problems of a batch, all their programs in one parallel sandbox batch."""
+    code = [i for i, p in enumerate(problems) if p.get("family") == "code"]
+    if not code:
+        return {}
+    return dict(zip(code, code_rewards([completions[i] for i in code], [problems[i]["tests"] for i in code],
+                                       all_or_nothing=all_or_nothing)))
+
+
 def accuracy_rewards(completions: list[str], problems: list[Mapping[str, Any]]) -> list[float]:
     """accuracy_reward of each (completion, problem) pair, the code problems' programs all run in one
     parallel sandbox batch (code_rewards) instead of one after another: what RL steps and
     evaluation call."""
-    code = [i for i, p in enumerate(problems) if p.get("family") == "code"]
-    scores = code_rewards([completions[i] for i in code], [problems[i]["tests"] for i in code], all_or_nothing=True)
-    judged = dict(zip(code, scores))
+    judged = _code_scores(completions, problems, all_or_nothing=True)
     return [judged[i] if i in judged else accuracy_reward(c, p) for i, (c, p) in enumerate(zip(completions, problems))]
 
 
@@ -552,7 +558,9 @@ REWARDS: dict[str, RewardFn] = {
     "accuracy": accuracy_reward,
     "format": lambda completion, problem: format_reward(completion),
     "language": lambda completion, problem: language_consistency_reward(completion, problem.get("language", "en")),
-    "tests": lambda completion, problem: code_reward(completion, problem["tests"]) if problem.get("family") == "code" else 0.0,
+    # the fraction of a program's tests passed (a denser signal than accuracy's pass/fail); 0 off code
+    "tests": lambda completion, problem: code_reward(completion, problem["tests"]) if problem.get("family") == "code"
+    else 0.0,
 }
 
 
@@ -575,14 +583,15 @@ class RewardSpec:
         code problem is computed in one parallel sandbox batch first."""
         names = {name for _, name in self.terms}
         pre: list[dict[str, float]] = [{} for _ in completions]
-        if "accuracy" in names:
-            for row, score in zip(pre, accuracy_rewards(completions, problems)):
-                row["accuracy"] = score
-        code = [i for i, p in enumerate(problems) if p.get("family") == "code"]
-        if "tests" in names and code:
-            for i, score in zip(code, code_rewards([completions[i] for i in code], [problems[i]["tests"] for i in code])):
-                pre[i]["tests"] = score
-        return [self._combine(c, p, pre[i]) for i, (c, p) in enumerate(zip(completions, problems))]
+        if "tests" in names:  # the fraction of tests passed; accuracy is then whether it is 1 (one sandbox run)
+            for i, fraction in _code_scores(completions, problems, all_or_nothing=False).items():
+                pre[i]["tests"] = fraction
+                pre[i]["accuracy"] = float(fraction == 1.0)
+        elif "accuracy" in names:
+            for i, passed in _code_scores(completions, problems, all_or_nothing=True).items():
+                pre[i]["accuracy"] = passed
+        return [self._combine(c, p, {k: v for k, v in pre[i].items() if k in names})
+                for i, (c, p) in enumerate(zip(completions, problems))]
 
 
 _TERM_RE = re.compile(r"\s*(?:([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*)?([A-Za-z_][A-Za-z0-9_]*)\s*")

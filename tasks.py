@@ -22,8 +22,12 @@ at construction:
   code       CodeTask(kinds=CODE_KINDS)
              "Write a Python program that reads integers from one line of input and prints their sum."
              Each problem carries 3-5 generated stdin/stdout test cases and a reference program as
-             `gold`; rewards.code_reward runs the program in the answer block against them. Knob: which
-             kinds of program (the parameterised ones, e.g. "prints 7*n + 3", make many problems).
+             `gold`; rewards.accuracy_reward runs the program in the answer block against them and
+             passes it only when every test passes (a judge). The inputs of "greater than k" sit at
+             or next to k half the time and those of "divisible by k" are multiples of k half the
+             time, so the near misses (>= for >, k off by one) fail. Knob: which kinds of program
+             (the parameterised ones, e.g. "prints 7*n + 3", make many problems). The split holds
+             out constants: the test problems are (kind, constants) never seen in training.
 
 A family is only a generator. Whether a completion solves a problem is decided in one place,
 rewards.accuracy_reward(completion, problem.as_dict()), which the RL reward and evaluation both call.

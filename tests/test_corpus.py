@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from corpus import (CorpusConfig, addition_trace, code_completion, code_plan, completion_for, forced_prefixes,
+from corpus import (CODE_CHOICES, CorpusConfig, addition_trace, code_completion, code_plan, completion_for, forced_prefixes,
                     near_miss, sample_document)
 from rewards import accuracy_reward, accuracy_rewards, format_reward, language_consistency_reward
 from tasks import CODE_KINDS, CODE_SPECS, AdditionTask, CodeTask, Problem, sample_problems, split_of
@@ -191,15 +191,20 @@ def test_code_documents_score_as_designed_in_the_sandbox():
         code_completion("essay", problems[0], cfg, rng)
 
 
+HELD_OUT_PROGRAMS = {spec[2].format(*p) for kind, spec in CODE_SPECS.items() for p in spec[0]
+                     if split_of(("code", kind, *p)) == "test"}
+
+
 @pytest.mark.parametrize("kind", CODE_KINDS)
-def test_every_near_miss_is_another_program_and_every_plan_names_the_constants(kind):
+def test_every_near_miss_is_another_program_never_a_held_out_one_and_every_plan_names_the_constants(kind):
     params, *_ = CODE_SPECS[kind]
     rng = random.Random(0)
     for p in params:
         gold = CODE_SPECS[kind][2].format(*p)
-        assert all(near_miss(kind, p, rng) != gold for _ in range(5))
+        misses = {near_miss(kind, p, rng) for _ in range(8)}
+        assert gold not in misses and not misses & HELD_OUT_PROGRAMS
         plan = code_plan(Problem("code", "", gold, spec=(kind, *p)))
-        assert "=" in plan and all(str(x) in plan for x in p)
+        assert plan.endswith(" " + CODE_CHOICES[kind].format(*p)) and "=" in plan
 
 
 def test_code_web_mix_and_no_test_problem_leaks():
@@ -214,6 +219,9 @@ def test_code_web_mix_and_no_test_problem_leaks():
         assert (m is None) == (kind == "text")
         if m:
             assert split_of(("code", *questions[m.group(1)])) == "train"
+            # every program on the web (the answer, a check's first try) is no held-out problem's program
+            programs = re.findall(r"<answer>(.*?)</answer>", text, re.S) + re.findall(r":\n(.*)\nwait", text, re.S)
+            assert programs and not set(programs) & HELD_OUT_PROGRAMS, text
     n_task = n - kinds["text"]
     total = cfg.p_quick + cfg.p_trace + cfg.p_check + cfg.p_bare
     for kind, p in [("quick", cfg.p_quick), ("trace", cfg.p_trace), ("check", cfg.p_check), ("bare", cfg.p_bare)]:
