@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from dataclasses import dataclass
 import torch
 
 import pretrain  # deliberate reuse: `python grpo.py` on a fresh clone pretrains its base model first
+import sandbox
 from common import (DEFAULT_TASK, MetricsLogger, NonFiniteError, all_reduce, check_fits, check_processes, check_ranges, check_resume, checkpoint_path,
                     config_from_args, derive_seed, diverged_message, get_device, load_checkpoint, load_model, lr_at, make_optimizer,
                     optimizer_step, pack, print0, read_metrics,
@@ -72,6 +74,8 @@ class GRPOConfig:
     min_digits: int = 3                 # fewest digits of an operand
     max_digits: int = 3                 # most digits of an operand
     reward: str = "accuracy + 0.1*format"  # reward spec for rewards.parse_reward_spec; no length term
+    code_timeout_s: float = 2.0         # code reward: wall clock per test of a program (sandbox.Limits.timeout_s),
+                                        # what a looping program costs (README Robustness: 0.5 halves a hostile step)
     steps: int = 0                      # RL steps (rollout batches); 0 = the task's default (TASK_STEPS: pairsum 40, add 25, code 30)
     prompts_per_step: int = 16          # N: questions per step (over all ranks)
     group_size: int = 8                 # G: completions per question
@@ -94,7 +98,8 @@ class GRPOConfig:
     eval_problems: int = 50             # held-out questions per evaluation
     eval_k: int = 4                     # samples per question (pass@1 over k, cons@k)
     show_every: int = 20                # print sampled completions every N steps (0 = never)
-    ckpt_every: int = 10                # checkpoint every N RL steps (0 = only at the end; Ctrl-C saves too)
+    ckpt_every: int = 5                 # checkpoint every N RL steps (0 = only at the end; Ctrl-C saves too):
+                                        # 5 keeps a SIGKILL's loss under a minute in every world (code: ~35 s)
     seed: int = 0                       # seed for questions, sampling and (if pretraining) the base model
     device: str = ""                    # "" = auto (cuda, mps, cpu)
     compile: bool = False               # torch.compile the training forward/backward (opt-in; bench.py measures it)
@@ -103,7 +108,7 @@ class GRPOConfig:
         self.steps = self.steps or TASK_STEPS.get(self.task, TASK_STEPS[DEFAULT_TASK])
         self.init_from = self.init_from or run_dir("out/base", self.seed, self.task)
         self.out_dir = self.out_dir or run_dir("out/grpo", self.seed, self.task)
-        check_ranges(self, positive=("steps", "prompts_per_step", "max_new_tokens", "temperature", "lr",
+        check_ranges(self, positive=("steps", "prompts_per_step", "max_new_tokens", "temperature", "lr", "code_timeout_s",
                                      "num_iterations", "micro_batch_size", "eval_problems", "eval_k"),
                      non_negative=("warmup_steps", "weight_decay", "grad_clip", "clip_eps", "kl_beta",
                                    "ref_reset_every", "eval_every", "show_every", "ckpt_every"),
@@ -343,10 +348,16 @@ def step_inputs(cfg: GRPOConfig, task, step: int, rank: int, device):
     return problems, generator
 
 
+def reward_fn(cfg: GRPOConfig):
+    """rl_batch's score_batch: the reward spec, its code programs judged under cfg.code_timeout_s."""
+    limits = sandbox.Limits(timeout_s=cfg.code_timeout_s)
+    return functools.partial(parse_reward_spec(cfg.reward).score_batch, limits=limits)
+
+
 def run(cfg: GRPOConfig, score_batch=None) -> dict:
     """R1-Zero: GRPO from the base model with rule rewards. Returns held-out metrics before/after.
     score_batch: rl_batch's reward function, default parse_reward_spec(cfg.reward).score_batch
-    (soak_sandbox.py --grpo-steps passes one that swaps a share of the rollouts for hostile programs)."""
+    (soak_sandbox.py --grpo-steps wraps reward_fn in one that swaps a share of the rollouts for hostile programs)."""
     t_start = time.time()
     # `python grpo.py` on a fresh clone: pretrain the base model first (check_files has refused any
     # other missing --init-from than the default base directory)
@@ -355,7 +366,7 @@ def run(cfg: GRPOConfig, score_batch=None) -> dict:
     dist = setup_ddp(cfg.device or None)
     seed_everything(cfg.seed, dist.rank)
     tok, task = get_tokenizer(), task_from_config(cfg)
-    score_batch = score_batch or parse_reward_spec(cfg.reward).score_batch
+    score_batch = score_batch or reward_fn(cfg)
     model, _ = load_model(cfg.init_from, dist.device)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_beta > 0 else None  # pi_ref
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, betas=(0.9, 0.99))

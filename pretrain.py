@@ -97,7 +97,7 @@ class PretrainConfig(CorpusConfig):
                                "quick_correct", "p_second_lang", "p_mixed", "p_search_quick", "give_up",
                                "give_up_second", "p_search_second", "p_search_mixed"),
                      choices={"model": tuple(MODEL_PRESETS)})
-        if self.task in ("add", "code") and self.p_trace <= 0 and (self.mastery > 0 or self.p_quick + self.p_check + self.p_bare <= 0):
+        if self.task != "pairsum" and self.p_trace <= 0 and (self.mastery > 0 or self.p_quick + self.p_check + self.p_bare <= 0):
             raise ValueError("--p-trace is 0: phase 1 (worked traces only) would have no documents, and the base "
                              "model nothing to reason with")
         if self.seq_len > self.max_seq_len:

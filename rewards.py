@@ -488,20 +488,21 @@ def accuracy_reward(completion: str, problem: Mapping[str, Any]) -> float:
     raise ValueError(f"accuracy reward: unknown problem family {family!r}")
 
 
-def _code_scores(completions: list[str], problems: list[Mapping[str, Any]], all_or_nothing: bool) -> dict[int, float]:
+def _code_scores(completions: list[str], problems: list[Mapping[str, Any]], all_or_nothing: bool,
+                 limits=None) -> dict[int, float]:
     """{index: code_reward} for the code problems of a batch, all their programs in one parallel sandbox batch."""
     code = [i for i, p in enumerate(problems) if p.get("family") == "code"]
     if not code:
         return {}
     return dict(zip(code, code_rewards([completions[i] for i in code], [problems[i]["tests"] for i in code],
-                                       all_or_nothing=all_or_nothing)))
+                                       all_or_nothing=all_or_nothing, limits=limits)))
 
 
-def accuracy_rewards(completions: list[str], problems: list[Mapping[str, Any]]) -> list[float]:
+def accuracy_rewards(completions: list[str], problems: list[Mapping[str, Any]], limits=None) -> list[float]:
     """accuracy_reward of each (completion, problem) pair, the code problems' programs all run in one
     parallel sandbox batch (code_rewards) instead of one after another: what RL steps and
-    evaluation call."""
-    judged = _code_scores(completions, problems, all_or_nothing=True)
+    evaluation call. limits: the sandbox's (sandbox.Limits; default its defaults)."""
+    judged = _code_scores(completions, problems, all_or_nothing=True, limits=limits)
     return [judged[i] if i in judged else accuracy_reward(c, p) for i, (c, p) in enumerate(zip(completions, problems))]
 
 
@@ -577,18 +578,18 @@ class RewardSpec:
                       for _, name in self.terms}
         return sum(w * components[name] for w, name in self.terms), components
 
-    def score_batch(self, completions: list[str], problems: list[Mapping[str, Any]]
+    def score_batch(self, completions: list[str], problems: list[Mapping[str, Any]], limits=None
                     ) -> list[tuple[float, dict[str, float]]]:
         """Like calling the spec on each pair, but the accuracy (and the tests fraction) of every
-        code problem is computed in one parallel sandbox batch first."""
+        code problem is computed in one parallel sandbox batch first, under `limits` (sandbox.Limits)."""
         names = {name for _, name in self.terms}
         pre: list[dict[str, float]] = [{} for _ in completions]
         if "tests" in names:  # the fraction of tests passed; accuracy is then whether it is 1 (one sandbox run)
-            for i, fraction in _code_scores(completions, problems, all_or_nothing=False).items():
+            for i, fraction in _code_scores(completions, problems, all_or_nothing=False, limits=limits).items():
                 pre[i]["tests"] = fraction
                 pre[i]["accuracy"] = float(fraction == 1.0)
         elif "accuracy" in names:
-            for i, passed in _code_scores(completions, problems, all_or_nothing=True).items():
+            for i, passed in _code_scores(completions, problems, all_or_nothing=True, limits=limits).items():
                 pre[i]["accuracy"] = passed
         return [self._combine(c, p, {k: v for k, v in pre[i].items() if k in names})
                 for i, (c, p) in enumerate(zip(completions, problems))]

@@ -15,7 +15,8 @@ Inside the loop (--grpo-steps N): two GRPO runs of N steps from the same base mo
 as it is and one where a share (--hostile) of every step's rollouts is replaced, for scoring, by
 hostile programs (the policy's own tokens are still what is trained on: those rollouts simply earn
 their reward, 0 for accuracy). It prints the seconds per RL step (whole step and the reward part)
-of both runs, what the hostile programs scored, and what was left behind.
+of both runs (the first step of each left out: warm-up), what the hostile programs scored, and what
+was left behind.
 
 Hostile programs: a fork bomb, a memory bomb, an infinite loop, infinite output, deep recursion, a
 setsid'd daemon that lives on, a parent killer, a writer of files outside the sandbox (the soak's own
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 
 import sandbox
 from bench_rewards import sandbox_rate  # deliberate reuse: the one programs/s measurement
-from common import check_ranges, config_from_args, read_metrics
+from common import check_ranges, checkpoint_path, config_from_args, read_metrics, run_dir
 from rewards import code_rewards
 from tasks import CodeTask
 
@@ -82,12 +83,22 @@ class SoakConfig:
     timeout_s: float = 2.0          # sandbox wall clock per test (sandbox.Limits.timeout_s)
     throughput_programs: int = 64   # benign programs for the programs/s line, with and without bubblewrap
     seed: int = 0                   # seed for the problems and which rollouts turn hostile
-    grpo_steps: int = 0             # > 0: soak inside the RL loop instead, two GRPO runs of this many steps
-    init_from: str = "out/base-code"  # the code base model the RL runs start from (python pretrain.py --task code)
+    grpo_steps: int = 0             # > 0: soak inside the RL loop instead (--steps, --batch and
+                                    # --throughput-programs then unused): two GRPO runs of this many steps,
+                                    # --timeout-s their --code-timeout-s
+    init_from: str = ""             # the code base model of those runs; "" = out/base-code (out/base-code-sN for --seed N)
 
     def __post_init__(self):
+        self.init_from = self.init_from or run_dir("out/base", self.seed, "code")
         check_ranges(self, positive=("steps", "batch", "timeout_s"), non_negative=("throughput_programs", "grpo_steps"),
                      fraction=("hostile",))
+
+
+def check_files(cfg: SoakConfig) -> None:
+    """The RL soak starts from an existing code base model: it never pretrains one."""
+    if cfg.grpo_steps and not os.path.exists(checkpoint_path(cfg.init_from)):
+        raise ValueError(f"--init-from {cfg.init_from}: no checkpoint there; make the code base model first "
+                         f"(python pretrain.py --task code{'' if cfg.seed == 0 else f' --seed {cfg.seed}'})")
 
 
 def sandbox_tmp_dirs() -> set[str]:
@@ -123,51 +134,56 @@ def soak(cfg: SoakConfig) -> dict:
                 benign_scores += [s for i, s in enumerate(scores) if i not in turned]
         print(f"step {step + 1}/{cfg.steps}: benign batch {seconds['benign'][-1]:.1f} s, with {n_hostile} hostile "
               f"{seconds['mixed'][-1]:.1f} s", flush=True)
-    time.sleep(1.0)  # give anything that escaped a moment to show itself (the daemon writes at 0.5 s)
-    leftover_procs = sandbox.sandbox_processes()
-    escaped = [p for p in escape_paths(target) if os.path.exists(p)]
-    leftover_tmp = sorted(sandbox_tmp_dirs() - tmp_before)
-    shutil.rmtree(target, ignore_errors=True)
     return {"seconds": seconds, "hostile_max": max(hostile_scores, default=0.0),
             "benign_mean": sum(benign_scores) / max(1, len(benign_scores)), "n_hostile": len(hostile_scores),
-            "processes": leftover_procs, "files": escaped, "tmp_dirs": leftover_tmp}
+            **leftovers(target, tmp_before)}
+
+
+def hostile_scorer(score_batch, programs: list[str], share: float, rng: random.Random, record: list[float]):
+    """score_batch with `share` of every batch's completions replaced by hostile programs (in turn)
+    before scoring; what those scored for accuracy is appended to `record`."""
+    def score(texts, problems):
+        turned = set(rng.sample(range(len(texts)), round(share * len(texts))))
+        texts = [completion(programs[i % len(programs)]) if i in turned else t for i, t in enumerate(texts)]
+        scored = score_batch(texts, problems)
+        record.extend(scored[i][1]["accuracy"] for i in sorted(turned))
+        return scored
+    return score
 
 
 def soak_in_loop(cfg: SoakConfig) -> dict:
     """Two GRPO runs on the code task from cfg.init_from: as they are, and with a share of every
-    step's rollouts scored as hostile programs; returns the figures main prints."""
+    step's rollouts scored as hostile programs. Step means leave out the first step (warm-up)."""
     import grpo  # deliberate reuse: the real RL loop, its reward batching and its timings
 
-    rng = random.Random(cfg.seed)
     target = tempfile.mkdtemp(prefix="soak-target-")
     programs = list(hostile_programs(target).values())
     hostile_scores, runs = [], {}
     tmp_before = sandbox_tmp_dirs()
-
-    def swapping(score_batch):
-        def score(texts, problems):
-            turned = set(rng.sample(range(len(texts)), round(cfg.hostile * len(texts))))
-            texts = [completion(programs[i % len(programs)]) if i in turned else t for i, t in enumerate(texts)]
-            scored = score_batch(texts, problems)
-            hostile_scores.extend(scored[i][1]["accuracy"] for i in turned)
-            return scored
-        return score
-
     out = tempfile.mkdtemp(prefix="soak-grpo-")
     for name in ("as is", "with hostile rollouts"):
         run_cfg = grpo.GRPOConfig(task="code", init_from=cfg.init_from, out_dir=os.path.join(out, name.replace(" ", "-")),
                                   steps=cfg.grpo_steps, seed=cfg.seed, eval_every=0, eval_problems=8, eval_k=2,
-                                  show_every=0, ckpt_every=0)
-        spec = grpo.parse_reward_spec(run_cfg.reward).score_batch
-        grpo.run(run_cfg, score_batch=swapping(spec) if name != "as is" else None)
-        train = [r for r in read_metrics(os.path.join(run_cfg.out_dir, "metrics.jsonl")) if r["kind"] == "train"]
+                                  show_every=0, ckpt_every=0, code_timeout_s=cfg.timeout_s)
+        scorer = None if name == "as is" else hostile_scorer(
+            grpo.reward_fn(run_cfg), programs, cfg.hostile, random.Random(cfg.seed), hostile_scores)
+        grpo.run(run_cfg, score_batch=scorer)
+        train = [r for r in read_metrics(os.path.join(run_cfg.out_dir, "metrics.jsonl")) if r["kind"] == "train"][1:]
         runs[name] = {k: sum(r[k] for r in train) / len(train) for k in ("dt", "t_reward", "reward")}
-    time.sleep(1.0)  # as in soak(): anything that escaped gets a moment to show itself
-    leftover = {"processes": sandbox.sandbox_processes(), "files": [p for p in escape_paths(target) if os.path.exists(p)],
-                "tmp_dirs": sorted(sandbox_tmp_dirs() - tmp_before)}
-    shutil.rmtree(target, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
-    return {"runs": runs, "hostile_max": max(hostile_scores, default=0.0), "n_hostile": len(hostile_scores), **leftover}
+    return {"runs": runs, "hostile_max": max(hostile_scores, default=0.0), "n_hostile": len(hostile_scores),
+            **leftovers(target, tmp_before)}
+
+
+def leftovers(target: str, tmp_before: set[str]) -> dict:
+    """What a soak left behind, after a second for anything that escaped to show itself (the daemon
+    writes at 0.5 s): sandbox processes, files outside the sandbox, temporary directories. Removes
+    `target`."""
+    time.sleep(1.0)
+    found = {"processes": sandbox.sandbox_processes(), "files": [p for p in escape_paths(target) if os.path.exists(p)],
+             "tmp_dirs": sorted(sandbox_tmp_dirs() - tmp_before)}
+    shutil.rmtree(target, ignore_errors=True)
+    return found
 
 
 def print_leftovers(r: dict) -> None:
@@ -179,7 +195,7 @@ def print_leftovers(r: dict) -> None:
 
 
 def main(argv=None) -> dict:
-    cfg = config_from_args(SoakConfig, argv, description=__doc__.split("\n")[0])
+    cfg = config_from_args(SoakConfig, argv, description=__doc__.split("\n")[0], check=check_files)
     if cfg.grpo_steps:
         print(f"{os.cpu_count()} cores; isolation: {'bubblewrap' if sandbox.bwrap_path() else 'rlimits fallback'}; "
               f"GRPO on the code task from {cfg.init_from}, {cfg.grpo_steps} steps as is and {cfg.grpo_steps} with "

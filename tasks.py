@@ -263,14 +263,16 @@ def _ints(rng, *_):
     return " ".join(str(rng.randint(-50, 50)) for _ in range(rng.randint(1, 6)))
 
 
+def _ints_about(rng, special):  # 2-6 integers, about half of them special(rng), the rest in -50..50
+    return " ".join(str(special(rng) if rng.random() < 0.5 else rng.randint(-50, 50)) for _ in range(rng.randint(2, 6)))
+
+
 def _ints_near(rng, k):  # about half the numbers at or next to k, so `>` and `>=` (or k off by one) differ
-    return " ".join(str(k + rng.randint(-2, 2) if rng.random() < 0.5 else rng.randint(-50, 50))
-                    for _ in range(rng.randint(2, 6)))
+    return _ints_about(rng, lambda r: k + r.randint(-2, 2))
 
 
 def _ints_multiples(rng, k):  # about half the numbers multiples of k, so the count is not always 0 or 1
-    return " ".join(str(k * rng.randint(-6, 6) if rng.random() < 0.5 else rng.randint(-50, 50))
-                    for _ in range(rng.randint(2, 6)))
+    return _ints_about(rng, lambda r: k * r.randint(-6, 6))
 
 
 def _int(rng, *_):

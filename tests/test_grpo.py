@@ -587,6 +587,16 @@ def test_code_world_two_step_run(tmp_path):
     assert len(train) == 2 and all(r["r_accuracy"] in (0.0, 0.25, 0.5, 0.75, 1.0) and r["t_reward"] > 0 for r in train)
 
 
+def test_code_timeout_reaches_the_sandbox():
+    """--code-timeout-s is the wall clock per test of the RL reward's programs: a right program that
+    takes 0.8 s passes at the default 2 s and fails at 0.3 s."""
+    problem = {"family": "code", "tests": [{"input": "", "output": "7"}]}
+    slow = "<think>x</think><answer>import time\ntime.sleep(0.8)\nprint(7)</answer>"
+    scores = [grpo.reward_fn(GRPOConfig(task="code", code_timeout_s=t))([slow], [problem])[0][1]["accuracy"]
+              for t in (2.0, 0.3)]
+    assert scores == [1.0, 0.0]
+
+
 def test_grpo_runs_under_torchrun_with_two_processes(tmp_path, tmp_path_factory):
     """The whole loop on 2 gloo ranks: each samples half the questions, checkpoints gather every
     rank's rollouts (mu = 2, a checkpoint after every step), rank 0 writes."""

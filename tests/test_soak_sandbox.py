@@ -17,3 +17,30 @@ def test_hostile_batch_scores_zero_and_leaves_nothing_behind(capsys):
     assert r["n_hostile"] == kinds and r["hostile_max"] == 0.0 and r["benign_mean"] == 1.0
     assert r["processes"] == [] and r["files"] == [] and r["tmp_dirs"] == []
     assert "left behind: 0 processes, 0 files outside the sandbox, 0 temporary directories" in capsys.readouterr().out
+
+
+def test_hostile_scorer_swaps_the_share_in_and_records_what_those_scored():
+    """The in-loop soak's scorer: a quarter of each batch is replaced by hostile programs (in turn)
+    before the real scorer sees it, and what exactly those scored is recorded."""
+    import random
+
+    seen, record = [], []
+
+    def fake_score_batch(texts, problems):
+        seen.append(texts)
+        return [(0.5, {"accuracy": float(t.startswith("own"))}) for t in texts]
+
+    programs = ["print(1)", "print(2)"]
+    scorer = soak_sandbox.hostile_scorer(fake_score_batch, programs, 0.25, random.Random(0), record)
+    texts = [f"own {i}" for i in range(8)]
+    scored = scorer(texts, [{}] * 8)
+    swapped = [i for i, t in enumerate(seen[0]) if not t.startswith("own")]
+    assert len(swapped) == 2 and all(seen[0][i] == soak_sandbox.completion(programs[i % 2]) for i in swapped)
+    assert [seen[0][i] for i in range(8) if i not in swapped] == [texts[i] for i in range(8) if i not in swapped]
+    assert record == [0.0, 0.0] and len(scored) == 8
+
+
+def test_the_rl_soak_refuses_a_missing_base_model_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        soak_sandbox.main(["--grpo-steps", "2", "--init-from", str(tmp_path / "nothing")])
+    assert e.value.code == 2 and "python pretrain.py --task code" in capsys.readouterr().err
