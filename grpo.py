@@ -75,7 +75,8 @@ class GRPOConfig:
     max_digits: int = 3                 # most digits of an operand
     reward: str = "accuracy + 0.1*format"  # reward spec for rewards.parse_reward_spec; no length term
     code_timeout_s: float = 2.0         # code reward: wall clock per test of a program (sandbox.Limits.timeout_s),
-                                        # what a looping program costs (README Robustness: 0.5 halves a hostile step)
+                                        # what a looping program costs (README Robustness: at 0.5 a step with a
+                                        # hostile quarter of rollouts took 9.3 s instead of 13.4 s)
     steps: int = 0                      # RL steps (rollout batches); 0 = the task's default (TASK_STEPS: pairsum 40, add 25, code 30)
     prompts_per_step: int = 16          # N: questions per step (over all ranks)
     group_size: int = 8                 # G: completions per question
@@ -356,8 +357,8 @@ def reward_fn(cfg: GRPOConfig):
 
 def run(cfg: GRPOConfig, score_batch=None) -> dict:
     """R1-Zero: GRPO from the base model with rule rewards. Returns held-out metrics before/after.
-    score_batch: rl_batch's reward function, default parse_reward_spec(cfg.reward).score_batch
-    (soak_sandbox.py --grpo-steps wraps reward_fn in one that swaps a share of the rollouts for hostile programs)."""
+    score_batch: rl_batch's reward function, default reward_fn(cfg) (soak_sandbox.py --grpo-steps wraps
+    that in one that swaps a share of the rollouts for hostile programs)."""
     t_start = time.time()
     # `python grpo.py` on a fresh clone: pretrain the base model first (check_files has refused any
     # other missing --init-from than the default base directory)

@@ -500,8 +500,8 @@ def _code_scores(completions: list[str], problems: list[Mapping[str, Any]], all_
 
 def accuracy_rewards(completions: list[str], problems: list[Mapping[str, Any]], limits=None) -> list[float]:
     """accuracy_reward of each (completion, problem) pair, the code problems' programs all run in one
-    parallel sandbox batch (code_rewards) instead of one after another: what RL steps and
-    evaluation call. limits: the sandbox's (sandbox.Limits; default its defaults)."""
+    parallel sandbox batch (code_rewards) instead of one after another: what evaluation calls (RL
+    steps go through RewardSpec.score_batch, the same judge). limits: sandbox.Limits, default its own."""
     judged = _code_scores(completions, problems, all_or_nothing=True, limits=limits)
     return [judged[i] if i in judged else accuracy_reward(c, p) for i, (c, p) in enumerate(zip(completions, problems))]
 

@@ -85,18 +85,25 @@ def test_languages_and_mixing():
 
 def test_document_mix_matches_config_and_no_test_problem_leaks():
     cfg = CorpusConfig()
-    task = AdditionTask(3, 3)
-    rng = random.Random(0)
-    n = 4000
-    kinds = Counter()
-    for _ in range(n):
-        kind, text = sample_document(task, cfg, rng)
-        kinds[kind] += 1
+    docs = web(AdditionTask(3, 3), cfg, 4000)
+    for kind, text in docs:
         m = re.search(r"What is (\d+) \+ (\d+)\?", text)
         assert (m is None) == (kind == "text")
         if m:
             a, b = int(m.group(1)), int(m.group(2))
             assert split_of(Problem("add", "", "", operands=(a, b), op="+")) == "train"
+    assert_shape_mix(Counter(kind for kind, _ in docs), cfg)
+
+
+def web(task, cfg: CorpusConfig, n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """The first n (kind, text) documents of the web for `task`."""
+    rng = random.Random(seed)
+    return [sample_document(task, cfg, rng) for _ in range(n)]
+
+
+def assert_shape_mix(kinds: Counter, cfg: CorpusConfig) -> None:
+    """The documents' shapes come in the configured proportions (text among all, the rest among problems)."""
+    n = sum(kinds.values())
     assert kinds["text"] / n == pytest.approx(cfg.p_text, abs=0.02)
     n_task = n - kinds["text"]
     total = cfg.p_quick + cfg.p_trace + cfg.p_check + cfg.p_bare
@@ -208,13 +215,11 @@ def test_every_near_miss_is_another_program_never_a_held_out_one_and_every_plan_
 
 
 def test_code_web_mix_and_no_test_problem_leaks():
-    cfg, task, rng, n = CorpusConfig(), CodeTask(), random.Random(0), 3000
+    cfg = CorpusConfig()
     questions = {f"Write a Python program that {spec[1].format(*p)}.": (kind, *p)
                  for kind, spec in CODE_SPECS.items() for p in spec[0]}
-    kinds = Counter()
-    for _ in range(n):
-        kind, text = sample_document(task, cfg, rng)
-        kinds[kind] += 1
+    docs = web(CodeTask(), cfg, 3000)
+    for kind, text in docs:
         m = re.search(r"<\|user\|>(.*?)<\|assistant\|>", text)
         assert (m is None) == (kind == "text")
         if m:
@@ -222,7 +227,4 @@ def test_code_web_mix_and_no_test_problem_leaks():
             # every program on the web (the answer, a check's first try) is no held-out problem's program
             programs = re.findall(r"<answer>(.*?)</answer>", text, re.S) + re.findall(r":\n(.*)\nwait", text, re.S)
             assert programs and not set(programs) & HELD_OUT_PROGRAMS, text
-    n_task = n - kinds["text"]
-    total = cfg.p_quick + cfg.p_trace + cfg.p_check + cfg.p_bare
-    for kind, p in [("quick", cfg.p_quick), ("trace", cfg.p_trace), ("check", cfg.p_check), ("bare", cfg.p_bare)]:
-        assert kinds[kind] / n_task == pytest.approx(p / total, abs=0.03), kind
+    assert_shape_mix(Counter(kind for kind, _ in docs), cfg)
