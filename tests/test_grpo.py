@@ -573,8 +573,9 @@ def test_search_world_two_step_run(tmp_path):
 
 
 def test_code_world_two_step_run(tmp_path):
-    """`--task code` end to end on the smoke preset: pretraining writes the code web, GRPO scores the
-    programs in the sandbox (the judge's pass/fail) and reports where the step time went."""
+    """`--task code` end to end on the smoke preset: pretraining writes the code web, GRPO runs with the
+    code reward (a smoke model's programs all fail; test_code_timeout_reaches_the_sandbox and
+    tests/test_rewards.py show the judge) and reports where the loop's time went."""
     from conftest import run_script
 
     run_script(f"{ROOT}/pretrain.py", "--preset", "smoke", "--task", "code", "--out-dir", tmp_path / "base")
