@@ -324,10 +324,16 @@ def test_wrap_compiles_only_when_asked_and_unwrap_finds_the_model():
     assert compiled is not model and common.unwrap(compiled) is model
 
 
-def test_get_device_turns_tf32_on_for_cuda_only(monkeypatch):
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    assert common.get_device("cpu").type == "cpu"
-    assert torch.backends.cuda.matmul.allow_tf32 is False
+def test_get_device_turns_tf32_on_for_cuda_only():
+    # set and restored by hand: torch.backends.cuda.matmul is a module object whose attributes are
+    # properties, which pytest's monkeypatch (9.x) cannot restore (it errors in teardown)
+    before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        assert common.get_device("cpu").type == "cpu"
+        assert torch.backends.cuda.matmul.allow_tf32 is False
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 # ----------------------------------------------------------------------------- runs never lose work
