@@ -29,9 +29,12 @@ import math
 import os
 import random
 import re
+import signal
+import sys
+import threading
 import time
 import typing
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -201,7 +204,8 @@ class CheckpointError(ValueError):
     """A checkpoint file that is missing, truncated or corrupt (the message names the file)."""
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file (a checkpoint, a dataset): what it holds, whatever its name."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -232,7 +236,7 @@ def save_checkpoint(out_dir: str, model, optimizer=None, step: int = 0, config: 
     tmp = path + ".tmp"
     torch.save(ckpt, tmp)
     with open(tmp + ".sha256", "w") as f:
-        f.write(_sha256(tmp) + "\n")
+        f.write(file_sha256(tmp) + "\n")
     if os.path.exists(path):  # the current checkpoint becomes the previous one (digest first)
         if os.path.exists(path + ".sha256"):
             os.replace(path + ".sha256", prev + ".sha256")
@@ -254,17 +258,77 @@ def run_dir(prefix: str, seed: int, task: str = DEFAULT_TASK) -> str:
     return name if seed == 0 else f"{name}-s{seed}"
 
 
-def write_dataset(path: str, rows: list[dict], stats: dict) -> None:
-    """A dataset the stages make (data/*.jsonl): the rows as JSONL, written atomically, and their
-    statistics next to them (path + .stats.json: how many were sampled, kept, dropped and why)."""
+def write_dataset(path: str, rows: list[dict], stats: dict, provenance: dict | None = None) -> None:
+    """A dataset the stages make (OUT_ROOT/data/*.jsonl): the rows as JSONL, written atomically, and
+    their statistics next to them (path + .stats.json: how many were sampled, kept, dropped and why,
+    and under "provenance" what the dataset was made from: dataset_provenance)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".stats.json", "w") as f:  # first: a dataset file never stands without its record
+        json.dump({**stats, **({"provenance": provenance} if provenance else {})}, f, indent=1)
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(path + ".tmp", path)
-    with open(path + ".stats.json", "w") as f:
-        json.dump(stats, f, indent=1)
     print0(f"wrote {path}: {len(rows)} rows; {stats}")
+
+
+# the source files whose code decides what a dataset holds: how it is sampled, judged and filtered
+DATA_CODE = ("model.py", "tokenizer.py", "tasks.py", "corpus.py", "rewards.py", "evaluate.py", "pipeline.py",
+             "distill.py")
+
+
+def code_sha256(files=DATA_CODE) -> str:
+    """One SHA-256 over the named source files of this repository (what code made a dataset)."""
+    h = hashlib.sha256()
+    root = os.path.dirname(os.path.abspath(__file__))
+    for name in files:
+        h.update(name.encode() + b"\0")
+        with open(os.path.join(root, name), "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
+
+
+def git_commit() -> str | None:
+    """The repository's HEAD commit (with "+changes" when the work tree differs), None outside git."""
+    import subprocess
+    root = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
+def dataset_provenance(source: str, config: dict) -> dict:
+    """What a dataset is made from, recorded with it: the source checkpoint (its path and SHA-256),
+    the generating config (plus the SHA-256 of the code that samples, judges and filters: code_sha256),
+    the command, the code commit and the date. `source_sha256` and `config` are what must match for
+    the dataset to be reused (provenance_differs); the rest is for the reader."""
+    return {"source": source, "source_sha256": checkpoint_sha256(source),
+            "config": {**config, "code_sha256": code_sha256()},
+            "command": " ".join(["python", *sys.argv]), "commit": git_commit(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+
+
+def provenance_differs(path: str, wanted: dict) -> str | None:
+    """None when the dataset at `path` was made from `wanted`'s source checkpoint and config;
+    otherwise what differs, in a few words ("no dataset", "no provenance record", "the source
+    checkpoint", "the config: k, seed")."""
+    if not os.path.exists(path):
+        return "no dataset"
+    found = read_dataset_stats(path).get("provenance")
+    if not found:
+        return "no provenance record"
+    if found.get("source_sha256") != wanted["source_sha256"]:
+        return f"the source checkpoint ({found.get('source')} {str(found.get('source_sha256'))[:12]} vs " \
+               f"{wanted['source']} {wanted['source_sha256'][:12]})"
+    old, new = found.get("config", {}), wanted["config"]
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return f"the config: {', '.join(keys)}" if keys else None
 
 
 def read_dataset_stats(path: str) -> dict:
@@ -281,6 +345,16 @@ def checkpoint_path(path: str) -> str:
     return os.path.join(path, CKPT_NAME) if os.path.isdir(path) else path
 
 
+def checkpoint_sha256(path: str) -> str:
+    """The SHA-256 of a checkpoint (a run directory or the file): what it is, whatever its path.
+    Read from the digest save_checkpoint wrote next to it, computed when there is none."""
+    p = checkpoint_path(path)
+    if os.path.exists(p + ".sha256"):
+        with open(p + ".sha256") as f:
+            return f.read().strip()
+    return file_sha256(p)
+
+
 def read_checkpoint_file(p: str, map_location="cpu") -> dict:
     """torch.load one checkpoint file after checking it against its SHA-256 (when save_checkpoint
     wrote one; older checkpoints have none). CheckpointError, naming the file, if it is truncated or
@@ -289,7 +363,7 @@ def read_checkpoint_file(p: str, map_location="cpu") -> dict:
     if os.path.exists(digest):
         with open(digest) as f:
             expected = f.read().strip()
-        if _sha256(p) != expected:
+        if file_sha256(p) != expected:
             raise CheckpointError(f"checkpoint {p} is corrupt: its SHA-256 differs from the one saved "
                                   f"with it ({digest}); truncated or overwritten")
     try:
@@ -566,6 +640,25 @@ class LoopConfig:
     out_dir: str = ""           # where checkpoints and metrics go ("" = nowhere)
 
 
+@contextmanager
+def interrupts_deferred():
+    """Hold a Ctrl-C (SIGINT) back until the block is done, then raise it: an optimizer step and
+    the step counter that says it happened change together, so a checkpoint saved on Ctrl-C never
+    holds updated weights under the previous step's number. Outside the main thread (where no
+    signal handler can be set) the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 class NonFiniteError(ArithmeticError):
     """A NaN or infinity in a loss, a loss term, a log-prob or a gradient (the message says which)."""
 
@@ -626,10 +719,11 @@ def set_lr(optimizer, lr: float) -> float:
 
 
 def train(model, optimizer, cfg, batches, loss_fn, *, start_step: int = 0,
-          logger: MetricsLogger | None = None, config_dict: dict | None = None) -> dict:
+          logger: MetricsLogger | None = None, config_dict: dict | None = None, extra: dict | None = None) -> dict:
     """The training loop of pretraining and SFT. Each step: set the lr; take (micro_batches, info)
     from `batches`; optimizer_step; log one line + one record; checkpoint every cfg.ckpt_every
-    steps and at the end. Ctrl-C saves a checkpoint, then re-raises. Returns the last record."""
+    steps and at the end (`extra`: more fields for every checkpoint, e.g. what the run started from).
+    Ctrl-C saves a checkpoint, then re-raises. Returns the last record."""
     raw = unwrap(model)
     record: dict = {}
     step = start_step
@@ -638,7 +732,7 @@ def train(model, optimizer, cfg, batches, loss_fn, *, start_step: int = 0,
     def save(at_step):
         if cfg.out_dir:
             save_checkpoint(cfg.out_dir, raw, optimizer, at_step, config_dict,
-                            keep=logger.n_records if logger else None)
+                            keep=logger.n_records if logger else None, **(extra or {}))
 
     try:
         while step < cfg.steps:
@@ -646,8 +740,9 @@ def train(model, optimizer, cfg, batches, loss_fn, *, start_step: int = 0,
             lr = set_lr(optimizer, lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio))
             # 2. the stage's data for this step, and 3. one optimizer step over it
             micro_batches, info = next(batches)
-            metrics = optimizer_step(model, optimizer, micro_batches, loss_fn, cfg.grad_clip)
-            step += 1
+            with interrupts_deferred():  # the weights and `step` change together
+                metrics = optimizer_step(model, optimizer, micro_batches, loss_fn, cfg.grad_clip)
+                step += 1
             # 4. one JSON record (info averaged over ranks) and, every log_every steps, one line
             now = time.time()
             record = {"kind": "train", "step": step, **all_reduce(info), **metrics, "lr": lr, "dt": now - t_last}

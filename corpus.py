@@ -37,7 +37,8 @@ prints 7*n + 3.") has the same four shapes, the program in the answer block (rew
           copies them.
   check   <think>I think:\n<a quick program>\nwait, let me check. <plan></think><answer>...</answer>
   bare    <answer>program</answer>, no reasoning block.
-English only (the code world has no second language).
+English only (the code world has no second language). Every problem and near miss is of the train
+split: no held-out constants, and nothing of the transfer kind (tasks.TRANSFER_KINDS) at all.
 
 Languages: reasoning text comes in English ("carry", "so far") and in a second word-language
 (Spanish: "llevo", "hasta ahora"), and some traces switch language halfway, as on a multilingual
@@ -152,20 +153,26 @@ def plain_text(rng: random.Random, lang: str) -> str:
 # program turns on with "=" (evaluate.reasons counts a think block with "=" as reasoning): the
 # constants land right next to the program that copies them.
 CODE_CHOICES = {
-    "sum": "op = sum.", "max": "op = max.", "min": "op = min.", "reverse": "op = [::-1].", "square": "op = n * n.",
+    "sum": "op = sum, k = {0}.", "max": "op = max, k = {0}.", "min": "op = min, k = {0}.",
+    "reverse": "op = [::-1], times = {0}.", "square": "op = n * n, k = {0}.",
     "affine": "a = {0}, b = {1}.", "count": "letter = '{0}'.", "greater": "test = x > {0}.",
     "divisible": "test = x % {0} == 0.", "repeat": "times = {0}.",
 }
 
 # The near misses of a quick program: what a hasty reader writes instead. A near miss is a plausible
 # program, not noise: it may even pass a test or two (max and min agree on one number), which the
-# judge settles. Three sorts: another kind's program (_SIBLINGS), a program of no kind
-# (_WRONG_PROGRAMS), and the same program with other constants (_wrong_constants), drawn only among
-# constants of the TRAIN split, so no held-out problem's program appears on the web, even as a mistake.
-_SIBLINGS = {"sum": ("max", "min"), "max": ("min", "sum"), "min": ("max", "sum")}
+# judge settles. Three sorts, one drawn uniformly among those a kind has: another kind's program with
+# the same constants (_SIBLINGS: max for min, the word not reversed), a program of no kind
+# (_WRONG_PROGRAMS: the constant forgotten, >= for >), and the same program with other constants
+# (_wrong_constants). A near miss that is a kind's program must be a TRAIN-split problem's, so no
+# held-out problem's program appears on the web, even as a mistake; the transfer kind (sum) is no
+# one's sibling, so none of its programs does.
+_SIBLINGS = {"max": ("min",), "min": ("max",), "reverse": ("repeat",)}
 _WRONG_PROGRAMS = {
-    "reverse": ("print(input())", "print(input()[1:])"),
-    "square": ("n = int(input())\nprint(n * 2)", "n = int(input())\nprint(n * n * n)"),
+    "max": ("print(max(map(int, input().split())))",),
+    "min": ("print(min(map(int, input().split())))",),
+    "reverse": ("print(input()[::-1])", "print(input()[1:] * {0})"),
+    "square": ("n = int(input())\nprint(n * n)", "n = int(input())\nprint(n * n * n + {0})"),
     "greater": ("print(sum(x >= {0} for x in map(int, input().split())))",
                 "print(sum(x < {0} for x in map(int, input().split())))"),
 }
@@ -184,14 +191,19 @@ def _wrong_constants(kind: str, params: tuple) -> list[tuple]:
 
 
 def near_miss(kind: str, params: tuple, rng: random.Random) -> str:
-    """A plausibly wrong program for the problem (kind, *params): another kind's program, a
-    constant off by one, the constants swapped, another letter, >= for >."""
-    if kind in _SIBLINGS:
-        return CODE_SPECS[rng.choice(_SIBLINGS[kind])][2]
-    if kind in _WRONG_PROGRAMS and (kind != "greater" or rng.random() < 0.5):
-        return rng.choice(_WRONG_PROGRAMS[kind]).format(*params)
-    wrong = [w for w in _wrong_constants(kind, params) if split_of(("code", kind, *w)) == "train"]
-    return CODE_SPECS[kind][2].format(*rng.choice(wrong))
+    """A plausibly wrong program for the problem (kind, *params): another kind's program, a program
+    of no kind (a constant forgotten, >= for >), or other constants (off by one, swapped, another
+    letter); never the program of a held-out problem."""
+    siblings = [(s, params) for s in _SIBLINGS.get(kind, ()) if split_of(("code", s, *params)) == "train"]
+    others = [(kind, w) for w in _wrong_constants(kind, params) if split_of(("code", kind, *w)) == "train"]
+    sorts = [s for s in (siblings, _WRONG_PROGRAMS.get(kind, ()), others) if s]
+    if not sorts:  # a transfer kind: every constant held out, so no program of it may be written
+        raise ValueError(f"code kind {kind!r} has no near miss: it is held out whole (tasks.TRANSFER_KINDS)")
+    choice = rng.choice(rng.choice(sorts))
+    if isinstance(choice, str):
+        return choice.format(*params)
+    other_kind, other_params = choice
+    return CODE_SPECS[other_kind][2].format(*other_params)
 
 
 def code_plan(problem) -> str:

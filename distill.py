@@ -32,7 +32,7 @@ import pretrain  # deliberate reuse: the student's base, pretrained by pretrain.
 import sft       # deliberate reuse: distillation is SFT with sft.py's loss on the teacher's samples
 from common import (DEFAULT_TASK, check_ranges, checkpoint_path, config_from_args, derive_seed, get_device, has_checkpoint,
                     load_checkpoint, load_model, print0, read_dataset_stats, read_metrics, run_dir, write_dataset)
-from evaluate import evaluate, filter_samples, sample_k
+from evaluate import evaluate, sample_k, trace_filter
 from tasks import get_task, sample_problems, test_set
 from tokenizer import EOT, get_tokenizer
 
@@ -73,10 +73,11 @@ def check_files(cfg: DistillConfig) -> None:
 
 
 def distill_filter(samples: list[tuple]) -> tuple[list[dict], dict]:
-    """Keep the correct, well-formed teacher samples, each (question, completion) once. Returns the
-    rows and the counts: sampled, wrong, bad_format, duplicate, kept."""
-    return filter_samples(samples, (("wrong", lambda s: s["correct"] != 1.0),
-                                    ("bad_format", lambda s: s["format"] != 1.0)), "teacher")
+    """The teacher's samples through rejection sampling's filter (evaluate.trace_filter): keep the
+    correct, well-formed, single-language, non-repetitive, faithful ones, each (question, completion)
+    once; a student copies its teacher's working, wrong steps included. Returns the rows ("source":
+    "teacher") and the counts: sampled, one per rule, duplicate, kept."""
+    return trace_filter(samples, "teacher")
 
 
 def make_traces(cfg: DistillConfig, task) -> dict:

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -36,14 +37,21 @@ from tqdm import tqdm
 
 from common import (check_fits, check_ranges, checkpoint_path, config_from_args, get_device, load_checkpoint, load_model,
                     print0)
-from corpus import PHRASES, WEB_TASKS, forced_prefixes
-from model import generate, sample_completions
+from corpus import PHRASES, WEB_TASKS, addition_trace, code_plan, forced_prefixes
+from model import generate, sample_completions, stop_tokens
+from sandbox import Limits
 from rewards import (accuracy_reward, accuracy_rewards, answer_key, chain_of_thought, extract_answer, format_reward,
-                     language_consistency_reward, majority_vote)
-from tasks import TASKS, format_prompt, get_task, longest_prompt, task_from_config, test_set
-from tokenizer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, get_tokenizer
+                     language_fraction, majority_vote)
+from tasks import TASKS, TRANSFER_KINDS, format_prompt, get_task, longest_prompt, problem_kind, task_from_config, test_set
+from tokenizer import ANSWER_OPEN, THINK_CLOSE, get_tokenizer
 
-EVAL_MAX_NEW_TOKENS = 320  # the one default cap on an evaluated completion's length, tokens
+# The held-out protocol, one for every tool that reports held-out accuracy (grpo.py, pipeline.py,
+# distill.py, sft.py, pretrain.py, this file): the same questions whatever the tool or the seed
+# (held_out_set), k samples each at the paper's T 0.6 / top-p 0.95 (R1 v1 section 3), completions
+# capped at EVAL_MAX_NEW_TOKENS; the seed changes the samples, never the questions.
+EVAL_TEMPERATURE = 0.6     # paper: 0.6
+EVAL_TOP_P = 0.95          # paper: 0.95
+EVAL_MAX_NEW_TOKENS = 320  # the one cap on an evaluated completion's length, tokens
 SELF_CHECK = re.compile(r"\b(wait|espera)\b", re.IGNORECASE)
 # one try of the search world (corpus.search_tries): "7+1=8 vs 8, no." / "7+1=8 contra 8, sí."
 SEARCH_TRY = re.compile(r"(\d+)\+(\d+)=(\d+) (?:vs|contra) (\d+), (yes|sí|no)\.")
@@ -58,9 +66,10 @@ class EvalConfig:
     task: str = ""                  # task family from tasks.TASKS; "" = the one the checkpoint was trained on
     n_problems: int = 100           # held-out (test split) questions
     k: int = 4                      # samples per question (pass@1 over k, cons@k)
-    temperature: float = 0.6        # sampling temperature (paper: 0.6)
-    top_p: float = 0.95             # nucleus sampling (paper: 0.95)
-    max_new_tokens: int = EVAL_MAX_NEW_TOKENS  # cap on completion length, tokens
+    temperature: float = EVAL_TEMPERATURE  # sampling temperature (paper: 0.6; other values leave the protocol)
+    top_p: float = EVAL_TOP_P       # nucleus sampling (paper: 0.95; other values leave the protocol)
+    max_new_tokens: int = EVAL_MAX_NEW_TOKENS  # cap on completion length, tokens (other values leave the protocol)
+    code_timeout_s: float = 2.0     # code: wall clock per test of a program (sandbox.Limits.timeout_s)
     batch_size: int = 128           # sequences sampled together
     forced: bool = True             # also report accuracy with the direct answer vs reasoning forced (--ckpt only)
     compare: list[str] = field(default_factory=list)  # several checkpoints: one table, one row each (instead of --ckpt)
@@ -69,12 +78,12 @@ class EvalConfig:
     scaling_problems: int = 50      # held-out questions for the scaling curves
     budgets: str = "8,16,32,64,128,256"  # thinking budgets B (tokens) for the scaling figure, comma list
     scaling_out: str = ""           # the scaling PNG; "" = scaling.png next to the first checkpoint
-    seed: int = 0                   # sampling seed
+    seed: int = 0                   # sampling seed (the questions are the protocol's, whatever the seed)
     device: str = ""                # "" = auto (cuda, mps, cpu)
 
     def __post_init__(self):
         check_ranges(self, positive=("n_problems", "k", "max_new_tokens", "batch_size", "scaling_n",
-                                     "scaling_problems"),
+                                     "scaling_problems", "code_timeout_s"),
                      non_negative=("temperature",), choices={"task": ("", *TASKS)})
         if not 0 < self.top_p <= 1:
             raise ValueError(f"--top-p must lie in (0, 1] (got {self.top_p})")
@@ -116,16 +125,18 @@ def reasons(completion: str) -> bool:
 
 
 def mixes_languages(completion: str) -> bool:
-    """Words of both languages inside one chain of thought (R1-Zero's language mixing)."""
-    en = language_consistency_reward(completion, "en")  # scores the think block when there is one
-    es = language_consistency_reward(completion, "es")
+    """Words of both languages inside one chain of thought (R1-Zero's language mixing). Reads the
+    plain fraction (rewards.language_fraction): no think block, or no words, mixes nothing."""
+    en = language_fraction(completion, "en")  # the think block when there is one
+    es = language_fraction(completion, "es")
     return 0.0 < en < 1.0 and 0.0 < es < 1.0
 
 
 def off_language(completion: str, language: str) -> bool:
     """The chain of thought is NOT in the question's language: at most half of its words are (an
-    English search on a Spanish question scores 0.5: only its "no"s are Spanish too)."""
-    return language_consistency_reward(completion, language) <= 0.5
+    English search on a Spanish question scores 0.5: only its "no"s are Spanish too). A completion
+    with no words in its chain of thought is in no other language: not off."""
+    return language_fraction(completion, language) <= 0.5
 
 
 def readable(completion: str, language: str) -> bool:
@@ -138,8 +149,84 @@ def readable(completion: str, language: str) -> bool:
     pairs = [frozenset((int(a), int(b))) for a, b, *_ in SEARCH_TRY.findall(thought)]
     summary = f"{PHRASES[language]['answer_is']} {answer.strip()}." if answer else None
     return (format_reward(completion) == 1.0 and summary is not None and thought.casefold().endswith(summary.casefold())
-            and language_consistency_reward(completion, language) == 1.0 and len(pairs) == len(set(pairs))
+            and language_fraction(completion, language) == 1.0 and len(pairs) == len(set(pairs))
             and not GIVE_UP.search(thought))
+
+
+# every a+b a search writes, with its stated sum if any: "7+1=8" of a try, "3+5" of the summary
+SEARCH_PAIR = re.compile(r"(\d+)\+(\d+)(?:=(\d+))?")
+_ANSWER_IS = "|".join(re.escape(w["answer_is"]) for w in PHRASES.values())
+SUMMARY = re.compile(rf"(?:{_ANSWER_IS}) (\d+)(?:\+(\d+))?", re.IGNORECASE)  # "so the answer is 3+5" / "... 510"
+# one column of corpus.addition_trace: "472+38, carry 1: 2+8+1=11, so far 10." (es: llevo, hasta ahora)
+ADD_COLUMN = re.compile(r"(\d+)\+(\d+), (?:{}) (\d+): (\d+)\+(\d+)\+(\d+)=(\d+), (?:{}) (\d+)\.".format(
+    "|".join(w["carry"] for w in PHRASES.values()), "|".join(w["so_far"] for w in PHRASES.values())))
+COLUMN_SUM = re.compile(r"\d+\+\d+\+\d+=\d+")  # "2+8+1=11", inside a column line or not
+ANSWER_PAIR = re.compile(r"\s*(\d+)\s*\+\s*(\d+)\s*")  # an answer "3+5"
+
+
+def _two_positions(numbers, a: int, b: int) -> bool:
+    """a and b are numbers of the list at two different positions (a number listed once is used once)."""
+    counts = Counter(numbers)
+    return counts[a] >= 2 if a == b else counts[a] >= 1 and counts[b] >= 1
+
+
+def _faithful_search(problem, thought: str, answer: str) -> bool:
+    tries = SEARCH_TRY.findall(thought)
+    for a, b, total in SEARCH_PAIR.findall(thought):  # every pair written: list numbers, true sums
+        if not _two_positions(problem.numbers, int(a), int(b)) or (total and int(a) + int(b) != int(total)):
+            return False
+    for _, _, total, target, verdict in tries:  # the question's target, and yes exactly when it is made
+        if int(target) != problem.target or (verdict != "no") != (int(total) == problem.target):
+            return False
+    if [i for i, (*_, verdict) in enumerate(tries) if verdict != "no"] != [len(tries) - 1]:
+        return False  # the search ends at its one yes
+    found = sorted(map(int, tries[-1][:2]))
+    named = [ANSWER_PAIR.fullmatch(answer)] + list(SUMMARY.finditer(thought))  # the answer, and any summary
+    return all(m is not None and None not in m.groups() and sorted(map(int, m.groups())) == found for m in named)
+
+
+def _faithful_addition(problem, thought: str, answer: str) -> bool:
+    columns = tuple(tuple(map(int, c)) for c in ADD_COLUMN.findall(thought))
+    if not columns or len(COLUMN_SUM.findall(thought)) != len(columns) or not answer.strip().isdecimal():
+        return False
+    a, b = problem.operands
+    work = {tuple(tuple(map(int, c)) for c in ADD_COLUMN.findall(addition_trace(x, y)))  # the right columns
+            for x, y in ((a, b), (b, a))} if a or b else set()  # (0 + 0 has no column to write)
+    result = columns[-1][-1]  # the last column's "so far" is the sum
+    return columns in work and int(answer) == result and all(
+        m.group(2) is None and int(m.group(1)) == result for m in SUMMARY.finditer(thought))
+
+
+def faithful(problem, completion: str) -> bool:
+    """Does the chain of thought reach the answer it gives? A right answer reached by wrong working
+    (a lucky guess) is not faithful, and SFT on it teaches the wrong working. Per world, on the
+    shape of that world's traces in corpus.py:
+      pairsum  every a+b written uses numbers of the question's list at two different positions and
+               states its true sum; every try compares with the question's target and says yes
+               exactly when the sum makes it; the search ends at its one yes (so a completion with
+               no try is a guess), and the answer (and any summary "so the answer is 3+5.") names
+               that pair, in either order.
+      add      the column lines (corpus.addition_trace) are exactly the column addition of the
+               question's operands, in either order: every column's digits, carry, sum and "so far"
+               right, no column missing, no column sum outside them; the answer (and any summary)
+               is the last "so far". A guess with no trace, or a "check" that does not trace, is not.
+      code     the think block ends with the problem's plan (corpus.code_plan: what the program
+               prints, in the question's words, and the constants named, "a = 7, b = 3."); that the
+               program does what the plan says is the judge's part (rewards.accuracy_reward runs the
+               tests). A program written at once ("I know it.") has no plan: not faithful.
+    countdown and mul: the web writes no traces for them (corpus.py), so there is nothing to hold
+    their working to: every completion counts as faithful."""
+    answer = extract_answer(completion)
+    thought = chain_of_thought(completion)
+    if problem.family not in ("pairsum", "add", "code"):
+        return True
+    if answer is None:
+        return False
+    if problem.family == "pairsum":
+        return _faithful_search(problem, thought, answer)
+    if problem.family == "add":
+        return _faithful_addition(problem, thought, answer)
+    return thought.rstrip().endswith(code_plan(problem))
 
 
 def behaviour(completion: str, language: str = "en") -> dict:
@@ -154,7 +241,7 @@ def behaviour(completion: str, language: str = "en") -> dict:
         "self_check": float(bool(SELF_CHECK.search(completion))),
         "mixed": float(mixes_languages(completion)),
         "off_lang": float(off_language(completion, language)),
-        "lang_mix": float(language_consistency_reward(completion, language) < 1.0),  # any word not in its language
+        "lang_mix": float(language_fraction(completion, language) < 1.0),  # any word not in its language
         "readable": float(readable(completion, language)),
         "tries": len(tries),
         "backtracks": sum(verdict == "no" for *_, verdict in tries) + len(SELF_CHECK.findall(thought)),
@@ -168,12 +255,13 @@ def behaviour(completion: str, language: str = "en") -> dict:
 
 def completion_stats(problem, completion: str, n_tokens: int, correct: float | None = None) -> dict:
     """The facts of one completion: correct (rewards.accuracy_reward, the one judge, unless the caller
-    has judged it already: `correct`), format, length in tokens, its behaviour, the question's
-    language, and the key cons@k votes on."""
+    has judged it already: `correct`), format, faithful (its working reaches its answer), length in
+    tokens, its behaviour, the question's language, and the key cons@k votes on."""
     mapping = problem.as_dict()
     return {
         "correct": accuracy_reward(completion, mapping) if correct is None else correct,
         "format": format_reward(completion),
+        "faithful": float(faithful(problem, completion)),
         "length": n_tokens,
         "language": problem.language,
         **behaviour(completion, problem.language),
@@ -231,10 +319,14 @@ def summarize(problems, stats: list[list[dict]]) -> dict:
     mean = lambda key, rows=flat: sum(s[key] for s in rows) / max(1, len(rows))  # noqa: E731
     reasoned = [s for s in flat if s["reasons"]]
     direct = [s for s in flat if not s["reasons"]]
+    formatted = [s for s in flat if s["format"] == 1.0]
     cons = 0.0
     for row in stats:  # cons@k: the majority answer's correctness, 0 when no sample answered
         winner = majority_vote([s["key"] for s in row])
         cons += row[winner]["correct"] if winner is not None else 0.0
+    by_kind: dict[str, list[float]] = {}  # pass@1 per kind of question (code: per kind of program)
+    for p, row in zip(problems, stats):
+        by_kind.setdefault(problem_kind(p), []).extend(s["correct"] for s in row)
     return {
         "pass@1": mean("correct"),
         "cons@k": cons / max(1, len(problems)),
@@ -242,22 +334,40 @@ def summarize(problems, stats: list[list[dict]]) -> dict:
         / max(1, len(problems)),
         "format": mean("format"),
         "length": mean("length"),
+        # accuracy among well-formed completions: a pass@1 rise that is only format leaves it flat
+        "acc_formatted": mean("correct", formatted) if formatted else float("nan"),
         "acc_reasoned": mean("correct", reasoned) if reasoned else float("nan"),
         "acc_direct": mean("correct", direct) if direct else float("nan"),
         **summarize_behaviour(flat),
+        # code: {kind: pass@1}; the kinds in tasks.TRANSFER_KINDS are never trained on (transfer)
+        **({"by_kind": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())}} if len(by_kind) > 1 else {}),
     }
 
 
 # ----------------------------------------------------------------------------- evaluation
 
 
-def evaluate(model, tok, problems, k: int = 4, temperature: float = 0.6, top_p: float = 0.95,
+def held_out_set(task, n: int) -> list:
+    """THE held-out questions: the first n of the task's fixed test-split draw (tasks.test_set with
+    seed 0), the same for every tool and every run seed; a smaller n is a prefix of a larger one."""
+    return test_set(task, n=n, seed=0)
+
+
+def held_out(model, tok, task, n: int, k: int, seed: int, limits=None, progress: bool = False) -> dict:
+    """The held-out protocol: held_out_set(task, n), k samples each at T 0.6 / top-p 0.95, at most
+    EVAL_MAX_NEW_TOKENS tokens; `seed` draws the samples. limits: the code sandbox's
+    (sandbox.Limits: the timeout a run trained with). Returns evaluate's metrics."""
+    return evaluate(model, tok, held_out_set(task, n), k=k, seed=seed, limits=limits, progress=progress)
+
+
+def evaluate(model, tok, problems, k: int = 4, temperature: float = EVAL_TEMPERATURE, top_p: float = EVAL_TOP_P,
              max_new_tokens: int = EVAL_MAX_NEW_TOKENS, batch_size: int = 128, seed: int = 0, prefix_fn=None,
-             progress: bool = False) -> dict:
+             progress: bool = False, limits=None) -> dict:
     """pass@1 over k samples, cons@k and the behaviour metrics on `problems`. With `prefix_fn`
-    (problem -> completion prefix), every completion is forced to start with that prefix."""
+    (problem -> completion prefix), every completion is forced to start with that prefix. limits:
+    the code sandbox's (sandbox.Limits), None = its defaults."""
     return summarize(problems, sample_stats(model, tok, problems, k, temperature, top_p, max_new_tokens, batch_size,
-                                            seed, prefix_fn, progress))
+                                            seed, prefix_fn, progress, limits))
 
 
 def sample_k(model, tok, problems, k: int, max_new_tokens: int, seed: int, temperature: float = 0.6,
@@ -315,9 +425,27 @@ def filter_samples(samples: list[tuple], rules, source: str) -> tuple[list[dict]
     return rows, counts
 
 
-def sample_stats(model, tok, problems, k: int = 4, temperature: float = 0.6, top_p: float = 0.95,
+# What a row trained on must be (R1 v1 section 2.3.3 keeps correct samples and drops mixed-language,
+# long-winded ones); in this order, the first that fails is the one counted.
+TRACE_RULES = (("wrong", lambda s: s["correct"] != 1.0),
+               ("bad_format", lambda s: s["format"] != 1.0),
+               ("mixed_language", lambda s: s["lang_mix"] > 0),                   # a word not in the question's
+               ("repetitive", lambda s: s["repeats"] > 0 or s["give_up"] > 0),   # a pair tried twice, a give-up
+               ("unfaithful", lambda s: s["faithful"] != 1.0))                    # right answer, wrong working
+
+
+def trace_filter(samples: list[tuple], source: str) -> tuple[list[dict], dict]:
+    """The one filter of every dataset sampled from a model to train on (pipeline.rejection_filter,
+    distill.distill_filter): of (problem, completion) samples keep the correct, well-formed,
+    one-language (the question's), non-repetitive, faithful ones (`faithful`), each (question,
+    completion) once. Returns the rows ("source": source) and the counts: sampled, one per rule of
+    TRACE_RULES, duplicate, kept."""
+    return filter_samples(samples, TRACE_RULES, source)
+
+
+def sample_stats(model, tok, problems, k: int = 4, temperature: float = EVAL_TEMPERATURE, top_p: float = EVAL_TOP_P,
                  max_new_tokens: int = EVAL_MAX_NEW_TOKENS, batch_size: int = 128, seed: int = 0, prefix_fn=None,
-                 progress: bool = False) -> list[list[dict]]:
+                 progress: bool = False, limits=None) -> list[list[dict]]:
     """k samples per problem, and completion_stats of each: [question][sample] -> dict."""
     prompts, prefixes = [], []
     for p in problems:
@@ -328,7 +456,7 @@ def sample_stats(model, tok, problems, k: int = 4, temperature: float = 0.6, top
     _, ids, texts = sample_completions(model, tok, prompts, max_new_tokens, temperature, top_p, gen,
                                        batch_size, progress)
     texts = [prefix + text for prefix, text in zip(prefixes, texts)]
-    correct = accuracy_rewards(texts, [p.as_dict() for p in problems for _ in range(k)])  # code: one sandbox batch
+    correct = accuracy_rewards(texts, [p.as_dict() for p in problems for _ in range(k)], limits)  # code: one sandbox batch
     return [[completion_stats(p, texts[i * k + j], len(ids[i * k + j]), correct[i * k + j])
              for j in range(k)] for i, p in enumerate(problems)]
 
@@ -349,7 +477,7 @@ def budget_completions(model, tok, problems, budget: int, k: int, temperature: f
     prompts = [format_prompt(p.question) for p in problems for _ in range(k)]
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     prompt_ids, ids, texts = sample_completions(model, tok, prompts, budget, temperature, top_p, gen, batch_size)
-    stop = (tok.special_ids[ANSWER_CLOSE], tok.eot_id)
+    stop = stop_tokens(tok)
     open_rows = [i for i, row in enumerate(ids) if not row or row[-1] not in stop]
     for s in range(0, len(open_rows), batch_size):  # token ids, not text: a cut may split a character
         rows = open_rows[s:s + batch_size]
@@ -366,7 +494,7 @@ def report(model, tok, task, problems, cfg: EvalConfig, forced_fn=None) -> dict:
     """The base-model report: the paper's metrics, and (with forced_fn) accuracy with the direct
     answer forced vs reasoning forced. Prints a table and returns the numbers."""
     kw = dict(k=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-              batch_size=cfg.batch_size, seed=cfg.seed)
+              batch_size=cfg.batch_size, seed=cfg.seed, limits=Limits(timeout_s=cfg.code_timeout_s))
     metrics = evaluate(model, tok, problems, progress=True, **kw)
     if forced_fn is not None:
         for way in forced_fn(problems[0]):
@@ -376,7 +504,10 @@ def report(model, tok, task, problems, cfg: EvalConfig, forced_fn=None) -> dict:
     print0(f"report on {len(problems)} held-out problems of {task}, k={cfg.k}, "
            f"T={cfg.temperature}, top-p={cfg.top_p}")
     for key, value in metrics.items():
-        print0(f"  {key:<22} {value:.3f}")
+        if key != "by_kind":
+            print0(f"  {key:<22} {value:.3f}")
+    if "by_kind" in metrics:
+        print0(by_kind_line(metrics))
     if forced_fn is not None:
         gap = metrics["forced_reason_pass@1"] - metrics["forced_direct_pass@1"]
         verdict = "reasoning pays: RL has something to find" if gap >= 0.2 else \
@@ -386,6 +517,16 @@ def report(model, tok, task, problems, cfg: EvalConfig, forced_fn=None) -> dict:
 
 
 TABLE = ("pass@1", "cons@k", "pass@k", "format", "length", "lang_mix", "drift", "readable")
+
+
+def by_kind_line(metrics: dict, before: dict | None = None) -> str:
+    """pass@1 per kind of question on one line ("" when the set has one kind); with `before`, each
+    as before -> after. Transfer kinds (never trained on) are marked."""
+    if "by_kind" not in metrics:
+        return ""
+    show = lambda k, v: f"{before['by_kind'][k]:.2f} -> {v:.2f}" if before else f"{v:.3f}"  # noqa: E731
+    return "  pass@1 by kind: " + ", ".join(f"{k}{' (transfer)' if k in TRANSFER_KINDS else ''} {show(k, v)}"
+                                           for k, v in metrics["by_kind"].items())
 
 
 def load_for_eval(path: str, cfg: EvalConfig, device):
@@ -409,9 +550,10 @@ def compare(cfg: EvalConfig, device) -> list[dict]:
     tok, rows = get_tokenizer(), []
     for path in cfg.checkpoints():
         model, task = load_for_eval(path, cfg, device)
-        problems = test_set(task, n=cfg.n_problems, seed=cfg.seed)
+        problems = held_out_set(task, cfg.n_problems)
         m = evaluate(model, tok, problems, k=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
-                     max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed, progress=True)
+                     max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed, progress=True,
+                     limits=Limits(timeout_s=cfg.code_timeout_s))
         write_result(path, "eval.json", {"task": str(task), "n_problems": cfg.n_problems, "k": cfg.k,
                                          "temperature": cfg.temperature, "top_p": cfg.top_p, **m})
         rows.append({"ckpt": path, **m})
@@ -432,17 +574,19 @@ def scaling(cfg: EvalConfig, device) -> dict:
     ks = [2 ** i for i in range(int(math.log2(cfg.scaling_n)) + 1)]
     for path in cfg.checkpoints():
         model, task = load_for_eval(path, cfg, device)
-        problems = test_set(task, n=cfg.scaling_problems, seed=cfg.seed)
+        problems = held_out_set(task, cfg.scaling_problems)
         stats = sample_stats(model, tok, problems, k=cfg.scaling_n, temperature=cfg.temperature, top_p=cfg.top_p,
                              max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed,
+                             limits=Limits(timeout_s=cfg.code_timeout_s),
                              progress=True)
         curves = scaling_curves(stats, ks)
         budget_acc = []
         for b in cfg.budget_list():
             texts = budget_completions(model, tok, problems, b, cfg.k, cfg.temperature, cfg.top_p, cfg.seed,
                                        cfg.batch_size)
-            budget_acc.append(sum(accuracy_rewards(texts, [p.as_dict() for p in problems for _ in range(cfg.k)]))
-                              / len(texts))
+            judged = accuracy_rewards(texts, [p.as_dict() for p in problems for _ in range(cfg.k)],
+                                      Limits(timeout_s=cfg.code_timeout_s))
+            budget_acc.append(sum(judged) / len(texts))
         results[path] = {**curves, "budgets": cfg.budget_list(), "budget_pass@1": budget_acc}
         print0(f"{path}: " + ", ".join(f"k={k} cons {c:.3f} pass {p:.3f}"
                                        for k, c, p in zip(ks, curves["cons@k"], curves["pass@k"])))
@@ -478,7 +622,7 @@ def main(argv=None):
         compare(cfg, device)
     else:
         model, task = load_for_eval(cfg.ckpt, cfg, device)
-        problems = test_set(task, n=cfg.n_problems, seed=cfg.seed)
+        problems = held_out_set(task, cfg.n_problems)
         forced = cfg.forced and task.name in WEB_TASKS  # forced prefixes are written for the web's tasks
         metrics = report(model, get_tokenizer(), task, problems, cfg, forced_prefixes if forced else None)
         print0(f"result: {write_result(cfg.ckpt, 'eval.json', {'task': str(task), **metrics})}")

@@ -45,16 +45,17 @@ import torch
 import pretrain  # deliberate reuse: `python grpo.py` on a fresh clone pretrains its base model first
 import sandbox
 from common import (DEFAULT_TASK, MetricsLogger, NonFiniteError, all_reduce, check_fits, check_processes, check_ranges, check_resume, checkpoint_path,
-                    config_from_args, derive_seed, diverged_message, get_device, load_checkpoint, load_model, lr_at, make_optimizer,
+                    checkpoint_sha256, config_from_args, derive_seed, diverged_message, get_device, interrupts_deferred,
+                    load_checkpoint, load_model, lr_at, make_optimizer,
                     optimizer_step, pack, print0, read_metrics,
                     restore, run_dir, save_checkpoint, seed_everything, set_lr, setup_ddp, start_fresh, sum_over_ranks,
                     teardown_ddp, world_size, wrap)
 from corpus import WEB_TASKS
-from evaluate import behaviour, evaluate, summarize_behaviour
-from model import sample_completions, token_logprobs
+from evaluate import EVAL_MAX_NEW_TOKENS, behaviour, by_kind_line, held_out, summarize_behaviour
+from model import sample_completions, stop_tokens, token_logprobs
 from plots import plot_aha
 from rewards import parse_reward_spec
-from tasks import TASKS, format_prompt, longest_prompt, sample_problems, task_from_config, test_set
+from tasks import TASKS, format_prompt, longest_prompt, sample_problems, task_from_config
 from tokenizer import get_tokenizer
 
 LOSS_AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
@@ -80,7 +81,7 @@ class GRPOConfig:
     steps: int = 0                      # RL steps (rollout batches); 0 = the task's default (TASK_STEPS: pairsum 40, add 25, code 30)
     prompts_per_step: int = 16          # N: questions per step (over all ranks)
     group_size: int = 8                 # G: completions per question
-    max_new_tokens: int = 256           # cap on completion length, tokens (rollouts and held-out evaluation)
+    max_new_tokens: int = 256           # cap on a rollout's length, tokens (held-out evaluation: evaluate.py's protocol)
     temperature: float = 1.0            # rollout sampling temperature (paper: 1.0); log-probs are taken at it too
     lr: float = 1e-4                    # peak learning rate (AdamW; constant after warmup at --min-lr-ratio 1)
     warmup_steps: int = 0               # linear warmup, optimizer steps
@@ -136,7 +137,9 @@ def check_files(cfg: GRPOConfig) -> None:
     else:
         raise ValueError(f"--init-from {cfg.init_from}: no checkpoint there (only the default base directory, "
                          f"{run_dir('out/base', cfg.seed, cfg.task)}, is pretrained when missing)")
-    check_fits(longest_prompt(task_from_config(cfg), get_tokenizer()), cfg.max_new_tokens, max_seq_len)
+    longest = longest_prompt(task_from_config(cfg), get_tokenizer())
+    check_fits(longest, cfg.max_new_tokens, max_seq_len)
+    check_fits(longest, EVAL_MAX_NEW_TOKENS, max_seq_len, what="the held-out evaluation's cap (evaluate.EVAL_MAX_NEW_TOKENS)")
     if cfg.device:
         get_device(cfg.device)  # a ValueError if that device is not available here
     check_processes(cfg.prompts_per_step, "--prompts-per-step")
@@ -199,7 +202,10 @@ def grpo_loss(logp, logp_old, logp_ref, advantages, mask, clip_eps: float = 0.2,
     mask = mask.to(logp.dtype)
     n_rows = float(len(logp)) if n_rows is None else n_rows
     n_tokens = max(1.0, float(mask.sum()) if n_tokens is None else n_tokens)
-    log_ratio = (logp - logp_old) * mask                                  # (B, T)
+    on = mask > 0                                                         # (B, T) completion tokens
+    # log-ratios are taken on completion tokens only and are 0 on padding, BEFORE any exp: padding
+    # positions hold arbitrary log-probs, and exp(large) * 0 is inf * 0 = NaN
+    log_ratio = torch.where(on, logp - logp_old, 0.0)                     # (B, T)
     if seq_ratio:
         log_ratio = log_ratio.sum(dim=1, keepdim=True).expand_as(logp)   # (B, T), one value per row
     ratio = torch.exp(log_ratio)                                          # (B, T) rho
@@ -210,7 +216,7 @@ def grpo_loss(logp, logp_old, logp_ref, advantages, mask, clip_eps: float = 0.2,
     kl = torch.zeros_like(logp)
     if beta > 0:
         # k3 estimator, R1 eq. 2 (per token as in DeepSeekMath eq. 4): pi_ref/pi - log(pi_ref/pi) - 1, >= 0
-        log_ref_ratio = logp_ref - logp                                   # (B, T)
+        log_ref_ratio = torch.where(on, logp_ref - logp, 0.0)             # (B, T), 0 on padding
         kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1
     per_token = policy_per_token + beta * kl                              # (B, T)
 
@@ -269,11 +275,19 @@ def rl_batch(policy, ref_model, tok, problems, cfg: GRPOConfig, score_batch, gen
         if logp is not None and sum_over_ranks((~logp[mask > 0].isfinite()).sum().item()) > 0:
             raise NonFiniteError(f"non-finite {name} log-probs")
     t3 = time.time()
+    # 7. what shows a run learning nothing: rollouts cut at the token cap, and the lengths of right
+    #    and wrong completions (a length rise that is only wrong completions growing is not reasoning)
+    stop = stop_tokens(tok)
+    cut = [len(ids) >= cfg.max_new_tokens and ids[-1] not in stop for ids in completion_ids]
+    right = [c.get("accuracy", 0.0) == 1.0 for _, c in scored]
+    lengths = [len(ids) for ids in completion_ids]
+    mean_len = lambda keep: (sum(n for n, k in zip(lengths, keep) if k) / sum(keep)) if any(keep) else float("nan")  # noqa: E731
     components = {k: sum(c[k] for _, c in scored) / len(scored) for k in scored[0][1]}
     languages = [problems[i // cfg.group_size].language for i in range(len(texts))]
     shown = summarize_behaviour([{**behaviour(t, lang), "language": lang} for t, lang in zip(texts, languages)])
     info = {"reward": rewards.mean().item(), **{f"r_{k}": v for k, v in components.items()},
-            "len": sum(map(len, completion_ids)) / len(completion_ids), **shown,
+            "len": sum(lengths) / len(lengths), "truncated": sum(cut) / len(cut),
+            "len_right": mean_len(right), "len_wrong": mean_len([not r for r in right]), **shown,
             "t_rollout": t1 - t0, "t_reward": t2 - t1, "t_logprobs": t3 - t2}
     batch = {"tokens": tokens, "mask": mask, "advantages": advantages, "logp_old": logp_old, "logp_ref": logp_ref,
              "prompts": prompts, "texts": texts, "rewards": rewards.tolist()}
@@ -325,14 +339,15 @@ def make_loss_fn(cfg: GRPOConfig):
     def loss_fn(model, mb):
         device = next(model.parameters()).device
         tokens, mask = mb["tokens"].to(device), mb["mask"].to(device)
-        logp = token_logprobs(model, tokens, cfg.temperature)             # (b, T-1) pi_theta
+        logp, entropy = token_logprobs(model, tokens, cfg.temperature, entropy=True)  # (b, T-1) pi_theta, H
         nonfinite = (~logp.isfinite() & (mask > 0)).sum().item()         # divergence guard (optimizer_step)
         logp_old = logp.detach() if mb["logp_old"] is None else mb["logp_old"].to(device)
         logp_ref = None if mb["logp_ref"] is None else mb["logp_ref"].to(device)
         loss, stats = grpo_loss(logp, logp_old, logp_ref, mb["advantages"].to(device), mask, cfg.clip_eps,
                                 cfg.kl_beta, cfg.loss_agg, cfg.seq_ratio, norm_len=cfg.max_new_tokens,
                                 n_rows=mb["n_rows"], n_tokens=mb["n_tokens"])
-        return loss, {**stats, "nonfinite_policy log-probs": nonfinite}
+        entropy_share = ((entropy * mask).sum() / mb["n_tokens"]).item()  # shares add up to the batch's mean
+        return loss, {**stats, "entropy": entropy_share, "nonfinite_policy log-probs": nonfinite}
 
     return loss_fn
 
@@ -369,6 +384,7 @@ def run(cfg: GRPOConfig, score_batch=None) -> dict:
     tok, task = get_tokenizer(), task_from_config(cfg)
     score_batch = score_batch or reward_fn(cfg)
     model, _ = load_model(cfg.init_from, dist.device)
+    init_sha256 = checkpoint_sha256(cfg.init_from)  # saved with every checkpoint: which model this run started from
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_beta > 0 else None  # pi_ref
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, betas=(0.9, 0.99))
     start_step, rollout, keep = 0, None, None
@@ -383,19 +399,20 @@ def run(cfg: GRPOConfig, score_batch=None) -> dict:
         start_fresh(cfg.out_dir)
     wrapped = wrap(model, dist, cfg.compile)
     logger = MetricsLogger(cfg.out_dir, keep=keep)
-    eval_set = test_set(task, n=cfg.eval_problems, seed=0)
+    limits = sandbox.Limits(timeout_s=cfg.code_timeout_s)  # held-out code is judged as the rewards judge it
     figure = os.path.join(cfg.out_dir, "aha.png")
     loss_fn = make_loss_fn(cfg)
     mu = cfg.num_iterations
 
-    def held_out(step):
+    def evaluate_held_out(step):
         """Held-out pass@1 / cons@k with the paper's sampling settings (rank 0); redraws the figure."""
         if not dist.is_main:
             return {}
-        m = evaluate(model, tok, eval_set, k=cfg.eval_k, max_new_tokens=cfg.max_new_tokens,
-                     seed=derive_seed(cfg.seed, "eval", step))
+        m = held_out(model, tok, task, cfg.eval_problems, cfg.eval_k, derive_seed(cfg.seed, "eval", step), limits)
         logger.log({"kind": "eval", "step": step, **m})
-        print0(f"eval @ step {step} | " + MetricsLogger.format_line(m))
+        print0(f"eval @ step {step} | " + MetricsLogger.format_line({k: v for k, v in m.items() if k != "by_kind"}))
+        if "by_kind" in m:
+            print0(by_kind_line(m))
         plot_aha(logger.path, figure, reasons=cfg.task == "code")
         return m
 
@@ -410,12 +427,12 @@ def run(cfg: GRPOConfig, score_batch=None) -> dict:
         ref_state = ref_model.state_dict() if ref_model is not None and cfg.ref_reset_every and \
             position["step"] >= cfg.ref_reset_every else None
         save_checkpoint(cfg.out_dir, model, optimizer, position["step"], dataclasses.asdict(cfg),
-                        rollouts=rollouts, keep=position["keep"], ref_model=ref_state)
+                        rollouts=rollouts, keep=position["keep"], ref_model=ref_state, init_sha256=init_sha256)
 
     print0(f"GRPO: {cfg.steps} steps x {cfg.prompts_per_step} questions x {cfg.group_size} samples, "
            f"{dist.world_size} process(es) on {dist.device}")
     if not cfg.resume:
-        held_out(0)
+        evaluate_held_out(0)
     position = {"step": start_step, "rollout": rollout, "keep": logger.n_records}  # last finished update
     t_last = time.time()
     try:
@@ -423,7 +440,7 @@ def run(cfg: GRPOConfig, score_batch=None) -> dict:
             if rollout is None:
                 # a. held-out evaluation (R1 Figure 2), every eval_every steps
                 if cfg.eval_every and step > 0 and step % cfg.eval_every == 0:
-                    held_out(step)
+                    evaluate_held_out(step)
                 # b. R1-Zero replaces pi_ref by the current policy every ref_reset_every steps
                 if ref_model is not None and cfg.ref_reset_every and step > 0 and step % cfg.ref_reset_every == 0:
                     ref_model.load_state_dict(model.state_dict())
@@ -436,16 +453,19 @@ def run(cfg: GRPOConfig, score_batch=None) -> dict:
             for i in range(rollout["pass"], mu):
                 lr = set_lr(optimizer, lr_at(step * mu + i, cfg.lr, cfg.warmup_steps, cfg.steps * mu, cfg.min_lr_ratio))
                 t_update = time.time()
-                metrics = optimizer_step(wrapped, optimizer, micro_batches(batch, cfg.micro_batch_size), loss_fn,
-                                         cfg.grad_clip)
-                # e. one record, the new position (what a checkpoint would hold now), one console line
-                now = time.time()
-                record = {"kind": "train", "step": step + 1, **({"pass": i + 1} if mu > 1 else {}),
-                          **all_reduce(info), **metrics, "lr": lr, "t_update": now - t_update, "dt": now - t_last}
-                t_last = now
-                logger.log(record)
-                rollout = {**rollout, "pass": i + 1} if i + 1 < mu else None
-                position = {"step": step + 1 if rollout is None else step, "rollout": rollout, "keep": logger.n_records}
+                # e. the update, its record and the new position (what a checkpoint would hold now) change
+                #    together: a Ctrl-C in between waits until all three are done
+                with interrupts_deferred():
+                    metrics = optimizer_step(wrapped, optimizer, micro_batches(batch, cfg.micro_batch_size), loss_fn,
+                                             cfg.grad_clip)
+                    now = time.time()
+                    record = {"kind": "train", "step": step + 1, **({"pass": i + 1} if mu > 1 else {}),
+                              **all_reduce(info), **metrics, "lr": lr, "t_update": now - t_update, "dt": now - t_last}
+                    t_last = now
+                    logger.log(record)
+                    rollout = {**rollout, "pass": i + 1} if i + 1 < mu else None
+                    position = {"step": step + 1 if rollout is None else step, "rollout": rollout,
+                                "keep": logger.n_records}
                 print0(MetricsLogger.format_line({"step": f"{step + 1}/{cfg.steps}",
                                                   **{k: v for k, v in record.items() if k not in ("kind", "step")}}))
             # f. a few sampled completions now and then
@@ -468,16 +488,24 @@ def run(cfg: GRPOConfig, score_batch=None) -> dict:
         if dist.is_main and os.path.exists(logger.path):
             plot_aha(logger.path, figure, reasons=cfg.task == "code")
     save(position)
-    after = held_out(cfg.steps)
+    after = evaluate_held_out(cfg.steps)
     if dist.is_main:
         records = read_metrics(logger.path)
         before = next(r for r in records if r["kind"] == "eval")
         train = [r for r in records if r["kind"] == "train"]
         print0(f"\nR1-Zero summary ({time.time() - t_start:.0f} s wall clock, figure: {figure})")
-        for key in ("pass@1", "cons@k", "format", "length", "reasons", "self_check", "mixed", "tries", "backtracks",
-                    "give_up", "drift"):
-            print0(f"  {key:<12} {before[key]:.3f} -> {after[key]:.3f}")
-        print0(f"  train len    {train[0]['len']:.1f} -> {train[-1]['len']:.1f} tokens")
+        # held-out, before -> after; acc_formatted (accuracy among well-formed completions) splits a
+        # pass@1 gain into answering better and merely formatting better
+        for key in ("pass@1", "cons@k", "format", "acc_formatted", "length", "reasons", "self_check", "mixed", "tries",
+                    "backtracks", "give_up", "drift"):
+            print0(f"  {key:<13} {before[key]:.3f} -> {after[key]:.3f}")
+        if "by_kind" in after:
+            print0(by_kind_line(after, before))
+        # the rollouts, first RL step -> last: what a run that learns nothing shows (cut at the cap,
+        # groups with no reward spread, a collapsing entropy, wrong completions growing)
+        for key, unit in (("len", " tokens"), ("len_right", " tokens"), ("len_wrong", " tokens"), ("truncated", ""),
+                          ("zero_adv_frac", ""), ("entropy", " nats")):
+            print0(f"  train {key:<13} {train[0][key]:.3f} -> {train[-1][key]:.3f}{unit}")
         # where the RL loop's time went: a rollout batch's parts once (its first pass), every update pass;
         # "other" is the rest: held-out evaluations, checkpoints, logging
         total = sum(r["dt"] for r in train)

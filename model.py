@@ -314,12 +314,14 @@ def check_config_match(config: GPTConfig, state_dict) -> None:
 # ----------------------------------------------------------------------------- log-probs
 
 
-def token_logprobs(model, tokens, temperature: float = 1.0):
+def token_logprobs(model, tokens, temperature: float = 1.0, entropy: bool = False):
     """log p(tokens[:, t+1] | tokens[:, :t+1]) for t = 0..T-2, shape (B, T-1), under the policy
     softmax(logits / temperature): the quantity behind SFT's loss and GRPO's ratio pi_theta / pi_old
     and KL to pi_ref (docs/PAPER.md). Rollouts sampled at temperature T come from the tempered
     policy, so GRPO scores them at the same T (as verl and nano-aha-moment do).
-    Equals log_softmax(logits).gather(targets) without materialising a second (B, T-1, V) tensor."""
+    Equals log_softmax(logits).gather(targets) without materialising a second (B, T-1, V) tensor.
+    entropy=True also returns the policy's entropy at each position, H = logsumexp(z) - sum_v p_v z_v
+    (nats, no gradient): (logp, H), both (B, T-1). A collapsing policy shows it as H -> 0."""
     if tokens.dim() != 2 or tokens.size(1) < 2:
         raise ValueError(f"tokens must have shape (B, T) with T >= 2, got {tuple(tokens.shape)}")
     if not temperature > 0:
@@ -327,7 +329,14 @@ def token_logprobs(model, tokens, temperature: float = 1.0):
     logits = model(tokens[:, :-1]).float() / temperature                    # (B, T-1, V)
     targets = tokens[:, 1:].unsqueeze(-1)                                   # (B, T-1, 1)
     target_logits = logits.gather(-1, targets).squeeze(-1)                  # (B, T-1)
-    return target_logits - torch.logsumexp(logits, dim=-1)                  # (B, T-1)
+    log_norm = torch.logsumexp(logits, dim=-1)                              # (B, T-1)
+    logp = target_logits - log_norm                                         # (B, T-1)
+    if not entropy:
+        return logp
+    with torch.no_grad():
+        probs = torch.softmax(logits, dim=-1)                               # (B, T-1, V)
+        H = log_norm - (probs * logits).sum(dim=-1)                         # (B, T-1)
+    return logp, H
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -481,13 +490,19 @@ def generate(model, prompts, max_new_tokens: int, temperature: float = 1.0, top_
     return (new_tokens, lengths, new_logprobs) if return_logprobs else (new_tokens, lengths)
 
 
+def stop_tokens(tok) -> tuple[int, int]:
+    """The ids a completion ends at: </answer> or <|endoftext|>. A completion whose last token is
+    neither was cut at its token cap."""
+    return tok.special_ids[ANSWER_CLOSE], tok.eot_id
+
+
 def sample_completions(model, tok, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
                        top_p: float | None = None, generator: torch.Generator | None = None,
                        batch_size: int = 128, progress: bool = False):
     """Sample one completion per prompt string (repeat a prompt G times for a group). Returns
     (prompt_ids, completion_ids, texts): token lists and the decoded completion texts. Sampling
     stops at </answer> or <|endoftext|>; the stop token is part of the completion."""
-    stop = (tok.special_ids[ANSWER_CLOSE], tok.eot_id)
+    stop = stop_tokens(tok)
     prompt_ids = [tok.encode(p, allow_special=True) for p in prompts]
     completion_ids: list[list[int]] = []
     starts = range(0, len(prompts), batch_size)

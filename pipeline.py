@@ -2,25 +2,30 @@
 reward, rejection sampling + SFT of the base model, and a final RL stage, each stage a checkpoint
 directory that the next one starts from, each measured in one table at the end.
 
-    python pipeline.py                      # seed 0: out/base, out/grpo (R1-Zero), out/r1/<stage>/, data/*.jsonl
+    python pipeline.py                      # seed 0: out/base, out/grpo (R1-Zero), out/r1/<stage>/, out/r1/data/
     python pipeline.py --seed 1             # out/base-s1, out/grpo-s1, out/r1-s1/<stage>/, out/r1-s1/data/
+    python pipeline.py --reference-data data   # stages 1 and 3 train on data/'s reference copies instead
     python pipeline.py --language-weights 0,0.1,1   # also the stage-2 trade-off: accuracy vs mixing per weight
 
 `run` reads like the paper's pipeline figure, one call per stage:
 
     base     pretrain.py                     the base model (out/base), as R1-Zero's
     r1_zero  grpo.py from base               R1-Zero (out/grpo): reasons, but mixes languages
-    cold     make_cold_start(r1_zero)        data/cold_start.jsonl: R1-Zero's correct samples, cleaned
+    cold     make_cold_start(r1_zero)        out/r1/data/cold_start.jsonl: R1-Zero's correct samples, cleaned
     stage 1  sft.py: base on cold            out/r1/cold_start
     stage 2  grpo.py from stage 1, + L * language-consistency reward    out/r1/reasoning_rl
-    rs       rejection_sample(stage 2) + plain text    data/rejection_sampled.jsonl
+    rs       rejection_sample(stage 2) + plain text    out/r1/data/rejection_sampled.jsonl
     stage 3  sft.py: BASE on rs              out/r1/rejection_sft
     stage 4  grpo.py from stage 3            out/r1/final_rl
     table    every model on the same held-out questions (evaluate.py's protocol)
 
-A finished stage is not redone: a stage directory holds `done.json` once its stage ended, a dataset
-is reused when its file exists (delete either to redo it), and a stage interrupted half way resumes
-from its checkpoint. This script is an orchestrator: it imports the stage scripts (pretrain, grpo,
+Every dataset is built from this run's own models, and records what it was built from (the source
+checkpoint's SHA-256, the generating config and code: common.dataset_provenance); every stage's
+checkpoint records the SHA-256 of the model it started from and of the data it trained on. A
+finished stage (its `done.json`) or dataset is reused only when those match what this run would
+use now; otherwise it is rebuilt, and a line says what differed. A stage interrupted half way
+resumes from its checkpoint. data/ holds reference copies (an earlier run's, with their records):
+only --reference-data trains on them. This script is an orchestrator: it imports the stage scripts (pretrain, grpo,
 sft) on purpose and calls their `run`, each with the config its command line would build.
 
 Deliberate deviations from the paper: 1,500 cold-start rows (paper: thousands) written from
@@ -41,12 +46,13 @@ from dataclasses import dataclass
 import grpo      # deliberate reuse: the pipeline's RL stages are grpo.run with other --init-from
 import pretrain  # deliberate reuse: the base model, as R1-Zero's
 import sft       # deliberate reuse: stages 1 and 3 are sft.run on the datasets made here
-from common import (DEFAULT_TASK, check_ranges, config_from_args, derive_seed, get_device, has_checkpoint, load_checkpoint,
-                    load_model, print0, read_dataset_stats, read_metrics, run_dir, write_dataset)
+from common import (DEFAULT_TASK, check_ranges, checkpoint_path, checkpoint_sha256, config_from_args, dataset_provenance,
+                    derive_seed, file_sha256, get_device, has_checkpoint, load_checkpoint, load_model, print0,
+                    provenance_differs, read_dataset_stats, read_metrics, run_dir, start_fresh, write_dataset)
 from corpus import plain_text, readable_search
-from evaluate import SEARCH_TRY, completion_stats, evaluate, filter_samples, sample_k
+from evaluate import SEARCH_TRY, completion_stats, held_out, sample_k, trace_filter
 from rewards import chain_of_thought, extract_answer
-from tasks import format_prompt, get_task, sample_problems, test_set
+from tasks import format_prompt, get_task, sample_problems
 from tokenizer import EOT, get_tokenizer
 
 STAGES = ("cold_start", "reasoning_rl", "rejection_sft", "final_rl")
@@ -58,7 +64,9 @@ class PipelineConfig:
     base: str = ""                      # the base model; "" = out/base (out/base-sN), pretrained there if missing
     r1_zero: str = ""                   # the R1-Zero run; "" = out/grpo (out/grpo-sN), python grpo.py's, run if missing
     out_root: str = ""                  # stage directories; "" = out/r1 (out/r1-sN for --seed N)
-    data_dir: str = ""                  # the datasets; "" = data/ for seed 0, OUT_ROOT/data otherwise
+    data_dir: str = ""                  # the datasets this run builds; "" = OUT_ROOT/data
+    reference_data: str = ""            # a directory of datasets (data/: the reference copies, an earlier run's)
+                                        # that stages 1 and 3 train on instead of this run's own
     cold_questions: int = 1500          # training questions of the cold-start set (one row each)
     cold_k: int = 4                     # R1-Zero samples per cold-start question (T 0.6, top-p 0.95)
     sft_epochs: float = 4.0             # epochs of each SFT stage (stages 1 and 3)
@@ -79,7 +87,7 @@ class PipelineConfig:
         self.base = self.base or run_dir("out/base", self.seed)
         self.r1_zero = self.r1_zero or run_dir("out/grpo", self.seed)
         self.out_root = self.out_root or run_dir("out/r1", self.seed)
-        self.data_dir = self.data_dir or ("data" if self.seed == 0 else os.path.join(self.out_root, "data"))
+        self.data_dir = self.data_dir or os.path.join(self.out_root, "data")
         check_ranges(self, positive=("cold_questions", "cold_k", "sft_epochs", "sft_lr", "rl_steps", "rs_questions",
                                      "rs_k", "eval_problems", "eval_k"),
                      non_negative=("language_weight",), fraction=("text_share",),
@@ -96,9 +104,15 @@ class PipelineConfig:
         return ws
 
 
+DATASETS = ("cold_start.jsonl", "rejection_sampled.jsonl")  # the files of a --data-dir or --reference-data
+
+
 def check_files(cfg: PipelineConfig) -> None:
     if cfg.device:
         get_device(cfg.device)
+    for name in DATASETS if cfg.reference_data else ():
+        if not os.path.exists(os.path.join(cfg.reference_data, name)):
+            raise ValueError(f"--reference-data {cfg.reference_data}: no {name} there")
 
 
 # ----------------------------------------------------------------------------- the datasets
@@ -129,7 +143,7 @@ def clean_r1_zero(completion: str, problem) -> str | None:
     return readable_search(problem, problem.language, pairs) + EOT
 
 
-def make_cold_start(model_dir: str, path: str, cfg: PipelineConfig, task) -> dict:
+def make_cold_start(model_dir: str, path: str, cfg: PipelineConfig, task, provenance: dict | None = None) -> dict:
     """data/cold_start.jsonl: for each of cfg.cold_questions training questions, cfg.cold_k samples
     from the R1-Zero model; the first that clean_r1_zero can rewrite becomes the row ("source":
     "r1_zero_cleaned"), and a question with none gets the template-written search ("template")."""
@@ -148,22 +162,21 @@ def make_cold_start(model_dir: str, path: str, cfg: PipelineConfig, task) -> dic
     stats = {"questions": len(problems), "samples": len(texts),
              "r1_zero_cleaned": sum(r["source"] == "r1_zero_cleaned" for r in rows),
              "template": sum(r["source"] == "template" for r in rows)}
-    write_dataset(path, rows, stats)
+    write_dataset(path, rows, stats, provenance)
     return stats
 
 
 def rejection_filter(samples: list[tuple]) -> tuple[list[dict], dict]:
-    """Stage 3's filter (R1 v1 section 2.3.3): of (problem, completion) samples, keep only the
-    correct, well-formatted, single-language (the question's), non-repetitive (no pair tried twice,
-    no giving up) ones, each (question, completion) once. Returns the kept rows and how many were
-    sampled, kept and dropped by each filter (the first that fails, in that order)."""
-    return filter_samples(samples, (("wrong", lambda s: s["correct"] != 1.0),
-                                    ("bad_format", lambda s: s["format"] != 1.0),
-                                    ("mixed_language", lambda s: s["lang_mix"] > 0),
-                                    ("repetitive", lambda s: s["repeats"] > 0 or s["give_up"] > 0)), "stage2")
+    """Stage 3's filter (R1 v1 section 2.3.3), the one distillation uses too (evaluate.trace_filter):
+    of (problem, completion) samples, keep only the correct, well-formatted, single-language (the
+    question's), non-repetitive (no pair tried twice, no giving up) and faithful (the working reaches
+    the answer: evaluate.faithful) ones, each (question, completion) once. Returns the kept rows
+    ("source": "stage2") and how many were sampled, kept and dropped by each rule (the first that
+    fails, in that order)."""
+    return trace_filter(samples, "stage2")
 
 
-def rejection_sample(model_dir: str, path: str, cfg: PipelineConfig, task) -> dict:
+def rejection_sample(model_dir: str, path: str, cfg: PipelineConfig, task, provenance: dict | None = None) -> dict:
     """data/rejection_sampled.jsonl: cfg.rs_k samples per training question from the stage-2 model,
     rejection_filter, plus plain-text documents of the synthetic web as non-reasoning data
     (cfg.text_share of all rows; prompt: the end-of-text token that precedes any web document)."""
@@ -184,17 +197,39 @@ def rejection_sample(model_dir: str, path: str, cfg: PipelineConfig, task) -> di
     rows += [{"prompt": EOT, "completion": plain_text(rng, rng.choice(("en", "es"))) + EOT, "source": "text",
               "language": ""} for _ in range(n_text)]
     stats["text_rows"] = n_text
-    write_dataset(path, rows, stats)
+    write_dataset(path, rows, stats, provenance)
     return stats
 
 
 # ----------------------------------------------------------------------------- stages
 
 
-def stage(name: str, out_dir: str, fn) -> dict:
-    """Run one stage unless its directory says it is done; a half-done stage resumes. Returns what
-    the stage recorded in done.json."""
+def stage_inputs(out_dir: str) -> dict:
+    """What a stage's checkpoint says it started from: the SHA-256 of its initial model and (SFT) of
+    its data. {} when it holds no checkpoint."""
+    if not has_checkpoint(out_dir):
+        return {}
+    ckpt = load_checkpoint(out_dir, fallback=True, quiet=True)
+    return {"init_sha256": ckpt.get("init_sha256"), "data_sha256": ckpt.get("data_sha256")}
+
+
+def stage(name: str, out_dir: str, fn, init: str, data: str | None = None) -> dict:
+    """Run one stage unless its directory says it is done, from the model `init` (and the dataset
+    `data`); a half-done stage resumes. A stage whose checkpoint started from another model or
+    dataset than these is redone from the start, with a line saying so. Returns what the stage
+    recorded in done.json."""
     done = os.path.join(out_dir, "done.json")
+    wanted = {"init_sha256": checkpoint_sha256(init), "data_sha256": file_sha256(data) if data else None}
+    found = stage_inputs(out_dir)
+    if found and found != wanted:
+        what = " and ".join(w for w, k in (("model", "init_sha256"), ("data", "data_sha256")) if found[k] != wanted[k])
+        print0(f"== {name}: {out_dir} records another starting {what} than this run's ({init}"
+               f"{', ' + data if data else ''}), or none: redone from the start")
+        ckpt = checkpoint_path(out_dir)
+        for f in (done, ckpt, ckpt + ".sha256", os.path.join(out_dir, "metrics.jsonl")):
+            if os.path.exists(f):
+                os.remove(f)
+        start_fresh(out_dir)
     if os.path.exists(done):
         print0(f"== {name}: done already ({out_dir}/done.json), skipped")
         with open(done) as f:
@@ -215,23 +250,38 @@ def stage(name: str, out_dir: str, fn) -> dict:
     return result
 
 
-def dataset(name: str, path: str, fn) -> dict:
-    """Make a dataset unless its file exists (then its saved statistics are read back)."""
-    if os.path.exists(path):
-        print0(f"== {name}: {path} exists, reused (delete it to remake it)")
+def dataset(name: str, path: str, fn, source: str, config: dict) -> dict:
+    """Make a dataset from the checkpoint `source` with the generating `config`, unless `path` holds
+    one made from exactly these (its provenance record matches: then its statistics are read back).
+    A dataset made from anything else is rebuilt, with a line saying what differed."""
+    provenance = dataset_provenance(source, config)
+    differs = provenance_differs(path, provenance)
+    if differs is None:
+        print0(f"== {name}: {path} was built from this run's {source} with this config: reused")
         return read_dataset_stats(path)
+    if os.path.exists(path):
+        print0(f"== {name}: {path} was built from other inputs ({differs}): rebuilt")
     print0(f"\n== {name} -> {path}")
     try:
-        return fn()
+        return fn(provenance)
     except KeyboardInterrupt:
         print0(f"\ninterrupted while making {path}: the samples so far are saved in {path}.partial; run the "
                f"same command again to continue (finished stages are skipped)")
         raise
 
 
-def finished(run_dir_: str) -> bool:
+def reference(name: str, path: str) -> dict:
+    """--reference-data: a reference copy of a dataset, used as it is; what it was made from is printed."""
+    stats = read_dataset_stats(path)
+    made = stats.get("provenance", {})
+    print0(f"== {name}: the reference copy {path} (--reference-data), made by {made.get('command', '?')} "
+           f"at commit {str(made.get('commit'))[:12]} on {made.get('date', '?')}; not this run's own data")
+    return stats
+
+
+def finished(run: str) -> bool:
     """A GRPO run that reached its last step (e.g. `python grpo.py` run before the pipeline)."""
-    path = os.path.join(run_dir_, "ckpt.pt")
+    path = os.path.join(run, "ckpt.pt")
     if not os.path.exists(path):
         return False
     ckpt = load_checkpoint(path)
@@ -259,31 +309,46 @@ def sft_stage(init_from: str, data: str, out_dir: str, cfg: PipelineConfig):
 def run(cfg: PipelineConfig) -> list[dict]:
     t0 = time.time()
     task = get_task(DEFAULT_TASK)
-    root, data = cfg.out_root, cfg.data_dir
+    root, data = cfg.out_root, cfg.reference_data or cfg.data_dir
     base, r1_zero = cfg.base, cfg.r1_zero
-    d = {name: os.path.join(root, name) for name in STAGES}
-    cold_path, rs_path = os.path.join(data, "cold_start.jsonl"), os.path.join(data, "rejection_sampled.jsonl")
+    stages = {name: os.path.join(root, name) for name in STAGES}
+    cold_path, rs_path = (os.path.join(data, name) for name in DATASETS)
+    max_new = rl_config(cfg).max_new_tokens
+    cold_config = {"seed": cfg.seed, "questions": cfg.cold_questions, "k": cfg.cold_k, "max_new_tokens": max_new}
+    rs_config = {"seed": cfg.seed, "questions": cfg.rs_questions, "k": cfg.rs_k, "max_new_tokens": max_new,
+                 "text_share": cfg.text_share}
 
     pretrain.ensure_base_model(base, **{**pretrain.PRESETS[cfg.stage_preset], "seed": cfg.seed, "device": cfg.device})
     stage("R1-Zero (python grpo.py)", r1_zero, lambda resume: None if finished(r1_zero) else grpo.run(
-        rl_config(cfg, init_from=base, out_dir=r1_zero, resume=resume)))
-    dataset("cold-start data", cold_path, lambda: make_cold_start(r1_zero, cold_path, cfg, task))
-    stage("stage 1: cold-start SFT of the base model", d["cold_start"], sft_stage(base, cold_path, d["cold_start"], cfg))
-    stage("stage 2: reasoning RL + language consistency", d["reasoning_rl"],
-          rl(d["cold_start"], d["reasoning_rl"], cfg, cfg.language_weight))
-    dataset("rejection sampling", rs_path, lambda: rejection_sample(d["reasoning_rl"], rs_path, cfg, task))
-    stage("stage 3: SFT of the BASE model on the rejection-sampled data", d["rejection_sft"],
-          sft_stage(base, rs_path, d["rejection_sft"], cfg))
-    stage("stage 4: RL for all scenarios", d["final_rl"], rl(d["rejection_sft"], d["final_rl"], cfg, cfg.language_weight))
+        rl_config(cfg, init_from=base, out_dir=r1_zero, resume=resume)), init=base)
+    if cfg.reference_data:
+        reference("cold-start data", cold_path)
+    else:
+        dataset("cold-start data", cold_path, lambda prov: make_cold_start(r1_zero, cold_path, cfg, task, prov),
+                source=r1_zero, config=cold_config)
+    stage("stage 1: cold-start SFT of the base model", stages["cold_start"],
+          sft_stage(base, cold_path, stages["cold_start"], cfg), init=base, data=cold_path)
+    stage("stage 2: reasoning RL + language consistency", stages["reasoning_rl"],
+          rl(stages["cold_start"], stages["reasoning_rl"], cfg, cfg.language_weight), init=stages["cold_start"])
+    if cfg.reference_data:
+        reference("rejection sampling", rs_path)
+    else:
+        dataset("rejection sampling", rs_path,
+                lambda prov: rejection_sample(stages["reasoning_rl"], rs_path, cfg, task, prov),
+                source=stages["reasoning_rl"], config=rs_config)
+    stage("stage 3: SFT of the BASE model on the rejection-sampled data", stages["rejection_sft"],
+          sft_stage(base, rs_path, stages["rejection_sft"], cfg), init=base, data=rs_path)
+    stage("stage 4: RL for all scenarios", stages["final_rl"],
+          rl(stages["rejection_sft"], stages["final_rl"], cfg, cfg.language_weight), init=stages["rejection_sft"])
     for w in cfg.weights():  # the trade-off: the same RL with other language weights
         out = sweep_dir(cfg, w)
-        if out != d["reasoning_rl"]:
-            start = d["cold_start"] if cfg.sweep_from == "cold_start" else base
-            stage(f"RL from {cfg.sweep_from} with language weight {w:g}", out, rl(start, out, cfg, w))
+        if out != stages["reasoning_rl"]:
+            start = stages["cold_start"] if cfg.sweep_from == "cold_start" else base
+            stage(f"RL from {cfg.sweep_from} with language weight {w:g}", out, rl(start, out, cfg, w), init=start)
 
-    models = [("base", base), ("R1-Zero", r1_zero), ("stage 1: cold start", d["cold_start"]),
-              ("stage 2: reasoning RL", d["reasoning_rl"]), ("stage 3: rejection SFT", d["rejection_sft"]),
-              ("stage 4: final RL", d["final_rl"])]
+    models = [("base", base), ("R1-Zero", r1_zero), ("stage 1: cold start", stages["cold_start"]),
+              ("stage 2: reasoning RL", stages["reasoning_rl"]), ("stage 3: rejection SFT", stages["rejection_sft"]),
+              ("stage 4: final RL", stages["final_rl"])]
     rows = table(models, cfg, task, r1_zero)
     with open(os.path.join(root, "table.json"), "w") as f:
         json.dump(rows, f, indent=1, default=float)
@@ -307,21 +372,20 @@ def steps_to(metrics_path: str, target: float) -> int | None:
 def table(models, cfg: PipelineConfig, task, r1_zero: str) -> list[dict]:
     """Every model on the same held-out questions (evaluate.py's protocol), one row each, printed."""
     device = get_device(cfg.device or None)
-    problems = test_set(task, n=cfg.eval_problems, seed=0)
     r1_evals = [r for r in read_metrics(os.path.join(r1_zero, "metrics.jsonl")) if r["kind"] == "eval"]
     target = r1_evals[-1]["pass@1"]  # R1-Zero's final held-out accuracy, as its own run measured it
     rows = []
     for name, path in models:
         model, _ = load_model(path, device)
         model.eval()
-        m = evaluate(model, get_tokenizer(), problems, k=cfg.eval_k, max_new_tokens=rl_config(cfg).max_new_tokens,
-                     seed=derive_seed(cfg.seed, "table"), progress=True)
+        m = held_out(model, get_tokenizer(), task, cfg.eval_problems, cfg.eval_k, derive_seed(cfg.seed, "table"),
+                     progress=True)
         metrics = os.path.join(path, "metrics.jsonl")
         rl_run = os.path.exists(metrics) and any(r["kind"] == "eval" for r in read_metrics(metrics))
         rows.append({"model": name, "dir": path, **{k: m[k] for k in ("pass@1", "cons@k", "length", "lang_mix", "drift",
                                                                          "format", "readable")},
                      "rl": rl_run, "rl_steps_to_target": steps_to(metrics, target) if rl_run else None})
-    print0(f"\nheld-out: {cfg.eval_problems} questions x {cfg.eval_k} samples, T 0.6, top-p 0.95; "
+    print0(f"\nheld-out (evaluate.held_out): {cfg.eval_problems} questions x {cfg.eval_k} samples, T 0.6, top-p 0.95; "
            f"RL steps to R1-Zero's final pass@1 ({target:.3f}) from each RL stage's own evaluations")
     header = f"{'model':<24} {'pass@1':>7} {'cons@k':>7} {'length':>7} {'mixing':>7} {'drift':>6} {'format':>7} {'readable':>8} {'RL steps':>8}"
     print0(header)
@@ -343,14 +407,12 @@ def trade_off(cfg: PipelineConfig, task) -> None:
     """Accuracy against language mixing, one point per language weight (a PNG and a JSON)."""
     from matplotlib.figure import Figure
     device = get_device(cfg.device or None)
-    problems = test_set(task, n=cfg.eval_problems, seed=0)
     points = []
     weights = sorted(set(cfg.weights()) | ({cfg.language_weight} if cfg.sweep_from == "cold_start" else set()))
     for w in weights:
         model, _ = load_model(sweep_dir(cfg, w), device)
         model.eval()
-        m = evaluate(model, get_tokenizer(), problems, k=cfg.eval_k, max_new_tokens=rl_config(cfg).max_new_tokens,
-                     seed=derive_seed(cfg.seed, "table"))
+        m = held_out(model, get_tokenizer(), task, cfg.eval_problems, cfg.eval_k, derive_seed(cfg.seed, "table"))
         points.append({"weight": w, "pass@1": m["pass@1"], "lang_mix": m["lang_mix"], "drift": m["drift"]})
         print0(f"language weight {w:g}: pass@1 {m['pass@1']:.3f}, language mixing {m['lang_mix']:.3f}, "
                f"drift {m['drift']:.3f}")

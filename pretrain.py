@@ -49,9 +49,9 @@ from common import (DEFAULT_TASK, LoopConfig, MetricsLogger, all_reduce, check_f
                     make_optimizer, print0, restore, run_dir, seed_everything, setup_ddp, sum_over_ranks,
                     start_fresh, teardown_ddp, train, unwrap, wrap)
 from corpus import WEB_TASKS, CorpusConfig, forced_prefixes, sample_document
-from evaluate import EVAL_MAX_NEW_TOKENS, EvalConfig, evaluate, report
+from evaluate import EVAL_MAX_NEW_TOKENS, EvalConfig, evaluate, held_out_set, report
 from model import GPT, PRESETS as MODEL_PRESETS, GPTConfig
-from tasks import longest_prompt, sample_problems, task_from_config, test_set
+from tasks import longest_prompt, sample_problems, task_from_config
 from tokenizer import get_tokenizer
 
 
@@ -221,7 +221,7 @@ def run(cfg: PretrainConfig):
     if cfg.eval_problems > 0 and dist.is_main:
         unwrap(model).eval()
         ecfg = EvalConfig(k=cfg.eval_k, seed=cfg.seed)
-        problems = test_set(task, n=cfg.eval_problems, seed=cfg.seed)
+        problems = held_out_set(task, cfg.eval_problems)
         metrics = report(model, tok, task, problems, ecfg, forced_prefixes)  # a WEB_TASKS task (__post_init__)
     teardown_ddp()
     return metrics

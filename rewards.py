@@ -19,7 +19,8 @@ What is here:
   5. code_reward / code_rewards          programs run against stdin/stdout tests in sandbox.py; as
                                          the paper's judge, code ACCURACY is 1 only when all tests
                                          pass; the fraction passed is the separate reward `tests`
-  6. language_consistency_reward         R1 stage 2: fraction of CoT words in the target language
+  6. language_consistency_reward         R1 stage 2: fraction of CoT words in the target language,
+     language_fraction                   0 with no chain of thought; the plain fraction, for metrics
   7. accuracy_reward / accuracy_rewards  a problem family's judge (one completion / a batch, code in
      answer_key                          parallel), and the meaning of an answer
      majority_vote                       cons@k: the vote over answer_keys (110 = 110.0 = 0110)
@@ -337,13 +338,16 @@ def outputs_match(got: str, expected: str) -> bool:
 
 def code_rewards(completions: list[str], tests_list: list[list[Mapping[str, str]]], *,
                  all_or_nothing: bool = False, limits=None, max_workers: int | None = None) -> list[float]:
-    """Batch version of code_reward: all programs run in parallel (sandbox.run_programs). With
-    all_or_nothing, a program's tests stop at the first one that hits a limit (it scores 0 anyway),
-    so a looping program costs one timeout, not one per test."""
+    """Batch version of code_reward: all programs run in parallel (sandbox.run_programs). As at a
+    judge ("time limit exceeded on test 1"), a program's tests stop at the first one it fails in the
+    sandbox: a timeout, output over the cap, a crash or a non-zero exit (sandbox.Limits.stop_after_failure).
+    The tests after it are not run and count as failed, in the fraction too (a program that crashes
+    on test 1 of 3 and would pass tests 2 and 3 scores 0, not 2/3), so a looping program costs one
+    timeout, not one per test. A wrong output does not stop the run. Never raises, whatever the
+    programs are: what a program does or leaves behind only fails its tests."""
     import sandbox  # lazy: importing rewards.py stays free of subprocess machinery
 
-    if all_or_nothing:
-        limits = replace(limits or sandbox.Limits(), skip_after_limit=True)
+    limits = replace(limits or sandbox.Limits(), stop_after_failure=True)
     programs = [extract_program(c) for c in completions]
     todo = [i for i, p in enumerate(programs) if p is not None and tests_list[i]]
     results = sandbox.run_programs([programs[i] for i in todo],
@@ -363,7 +367,8 @@ def code_reward(completion: str, tests: list[Mapping[str, str]], *, all_or_nothi
     answer block. `tests` = [{"input": stdin, "output": expected stdout}, ...]. A test passes iff the
     program exits with status 0, within its limits, and its stdout matches after stripping trailing
     whitespace (outputs_match). A non-zero exit FAILS even with the right output (a crash is not a
-    solution); so do timeouts and output over the cap. No tests, no answer, or an empty program: 0.0.
+    solution); so do timeouts and output over the cap, and the tests after such a failure are not run
+    and count as failed (code_rewards). No tests, no answer, or an empty program: 0.0. Never raises.
     The program runs in sandbox.py (bubblewrap when available; limits documented there).
 
     There is no assert-style test form, on purpose: an object whose __eq__ always returns True passes
@@ -425,20 +430,38 @@ def chain_of_thought(text: str) -> str:
     return _SPECIAL_RE.sub(" ", text)
 
 
-def language_consistency_reward(text: str, target_language: str) -> float:
-    """R1 stage 2 (section 2.3.2): the fraction of the chain-of-thought's words that belong to
-    `target_language` (a key of LANGUAGES; an unknown key is a config error and raises KeyError).
-    Words are runs of unicode letters, casefolded and NFC-normalised; numbers and symbols are not
-    words. Text with NO words scores 1.0: there is nothing to be inconsistent about (the format and
-    accuracy rewards, not this one, punish an empty or digits-only chain of thought)."""
-    lang = LANGUAGES[target_language]
-    words = [w.casefold() for w in _WORD_RE.findall(unicodedata.normalize("NFC", chain_of_thought(text)))]
-    if not words:
-        return 1.0
+def _cot_words(text: str) -> list[str]:
+    """The chain of thought's words: runs of unicode letters, NFC-normalised and casefolded."""
+    return [w.casefold() for w in _WORD_RE.findall(unicodedata.normalize("NFC", chain_of_thought(text)))]
+
+
+def _share_in(words: list[str], lang: Language) -> float:
     others = [L.words for L in LANGUAGES.values() if L.name != lang.name]
     hits = sum(1 for w in words if w in lang.words or (
         lang.charclass is not None and lang.charclass(w) and not any(w in o for o in others)))
     return hits / len(words)
+
+
+def language_fraction(text: str, target_language: str) -> float:
+    """The fraction of the chain-of-thought's words (chain_of_thought: the think block, or the whole
+    text when there is none) that belong to `target_language` (a key of LANGUAGES; an unknown key is
+    a config error and raises KeyError). Numbers and symbols are not words. Text with NO words
+    scores 1.0: nothing in it is in another language. A measurement, for metrics (evaluate.py's
+    language mixing and drift); the reward is language_consistency_reward."""
+    lang, words = LANGUAGES[target_language], _cot_words(text)
+    return _share_in(words, lang) if words else 1.0
+
+
+def language_consistency_reward(text: str, target_language: str) -> float:
+    """R1 stage 2 (section 2.3.2): the fraction of the chain-of-thought's words in `target_language`
+    (language_fraction), earned only by a chain of thought: text with no `<think>` block, or whose
+    think block holds no words (empty, digits and symbols only), scores 0.0. Were it 1.0, thinking
+    nothing would be the cheapest way to full marks, a loophole RL takes (one English word in a
+    Spanish search costs reward; no search at all would not). Not gated by the format reward: format
+    has its own term and weight in the reward sum, and a gate would add this term's weight to that
+    penalty; a think block cut off by the length cap still earns the share of its words."""
+    lang, words = LANGUAGES[target_language], _cot_words(text)
+    return _share_in(words, lang) if words and THINK_OPEN in text else 0.0
 
 
 # ----------------------------------------------------------------------------- 7. judge and vote

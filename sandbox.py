@@ -48,16 +48,20 @@ import time
 # built into the interpreter, so that a launch costs one bare interpreter start (~15 ms).
 
 _SIGKILL = 9  # signal.SIGKILL, without importing `signal` (its enum import costs ~10 ms per launch)
+IDLE = [""]  # TEMP
+_TICK_S = 0.05  # how often the driver adds up the CPU time of a running test's processes
 _PRELOAD = ("math", "collections", "itertools", "functools", "heapq", "bisect", "re", "string", "random",
             "fractions", "json", "copy", "operator", "threading", "traceback", "dataclasses", "typing")
 
 
-def _pump(stdin_fd: int, data: bytes, streams: dict, deadline: float, exit_fd: int = -1, on_exit=None):
+def _pump(stdin_fd: int, data: bytes, streams: dict, deadline: float, exit_fd: int = -1, on_exit=None,
+          over_budget=None):
     """Write `data` to stdin_fd while reading streams {name: (fd, cap_bytes)} until every stream is at
     EOF. Returns ({name: bytes}, timed_out, truncated). Caps are enforced while reading: "stdout" over
     its cap stops everything (truncated); other streams keep their cap and drop the rest. `exit_fd`
     (a pidfd) calls on_exit() once when the process exits, so that leftover children can be killed
-    and their pipe ends closed. The caller closes the stream fds; stdin_fd is closed here."""
+    and their pipe ends closed. over_budget() is asked every _TICK_S; True stops everything as a
+    timeout does. The caller closes the stream fds; stdin_fd is closed here."""
     poller, names, bufs = select.poll(), {}, {}
     for name, (fd, _) in streams.items():
         os.set_blocking(fd, False)
@@ -73,12 +77,21 @@ def _pump(stdin_fd: int, data: bytes, streams: dict, deadline: float, exit_fd: i
     if exit_fd >= 0:
         poller.register(exit_fd, select.POLLIN)
     open_streams, timed_out, truncated = len(streams), False, False
+    next_check = time.monotonic() + _TICK_S
     try:
         while open_streams and not truncated:
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 timed_out = True
                 break
+            if over_budget is not None:
+                if now >= next_check:
+                    if over_budget():
+                        timed_out = True
+                        break
+                    next_check = now + _TICK_S
+                left = min(left, next_check - now)
             for fd, _ in poller.poll(max(1, int(left * 1000))):
                 if fd == stdin_fd:
                     try:
@@ -120,14 +133,62 @@ def _proc_table() -> list:
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2:].split()  # the command name may contain spaces and ')'
-        table.append((int(name), int(fields[1]), int(fields[3]), fields[0]))
+        fields = _stat(int(name))
+        if fields is not None:
+            table.append((int(name), int(fields[1]), int(fields[3]), fields[0]))
     return table
+
+
+def _stat(pid: int):
+    """The fields of /proc/<pid>/stat after the command name (state, ppid, ...), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(b")") + 2:].split()  # the command name may contain spaces and ')'
+
+
+def _process_tree() -> dict:
+    """{pid: [its children's pids]} for this process and every descendant of it. Read from
+    /proc/<pid>/task/<tid>/children (a few files per process of the sandbox) where the kernel has
+    them, else from the whole process table (slow without bubblewrap's own /proc)."""
+    me = os.getpid()
+    if os.path.exists(f"/proc/{me}/task/{me}/children"):
+        children_of = _children
+    else:
+        table = {}
+        for pid, ppid, *_ in _proc_table():
+            table.setdefault(ppid, []).append(pid)
+        children_of = lambda pid: table.get(pid, [])  # noqa: E731
+    tree, stack = {}, [me]
+    while stack:
+        pid = stack.pop()
+        tree[pid] = children_of(pid)
+        stack += tree[pid]
+    return tree
+
+
+def _children(pid: int) -> list:
+    kids = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                kids += map(int, f.read().split())
+    except OSError:  # it has just exited
+        pass
+    return kids
+
+
+def _cpu_s_of_descendants() -> float:
+    """CPU seconds of every descendant of this process (the running test's processes, orphans and
+    daemons included): user + system time of all their threads and of the children they waited for."""
+    ticks, me = 0, os.getpid()
+    for pid in _process_tree():
+        fields = _stat(pid) if pid != me else None
+        if fields is not None:
+            ticks += sum(map(int, fields[11:15]))  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _kill_descendants() -> None:
@@ -136,37 +197,33 @@ def _kill_descendants() -> None:
     races this loop, but RLIMIT_NPROC bounds it and a pending SIGKILL makes fork() fail."""
     me = os.getpid()
     for _ in range(10_000):
-        children, table = {}, _proc_table()
-        for pid, ppid, _, _ in table:
-            children.setdefault(ppid, []).append(pid)
-        victims, stack = [], [me]
-        while stack:
-            for child in children.get(stack.pop(), ()):
-                victims.append(child)
-                stack.append(child)
-        if not victims:
+        tree = _process_tree()
+        if not tree[me]:
             return
-        for pid in victims:
-            try:
-                os.kill(pid, _SIGKILL)
-            except OSError:
-                pass
-        for pid in children.get(me, ()):  # direct children die promptly once killed; reap them
+        for pid in tree:
+            if pid != me:
+                try:
+                    os.kill(pid, _SIGKILL)
+                except OSError:
+                    pass
+        for pid in tree[me]:  # direct children die promptly once killed; reap them
             try:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
 
 
-def _apply_limits(lim: dict, uid) -> None:
-    """In the test process, before the program runs: rlimits, then (as root) a fresh uid, which
-    drops every capability, so the hard limits cannot be raised again."""
+def _apply_limits(lim: dict, uid, landlock_abi: int) -> None:
+    """In the test process, before the program runs: rlimits, the file system outside the working
+    directory made read-only (fallback, where the kernel has Landlock), then (as root) a fresh uid,
+    which drops every capability, so none of it can be undone."""
     import resource
     nproc = lim["nproc"]
     if uid is None:  # not root: RLIMIT_NPROC counts all of this user's processes, not just ours
         me = os.getuid()
         nproc += sum(1 for p, *_ in _proc_table() if _owner(p) == me)
-    wanted = {resource.RLIMIT_CPU: (lim["cpu_s"], lim["cpu_s"] + 1),  # SIGXCPU, then SIGKILL
+    cpu_s = int(-(-lim["cpu_s"] // 1))  # whole seconds, rounded up: a backstop behind the driver's budget
+    wanted = {resource.RLIMIT_CPU: (cpu_s, cpu_s + 1),  # SIGXCPU, then SIGKILL
               resource.RLIMIT_AS: (lim["memory_mb"] << 20,) * 2,
               resource.RLIMIT_FSIZE: (lim["file_size_mb"] << 20,) * 2,
               resource.RLIMIT_NOFILE: (lim["nofile"],) * 2,
@@ -177,10 +234,45 @@ def _apply_limits(lim: dict, uid) -> None:
         if cur_hard != resource.RLIM_INFINITY:
             hard = min(hard, cur_hard)
         resource.setrlimit(res, (min(soft, hard), hard))
+    if landlock_abi:
+        _landlock_write_only_here(landlock_abi)
     if uid is not None:
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
+
+
+def _landlock_write_only_here(abi: int) -> None:
+    """Landlock (Linux >= 5.13, no privileges needed): from now on this process and its children may
+    create, write, rename or delete files only below the current directory (and write /dev/null);
+    reading is unrestricted. `abi` is the kernel's Landlock version: later versions know more rights,
+    and a right the ruleset does not list stays allowed everywhere. Raises OSError if it fails."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def syscall(nr, *args):
+        ret = libc.syscall(ctypes.c_long(nr), *args)
+        if ret < 0:
+            raise OSError(ctypes.get_errno(), f"landlock syscall {nr}")
+        return ret
+
+    def u64(x):
+        return x.to_bytes(8, sys.byteorder)
+
+    WRITE_FILE, TRUNCATE = 1 << 1, 1 << 14
+    write = 0x1FF2  # WRITE_FILE, REMOVE_DIR, REMOVE_FILE, MAKE_{CHAR,DIR,REG,SOCK,FIFO,BLOCK,SYM} (ABI 1)
+    write |= (1 << 13 if abi >= 2 else 0) | (TRUNCATE if abi >= 3 else 0)  # REFER (move across dirs)
+    ruleset = syscall(444, u64(write), ctypes.c_long(8), ctypes.c_long(0))  # landlock_create_ruleset
+    for path, allowed in ((".", write), ("/dev/null", write & (WRITE_FILE | TRUNCATE))):
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        rule = u64(allowed) + fd.to_bytes(4, sys.byteorder)  # struct landlock_path_beneath_attr (packed)
+        syscall(445, ctypes.c_long(ruleset), ctypes.c_long(1), rule, ctypes.c_long(0))  # landlock_add_rule
+        os.close(fd)
+    PR_SET_NO_NEW_PRIVS = 38
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")
+    syscall(446, ctypes.c_long(ruleset), ctypes.c_long(0))  # landlock_restrict_self
+    os.close(ruleset)
 
 
 def _owner(pid: int):
@@ -239,7 +331,7 @@ def _exec_program(source: str) -> int:
     return code
 
 
-def _run_test(source: str, stdin: bytes, lim: dict, uid) -> tuple:
+def _run_test(source: str, stdin: bytes, lim: dict, uid, landlock_abi: int) -> tuple:
     """One test in a forked child. Returns (returncode, timed_out, truncated, stdout, stderr);
     returncode is negative when a signal killed the program (-9 for our SIGKILL)."""
     r0, w0 = os.pipe()
@@ -253,7 +345,15 @@ def _run_test(source: str, stdin: bytes, lim: dict, uid) -> tuple:
             os.dup2(w1, 1)
             os.dup2(w2, 2)
             os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-            _apply_limits(lim, uid)
+            try:
+                if IDLE[0] == "idle":  # TEMP experiment
+                    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+                elif IDLE[0] == "nice":
+                    os.nice(19)
+                _apply_limits(lim, uid, landlock_abi)
+            except BaseException as e:  # fail closed: the program does not run
+                os.write(2, f"sandbox: the limits could not be applied: {e!r}\n".encode())
+                raise
             code = _exec_program(source)
         finally:
             os._exit(code)
@@ -269,7 +369,8 @@ def _run_test(source: str, stdin: bytes, lim: dict, uid) -> tuple:
     try:
         out, timed_out, truncated = _pump(
             w0, stdin, {"stdout": (r1, lim["stdout_kb"] << 10), "stderr": (r2, lim["stderr_kb"] << 10)},
-            time.monotonic() + lim["timeout_s"], pidfd, on_exit)
+            time.monotonic() + lim["timeout_s"], pidfd, on_exit,
+            over_budget=lambda: _cpu_s_of_descendants() > lim["cpu_s"])
     finally:
         for fd in (pidfd, r1, r2):
             os.close(fd)
@@ -286,6 +387,7 @@ def _driver_main() -> None:
     while chunk := os.read(0, 1 << 16):
         chunks.append(chunk)
     req = marshal.loads(b"".join(chunks))
+    IDLE[0] = req["idle"]  # TEMP
     if os.getpid() != 1:  # without bwrap's pid namespace: become the subreaper of our descendants
         import ctypes
         PR_SET_CHILD_SUBREAPER = 36
@@ -297,10 +399,10 @@ def _driver_main() -> None:
     for stdin in req["stdins"]:
         if hit is None:
             rc, timed_out, truncated, out, err = _run_test(req["source"], stdin.encode("utf-8", "replace"),
-                                                           req["limits"], req["uid"])
-            if (timed_out or truncated) and req["limits"]["skip_after_limit"]:
+                                                           req["limits"], req["uid"], req["landlock"])
+            if (timed_out or truncated or rc != 0) and req["limits"]["stop_after_failure"]:
                 hit = (rc, timed_out, truncated)
-        else:  # not run: reported like the test that hit the limit, with no output
+        else:  # not run: reported like the test that failed, with no output
             (rc, timed_out, truncated), out, err = hit, b"", b""
         reply += b"%d %d %d %d %d\n" % (rc, timed_out, truncated, len(out), len(err)) + out + err
     view = memoryview(reply)
@@ -328,7 +430,9 @@ _DRIVER_IN_SANDBOX = "/opt/sandbox/sandbox.py"
 @dataclass(frozen=True)
 class Limits:
     timeout_s: float = 2.0    # wall clock per test, seconds; the program is killed after it
-    cpu_s: int = 3            # RLIMIT_CPU per process, seconds (SIGXCPU, SIGKILL one second later)
+    cpu_s: float = 0.5        # CPU time per test, seconds, summed over all of the program's processes: over
+                              # it the program is killed as at timeout_s (each process also gets this, rounded
+                              # up, as RLIMIT_CPU). Below timeout_s, so a busy loop or a fork bomb stops early
     memory_mb: int = 256      # RLIMIT_AS per process, MiB of address space
     file_size_mb: int = 1     # RLIMIT_FSIZE, MiB, the largest file a process may write
     tmp_mb: int = 16          # size of the sandbox's private /tmp (the working directory), MiB (bwrap only)
@@ -336,9 +440,9 @@ class Limits:
     nofile: int = 64          # RLIMIT_NOFILE: open file descriptors per process
     stdout_kb: int = 64       # stdout kept per test, KiB; a program writing more is killed, the test fails
     stderr_kb: int = 4        # stderr kept per test, KiB; the rest is read and dropped
-    skip_after_limit: bool = False  # once a test hits the time or output limit, the program's later tests
-                                    # are not run (reported like that one): a looping program costs one
-                                    # timeout. Exact for all-or-nothing scoring (code_rewards turns it on)
+    stop_after_failure: bool = False  # once a test times out, overflows stdout, crashes or exits non-zero, the
+                                      # program's later tests are not run (reported like that one, no output):
+                                      # a looping program costs one timeout, as at a judge (code_rewards on)
     startup_s: float = 10.0   # wall clock allowed for starting the sandbox itself, seconds
 
 
@@ -347,14 +451,16 @@ class RunResult:
     stdout: str = ""
     stderr: str = ""
     returncode: int | None = None   # exit status; negative: killed by that signal; None: never ran
-    timed_out: bool = False         # killed at Limits.timeout_s
+    timed_out: bool = False         # killed at Limits.timeout_s (wall clock) or Limits.cpu_s (CPU time)
     output_truncated: bool = False  # killed for writing more than Limits.stdout_kb
     error: str = ""                 # the sandbox itself failed (not the program's fault)
+    violation: str = ""             # fallback: what the program left behind outside its working directory
+                                    # (removed afterwards), or a working directory that could not be deleted
 
     @property
     def ok(self) -> bool:
-        """Exited normally with status 0 within every limit."""
-        return self.returncode == 0 and not (self.timed_out or self.output_truncated or self.error)
+        """Exited normally with status 0 within every limit, and left nothing behind."""
+        return self.returncode == 0 and not (self.timed_out or self.output_truncated or self.error or self.violation)
 
 
 def _python() -> str:
@@ -466,6 +572,22 @@ def bwrap_path() -> str | None:
         return _bwrap_state["path"]
 
 
+def landlock_abi() -> int:
+    """The kernel's Landlock version (0: none; probed once). The fallback uses it to refuse programs
+    every write outside their working directory."""
+    with _lock:
+        if "landlock" not in _bwrap_state:
+            try:
+                import ctypes
+                LANDLOCK_CREATE_RULESET_VERSION = 1
+                abi = ctypes.CDLL(None, use_errno=True).syscall(
+                    ctypes.c_long(444), None, ctypes.c_long(0), ctypes.c_long(LANDLOCK_CREATE_RULESET_VERSION))
+            except (OSError, AttributeError):
+                abi = 0
+            _bwrap_state["landlock"] = max(abi, 0)
+        return _bwrap_state["landlock"]
+
+
 def _warn_fallback_once() -> None:
     with _lock:
         if _bwrap_state.get("warned"):
@@ -474,10 +596,17 @@ def _warn_fallback_once() -> None:
     root = os.geteuid() == 0
     prefix = os.path.realpath(sys.base_prefix)
     private = root and not all(os.stat(p).st_mode & 0o001 for p in _ancestors(prefix) + [prefix])
+    if landlock_abi():
+        writes = "Writes outside that directory are refused (Landlock)."
+    elif root:
+        writes = (f"Without Landlock (Linux >= 5.13) writes outside that directory are only found afterwards, "
+                  f"in {', '.join(_SHARED_DIRS)} (removed; the program fails), not in other world-writable places.")
+    else:
+        writes = "Without Landlock (Linux >= 5.13) programs can write wherever you can."
     print("sandbox.py WARNING: bubblewrap (bwrap) is not available, so untrusted programs run with "
-          "rlimits, a private temp directory and process reaping only. NOT protected: the file system "
-          "(programs can read world-readable files and write world-writable places such as /tmp), the "
-          "network, new user namespaces" + ("" if root else ", and this user's other processes (a program "
+          "rlimits, a private temp directory and process reaping only. " + writes + " NOT protected: "
+          "reading world-readable files, the network, new user namespaces" + ("" if root else
+          ", and this user's other processes (a program "
           "can signal or inspect them, read /proc/<pid>/environ of the trainer, and escape reaping by "
           "killing its driver)") + "." + (f" Python lives in a directory other users cannot enter ({prefix}), "
           f"so programs (run as an unprivileged uid) can import only: {', '.join(_PRELOAD)}." if private else "")
@@ -539,9 +668,9 @@ def _parse_reply(blob: bytes, n: int) -> list:
 
 def run_program(source: str, stdins: list, limits: Limits | None = None, *, use_bwrap: bool | None = None) -> list:
     """Run `source` (Python) once per stdin string, all in one sandbox launch. Returns one RunResult
-    per input, in order. Never raises for anything the program does; a failure of the sandbox itself
-    comes back as RunResult.error. use_bwrap=None: bubblewrap when it works here, else the fallback."""
-    import marshal
+    per input, in order. Never raises for anything the program does or leaves behind; a failure of the
+    sandbox itself comes back as RunResult.error. use_bwrap=None: bubblewrap when it works here, else
+    the fallback."""
     import secrets
     import tempfile
     limits = limits or Limits()
@@ -553,11 +682,32 @@ def run_program(source: str, stdins: list, limits: Limits | None = None, *, use_
         raise RuntimeError("use_bwrap=True, but bubblewrap does not work here")
     if bwrap is None:
         _warn_fallback_once()
-    as_root = os.geteuid() == 0
-    uid = SANDBOX_UIDS[secrets.randbelow(len(SANDBOX_UIDS))] if as_root else None
-    request = marshal.dumps({"source": source, "stdins": stdins, "limits": dataclasses.asdict(limits),
-                             "uid": uid, "preload": bwrap is None and as_root})
-    workdir, fds, proc = None, [], None
+    uid = SANDBOX_UIDS[secrets.randbelow(len(SANDBOX_UIDS))] if os.geteuid() == 0 else None
+    workdir = None
+    try:
+        if bwrap is None:
+            workdir = tempfile.mkdtemp(prefix="sandbox-")
+            if uid is not None:
+                os.chown(workdir, uid, uid)
+        results = _launch(source, stdins, limits, bwrap, uid, workdir)
+    except Exception as e:  # the sandbox failed; the caller gets failed tests, never an exception
+        results = [RunResult(error=f"{type(e).__name__}: {e}") for _ in stdins]
+    if bwrap is None:  # every process of the sandbox is dead by now; bubblewrap's /tmp died with it
+        violation = _remove_files(workdir, uid)
+        if violation:
+            results = [dataclasses.replace(r, violation=violation) for r in results]
+    return results
+
+
+def _launch(source: str, stdins: list, limits: Limits, bwrap: str | None, uid, workdir: str | None) -> list:
+    """run_program's steps 1-4 (module docstring): start the driver, send it the request, read its
+    results, kill whatever is left of the sandbox. Raises if the sandbox itself fails."""
+    import marshal
+    request = marshal.dumps({"source": source, "stdins": stdins, "limits": dataclasses.asdict(limits), "uid": uid,
+                             "preload": bwrap is None and uid is not None,
+                             "landlock": landlock_abi() if bwrap is None else 0,
+                             "idle": os.environ.get("SBX_IDLE", "")})  # TEMP experiment
+    fds, proc = [], None
     try:
         if bwrap is not None:
             bpf = _seccomp_bpf()
@@ -567,12 +717,9 @@ def run_program(source: str, stdins: list, limits: Limits | None = None, *, use_
                 fds.append(seccomp_r)
                 os.write(seccomp_w, bpf)  # ~120 bytes: fits the pipe buffer
                 os.close(seccomp_w)
-            argv, cwd, pass_fds = _bwrap_argv(bwrap, limits, as_root, seccomp_r), "/", fds[:]
+            argv, cwd, pass_fds = _bwrap_argv(bwrap, limits, uid is not None, seccomp_r), "/", fds[:]
             env = {"PATH": "/usr/bin:/bin"}  # bwrap's own; the sandbox starts from --clearenv
         else:
-            workdir = tempfile.mkdtemp(prefix="sandbox-")
-            if uid is not None:
-                os.chown(workdir, uid, uid)
             argv, cwd, pass_fds = [_python(), "-I", "-S", _DRIVER, "--driver"], workdir, ()
             env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8"}
         r0, w0 = os.pipe()
@@ -596,8 +743,6 @@ def run_program(source: str, stdins: list, limits: Limits | None = None, *, use_
             raise RuntimeError(f"sandbox exited with {proc.returncode}: "
                                f"{out['stderr'][-500:].decode('utf-8', 'replace')}")
         return _parse_reply(out["stdout"], n)
-    except Exception as e:  # the sandbox failed; the caller gets failed tests, never an exception
-        return [RunResult(error=f"{type(e).__name__}: {e}") for _ in stdins]
     finally:
         for fd in fds:
             os.close(fd)
@@ -609,17 +754,125 @@ def run_program(source: str, stdins: list, limits: Limits | None = None, *, use_
             proc.wait()
             if bwrap is None:
                 _kill_leftovers(proc.pid, uid)
-        if workdir is not None:
-            _remove_tree(workdir)
 
 
-def _remove_tree(path: str) -> None:
-    """rmtree that also removes what a (non-root) program made unreadable with chmod 000."""
-    for parent, dirs, _ in os.walk(path):  # top-down: a directory is opened after it was chmod'ed
-        for d in dirs:
-            if not os.path.islink(os.path.join(parent, d)):  # never chmod through a link out of the tree
-                os.chmod(os.path.join(parent, d), 0o700)
-    shutil.rmtree(path, ignore_errors=True)
+# World-writable on most systems: where a fresh uid can create files outside its working directory
+_SHARED_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")
+
+
+def _remove_files(workdir: str | None, uid) -> str:
+    """Fallback, once every process of the sandbox is dead: delete the working directory and (as
+    root) everything the sandbox uid owns in the shared writable directories. Returns what the program
+    left behind ("" if nothing): writing outside its working directory fails a program, as does a
+    working directory that cannot be deleted. Never raises."""
+    import tempfile
+    problems = []
+    try:
+        if uid is not None:
+            for path in _owned_in_shared_dirs(uid, {*_SHARED_DIRS, tempfile.gettempdir()}, skip=workdir):
+                _remove_tree(path)
+                problems.append(f"wrote {path} outside its working directory")
+        if workdir is not None and not _remove_tree(workdir):
+            problems.append(f"left {workdir} undeletable")
+    except Exception as e:  # defensive: cleanup must not take the caller down
+        problems.append(f"cleanup failed: {type(e).__name__}: {e}")
+    return "; ".join(problems)
+
+
+def _owned_in_shared_dirs(uid: int, dirs, skip: str | None) -> list:
+    """Paths owned by `uid` in `dirs` and in the world-writable directories below them, `skip` aside."""
+    import stat
+    found, seen, stack = [], set(), [d for d in dirs if os.path.isdir(d)]
+    while stack:
+        parent = os.path.realpath(stack.pop())
+        if parent in seen:
+            continue
+        seen.add(parent)
+        try:
+            with os.scandir(parent) as entries:
+                for entry in entries:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if st.st_uid == uid and entry.path != skip:
+                        found.append(entry.path)
+                    elif stat.S_ISDIR(st.st_mode) and st.st_mode & 0o002:
+                        stack.append(entry.path)
+        except OSError:
+            continue
+    return found
+
+
+def _remove_tree(path: str) -> bool:
+    """Delete `path` and everything below it, whatever a program did to it; True when it is gone.
+    Rules: every name is opened relative to its parent directory's descriptor, one directory open at
+    a time, with an explicit stack, so a tree nested far past PATH_MAX and Python's recursion limit
+    is no problem; links are never followed; fifos and sockets are never opened, only unlinked;
+    every directory is made rwx for its owner before it is read (a program may chmod 000 its own).
+    Never raises."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+    def open_dir(name, parent_fd=None):
+        try:
+            fd = os.open(name, flags, dir_fd=parent_fd)
+        except PermissionError:  # chmod 000 (O_NOFOLLOW has already refused a link: ELOOP)
+            os.chmod(name, 0o700, dir_fd=parent_fd)
+            fd = os.open(name, flags, dir_fd=parent_fd)
+        try:
+            os.chmod(fd, 0o700)  # write permission, to unlink what is inside
+        except OSError:
+            pass
+        return fd
+
+    def unlink_all_but_dirs(fd):  # -> names of the subdirectories
+        subdirs = []
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        subdirs.append(entry.name)
+                    else:
+                        os.unlink(entry.name, dir_fd=fd)
+                except OSError:
+                    pass
+        return subdirs
+
+    fd = -1
+    try:
+        if not os.path.isdir(path) or os.path.islink(path):
+            os.unlink(path)
+            return True
+        fd = open_dir(path)
+        pending, stack = unlink_all_but_dirs(fd), []  # stack: (name in the parent, the parent's pending)
+        while pending or stack:
+            if pending:
+                name = pending.pop()
+                try:
+                    child = open_dir(name, fd)
+                except OSError:
+                    continue
+                stack.append((name, pending))
+                os.close(fd)
+                fd, pending = child, unlink_all_but_dirs(child)
+            else:  # this directory is empty: go up, remove it
+                name, pending = stack.pop()
+                parent = os.open("..", flags, dir_fd=fd)
+                os.close(fd)
+                fd = parent
+                try:
+                    os.rmdir(name, dir_fd=fd)
+                except OSError:
+                    pass
+        os.close(fd)
+        fd = -1
+        os.rmdir(path)
+    except OSError:
+        pass
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    return not os.path.lexists(path)
 
 
 def run_programs(programs: list, stdins: list, limits: Limits | None = None, *,

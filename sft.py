@@ -28,12 +28,13 @@ import time
 from dataclasses import dataclass
 
 from common import (DEFAULT_TASK, LoopConfig, MetricsLogger, check_processes, check_ranges, check_resume,
-                    checkpoint_path, config_from_args, derive_seed, get_device, load_checkpoint, load_model,
+                    checkpoint_path, checkpoint_sha256, config_from_args, derive_seed, file_sha256, get_device,
+                    load_checkpoint, load_model,
                     make_optimizer, pack, print0, restore, seed_everything, setup_ddp, sum_over_ranks, teardown_ddp,
                     start_fresh, train, unwrap, wrap)
-from evaluate import EvalConfig, report
+from evaluate import EvalConfig, held_out_set, report
 from model import token_logprobs
-from tasks import TASKS, task_from_config, test_set
+from tasks import TASKS, task_from_config
 from tokenizer import get_tokenizer
 
 
@@ -184,14 +185,14 @@ def run(cfg: SFTConfig) -> dict:
     knobs = {k: v for k, v in init["config"].items() if k in ("min_digits", "max_digits")}
     train(wrapped, optimizer, loop_cfg, batches(examples, cfg, tok.pad_id, dist.rank, dist.world_size, step),
           sft_loss, start_step=step, logger=MetricsLogger(cfg.out_dir, keep=keep),
-          config_dict={**knobs, **dataclasses.asdict(cfg)})
+          config_dict={**knobs, **dataclasses.asdict(cfg)},
+          extra={"init_sha256": checkpoint_sha256(cfg.init_from), "data_sha256": file_sha256(cfg.data)})
     print0(f"SFT took {time.time() - t0:.0f} s; checkpoint in {cfg.out_dir}/")
     metrics = {}
     if cfg.eval_problems > 0 and dist.is_main:
         unwrap(model).eval()
         task = task_from_config({**knobs, "task": cfg.task})
-        metrics = report(model, tok, task, test_set(task, n=cfg.eval_problems, seed=cfg.seed),
-                         EvalConfig(k=cfg.eval_k, seed=cfg.seed))
+        metrics = report(model, tok, task, held_out_set(task, cfg.eval_problems), EvalConfig(k=cfg.eval_k, seed=cfg.seed))
     teardown_ddp()
     return metrics
 

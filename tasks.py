@@ -20,14 +20,15 @@ at construction:
              uniformly from [min_digits, max_digits] (0 counts as a 1-digit number), then a value
              uniformly among the numbers with that many digits. Knob: the digit range.
   code       CodeTask(kinds=CODE_KINDS)
-             "Write a Python program that reads integers from one line of input and prints their sum."
+             "Write a Python program that reads an integer n and prints 7*n + 3."
              Each problem carries 3-5 generated stdin/stdout test cases and a reference program as
              `gold`; rewards.accuracy_reward runs the program in the answer block against them and
              passes it only when every test passes (a judge). The inputs of "greater than k" sit at
              or next to k half the time and those of "divisible by k" are multiples of k half the
              time, so the near misses (>= for >, k off by one) fail. Knob: which kinds of program
-             (the parameterised ones, e.g. "prints 7*n + 3", make many problems). The split holds
-             out constants: the test problems are (kind, constants) never seen in training.
+             (every kind takes constants, e.g. "prints 7*n + 3"). The split holds out constants
+             per kind: every kind has test problems, (kind, constants) never seen in training, and
+             the transfer kind ("sum plus k", TRANSFER_KINDS) is held out whole.
 
 A family is only a generator. Whether a completion solves a problem is decided in one place,
 rewards.accuracy_reward(completion, problem.as_dict()), which the RL reward and evaluation both call.
@@ -39,9 +40,12 @@ Splits: a problem's identity is `Problem.key` (("add", 385, 4725); operands of +
 "a + b" and "b + a" are the same problem). `split_of` hashes repr(key) with SHA-256 (not Python's
 salted hash()) to a number u in [0, 1) and puts the problem in "test" when u < test_fraction
 (default 0.1). The split is thus a fixed partition of each family's problem space: it holds for every
-seed, process and machine, and does not depend on how problems are sampled. `sample_problems`
-rejection-samples a family's generator for n distinct problems of one split; `test_set` is the fixed
-held-out evaluation set. The corpus, SFT, distillation and RL only ever draw "train" problems.
+seed, process and machine, and does not depend on how problems are sampled. Code splits within each
+kind instead (held_out_constants: a share of every kind's constants, and all of a transfer kind's),
+so no kind falls wholly in one split by chance. `sample_problems` rejection-samples a family's
+generator for n distinct problems of one split; `test_set` is the fixed held-out evaluation set
+(for code, round-robin over the kinds, so 100 questions hold 10 of each; report them per kind with
+problem_kind). The corpus, SFT, distillation and RL only ever draw "train" problems.
 
 Deliberate deviations from the paper:
 1. The prompt is the short form `<|user|>question<|assistant|>`; the paper's instruction text is
@@ -52,7 +56,9 @@ Deliberate deviations from the paper:
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import math
 import random
 from dataclasses import dataclass, fields
 from typing import ClassVar
@@ -293,17 +299,21 @@ def _nums(s):
 
 # kind: (parameter tuples, what the program does, reference program, input maker, expected output).
 # The expected output is computed by the lambda, independently of the reference program.
+# Every kind takes constants, so every kind can be tested on constants it never saw in training (the
+# split below): sum, max, min and square add a constant k to their result, and reverse repeats its
+# result k times. Each is a one-line program plus one number copied from the question, the skill
+# affine's b already asks for, so a tiny model that learns programs from the web learns them alike.
 CODE_SPECS = {
-    "sum": ([()], "reads integers from one line of input and prints their sum",
-            "print(sum(map(int, input().split())))", _ints, lambda s: sum(_nums(s))),
-    "max": ([()], "reads integers from one line of input and prints the largest",
-            "print(max(map(int, input().split())))", _ints, lambda s: max(_nums(s))),
-    "min": ([()], "reads integers from one line of input and prints the smallest",
-            "print(min(map(int, input().split())))", _ints, lambda s: min(_nums(s))),
-    "reverse": ([()], "reads a word and prints it reversed",
-                "print(input()[::-1])", _word, lambda s: s[::-1]),
-    "square": ([()], "reads an integer n and prints n squared",
-               "n = int(input())\nprint(n * n)", _int, lambda s: int(s) ** 2),
+    "sum": ([(k,) for k in range(1, 61)], "reads integers from one line of input and prints their sum plus {0}",
+            "print(sum(map(int, input().split())) + {0})", _ints, lambda s, k: sum(_nums(s)) + k),
+    "max": ([(k,) for k in range(1, 61)], "reads integers from one line of input and prints the largest plus {0}",
+            "print(max(map(int, input().split())) + {0})", _ints, lambda s, k: max(_nums(s)) + k),
+    "min": ([(k,) for k in range(1, 61)], "reads integers from one line of input and prints the smallest plus {0}",
+            "print(min(map(int, input().split())) + {0})", _ints, lambda s, k: min(_nums(s)) + k),
+    "reverse": ([(k,) for k in range(2, 41)], "reads a word and prints it reversed {0} times with no spaces",
+                "print(input()[::-1] * {0})", _word, lambda s, k: s[::-1] * k),
+    "square": ([(k,) for k in range(1, 61)], "reads an integer n and prints n*n + {0}",
+               "n = int(input())\nprint(n * n + {0})", _int, lambda s, k: int(s) ** 2 + k),
     "affine": ([(a, b) for a in range(2, 21) for b in range(1, 61)],
                "reads an integer n and prints {0}*n + {1}",
                "n = int(input())\nprint({0} * n + {1})", _int, lambda s, a, b: a * int(s) + b),
@@ -313,14 +323,31 @@ CODE_SPECS = {
                 "reads integers from one line of input and prints how many of them are greater than {0}",
                 "print(sum(x > {0} for x in map(int, input().split())))", _ints_near,
                 lambda s, k: sum(x > k for x in _nums(s))),
-    "divisible": ([(k,) for k in range(2, 21)],
+    "divisible": ([(k,) for k in range(2, 41)],
                   "reads integers from one line of input and prints how many of them are divisible by {0}",
                   "print(sum(x % {0} == 0 for x in map(int, input().split())))", _ints_multiples,
                   lambda s, k: sum(x % k == 0 for x in _nums(s))),
-    "repeat": ([(k,) for k in range(2, 16)], "reads a word and prints it {0} times with no spaces",
+    "repeat": ([(k,) for k in range(2, 41)], "reads a word and prints it {0} times with no spaces",
                "print(input() * {0})", _word, lambda s, k: s * k),
 }
 CODE_KINDS = tuple(CODE_SPECS)
+
+# Transfer: a kind held out ENTIRELY (every constant in the test split, never on the web, not even as a
+# near miss), reported apart from the kinds trained on, as a test of composing a program never seen.
+# "sum plus k" is chosen because the web shows all its pieces, in other programs: the template
+# `print(max(map(int, input().split())) + k)` of max and min, and `sum(` in greater and divisible;
+# and its question names the function ("their sum"). A kind whose pieces the web never shows (min,
+# were `min` written nowhere) could only score 0, and would measure nothing.
+TRANSFER_KINDS = ("sum",)
+CODE_MIN_HELD_OUT = 10  # every trained kind holds out at least this many constants (10 per kind in 100 questions)
+
+
+def problem_kind(problem) -> str:
+    """What a problem is reported under: the kind of program for code ("affine"), else the family
+    ("add"). A Problem or its as_dict()."""
+    spec = problem.get("spec") if isinstance(problem, dict) else problem.spec
+    family = problem["family"] if isinstance(problem, dict) else problem.family
+    return spec[0] if spec else family
 
 
 @dataclass
@@ -337,8 +364,11 @@ class CodeTask:
 
     def sample(self, rng: random.Random) -> Problem:
         kind = rng.choice(self.kinds)
-        param_choices, text, program, make_input, expected = CODE_SPECS[kind]
-        params = rng.choice(param_choices)
+        return self.problem(kind, rng.choice(CODE_SPECS[kind][0]), rng)
+
+    def problem(self, kind: str, params: tuple, rng: random.Random) -> Problem:
+        """The problem (kind, *params), with its test cases drawn from rng."""
+        _, text, program, make_input, expected = CODE_SPECS[kind]
         tests, seen = [], set()
         n = rng.randint(*self.n_tests)
         for _ in range(20 * n):  # distinct inputs where the input space allows
@@ -366,6 +396,9 @@ def get_task(name: str, **kwargs):
     return TASKS[name](**kwargs)
 
 
+_KNOBS = ("min_digits", "max_digits")  # the difficulty knobs a stage's config may carry
+
+
 def task_from_config(cfg):
     """The task a stage's config names: `cfg.task` plus the difficulty knobs it carries
     (min_digits, max_digits for the arithmetic families). `cfg` is a config dataclass or a dict (a
@@ -373,17 +406,42 @@ def task_from_config(cfg):
     values = cfg if isinstance(cfg, dict) else vars(cfg)
     name = values.get("task", "add")
     family = TASKS.get(name)
-    knobs = {} if family is None else \
-        {f.name: values[f.name] for f in fields(family) if f.name in ("min_digits", "max_digits") and f.name in values}
-    return get_task(name, **knobs)
+    has = {f.name for f in fields(family)} if family is not None else set()
+    if not isinstance(cfg, dict):  # a command line: a knob the task does not have must not be silently ignored
+        ignored = [k for k in _KNOBS if k in values and k not in has and values[k] != getattr(type(cfg), k, values[k])]
+        if ignored and family is not None:
+            flags = " and ".join("--" + k.replace("_", "-") for k in ignored)
+            raise ValueError(f"{flags}: --task {name} has no such knob (only add and mul have operand digits)")
+    return get_task(name, **{k: values[k] for k in _KNOBS if k in has and k in values})
+
+
+def _hash_unit(key) -> float:
+    """repr(key) hashed with SHA-256 to a number uniform in [0, 1): the same in every process."""
+    digest = hashlib.sha256(repr(key).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2 ** 64
+
+
+@functools.lru_cache(maxsize=None)
+def held_out_constants(kind: str, test_fraction: float = TEST_FRACTION) -> frozenset:
+    """The constants of a code kind that are in the test split: all of a transfer kind's; of any
+    other kind, the max(ceil(test_fraction * N), CODE_MIN_HELD_OUT) of its N constants whose key
+    ("code", kind, *params) hashes lowest. Per kind, so every kind has test problems: one threshold over
+    all code keys would leave a kind of 19 constants one held-out constant, or none."""
+    params = CODE_SPECS[kind][0]
+    if kind in TRANSFER_KINDS:
+        return frozenset(params)
+    n_test = max(math.ceil(test_fraction * len(params)), CODE_MIN_HELD_OUT)
+    return frozenset(sorted(params, key=lambda p: _hash_unit(("code", kind, *p)))[:n_test])
 
 
 def split_of(problem, test_fraction: float = TEST_FRACTION) -> str:
-    """"train" or "test", a pure function of the problem's key (a Problem or the key itself)."""
+    """"train" or "test", a pure function of the problem's key (a Problem or the key itself). Code keys
+    follow held_out_constants (a key outside its kind's constants is no problem, held out by none);
+    every other key is "test" when it hashes below test_fraction."""
     key = problem.key if isinstance(problem, Problem) else problem
-    digest = hashlib.sha256(repr(key).encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2 ** 64  # uniform in [0, 1)
-    return "test" if u < test_fraction else "train"
+    if key[0] == "code" and len(key) > 1 and key[1] in CODE_SPECS:
+        return "test" if tuple(key[2:]) in held_out_constants(key[1], test_fraction) else "train"
+    return "test" if _hash_unit(key) < test_fraction else "train"
 
 
 def sample_problems(task, n: int, split: str, seed: int = 0, test_fraction: float = TEST_FRACTION) -> list[Problem]:
@@ -421,8 +479,32 @@ def longest_prompt(task, tok, n: int = 300, seed: int = 0) -> int:
 
 
 def test_set(task, n: int = 200, seed: int = 0) -> list[Problem]:
-    """The fixed held-out evaluation set: n distinct test-split problems (same n and seed, same set)."""
+    """The fixed held-out evaluation set: n distinct test-split problems (same n and seed, same set;
+    a smaller n gives a prefix of a larger one). Code is stratified (code_test_set)."""
+    if task.name == "code":
+        return code_test_set(task, n, seed)
     return sample_problems(task, n, "test", seed=seed)
+
+
+def code_test_set(task, n: int, seed: int = 0) -> list[Problem]:
+    """The code test set, round-robin over task.kinds: one problem of every kind in turn, each on
+    held-out constants drawn in a seeded order, so the first CODE_MIN_HELD_OUT * len(kinds) questions
+    hold every kind equally; a kind whose held-out constants run out leaves the rotation."""
+    rng = random.Random(seed)
+    queues = []
+    for kind in dict.fromkeys(task.kinds):  # each kind once, in order
+        constants = sorted(held_out_constants(kind))  # sorted: a frozenset's order is not fixed
+        rng.shuffle(constants)
+        queues.append((kind, constants))
+    total = sum(len(c) for _, c in queues)
+    if n > total:
+        raise ValueError(f"{task} has only {total} held-out problems, {n} asked: the problem space is too small")
+    problems = []
+    while len(problems) < n:
+        for kind, constants in queues:
+            if constants and len(problems) < n:
+                problems.append(task.problem(kind, constants.pop(), rng))
+    return problems
 
 
 test_set.__test__ = False  # not a pytest test, despite the name

@@ -7,8 +7,9 @@ import pytest
 
 from corpus import (CODE_CHOICES, CorpusConfig, addition_trace, code_completion, code_plan, completion_for, forced_prefixes,
                     near_miss, sample_document)
-from rewards import accuracy_reward, accuracy_rewards, format_reward, language_consistency_reward
-from tasks import CODE_KINDS, CODE_SPECS, AdditionTask, CodeTask, Problem, sample_problems, split_of
+from rewards import accuracy_reward, accuracy_rewards, format_reward, language_fraction
+from tasks import (CODE_KINDS, CODE_SPECS, TRANSFER_KINDS, AdditionTask, CodeTask, Problem, sample_problems,
+                   split_of)
 
 LINE = re.compile(r"(\d+)\+(\d+), (?:carry|llevo) (\d): (\d)\+(\d)\+(\d)=(\d\d), (?:so far|hasta ahora) (\d+)\.")
 
@@ -77,10 +78,10 @@ def test_languages_and_mixing():
     en = addition_trace(472, 385, "en")
     es = addition_trace(472, 385, "es")
     mixed = addition_trace(472, 385, "en", switch_at=1)
-    assert language_consistency_reward(en, "en") == 1.0
-    assert language_consistency_reward(es, "es") == 1.0
-    assert 0.0 < language_consistency_reward(mixed, "en") < 1.0
-    assert 0.0 < language_consistency_reward(mixed, "es") < 1.0
+    assert language_fraction(en, "en") == 1.0
+    assert language_fraction(es, "es") == 1.0
+    assert 0.0 < language_fraction(mixed, "en") < 1.0
+    assert 0.0 < language_fraction(mixed, "es") < 1.0
 
 
 def test_document_mix_matches_config_and_no_test_problem_leaks():
@@ -206,6 +207,10 @@ HELD_OUT_PROGRAMS = {spec[2].format(*p) for kind, spec in CODE_SPECS.items() for
 def test_every_near_miss_is_another_program_never_a_held_out_one_and_every_plan_names_the_constants(kind):
     params, *_ = CODE_SPECS[kind]
     rng = random.Random(0)
+    if kind in TRANSFER_KINDS:  # held out whole: not even a wrong program of it is written
+        with pytest.raises(ValueError, match="held out whole"):
+            near_miss(kind, params[0], rng)
+        return
     for p in params:
         gold = CODE_SPECS[kind][2].format(*p)
         misses = {near_miss(kind, p, rng) for _ in range(8)}
@@ -214,7 +219,9 @@ def test_every_near_miss_is_another_program_never_a_held_out_one_and_every_plan_
         assert plan.endswith(" " + CODE_CHOICES[kind].format(*p)) and "=" in plan
 
 
-def test_code_web_mix_and_no_test_problem_leaks():
+def test_code_web_mix_and_no_test_problem_or_transfer_kind_leaks():
+    """3,000 documents: every question a train problem's, no held-out program anywhere (the answer, a
+    check's first try), and nothing of the transfer kind at all, neither its question nor its program."""
     cfg = CorpusConfig()
     questions = {f"Write a Python program that {spec[1].format(*p)}.": (kind, *p)
                  for kind, spec in CODE_SPECS.items() for p in spec[0]}
@@ -227,4 +234,10 @@ def test_code_web_mix_and_no_test_problem_leaks():
             # every program on the web (the answer, a check's first try) is no held-out problem's program
             programs = re.findall(r"<answer>(.*?)</answer>", text, re.S) + re.findall(r":\n(.*)\nwait", text, re.S)
             assert programs and not set(programs) & HELD_OUT_PROGRAMS, text
+    transfer = [(CODE_SPECS[k][1].split("{0}")[0], CODE_SPECS[k][2].split("{0}")[0]) for k in TRANSFER_KINDS]
+    assert transfer == [("reads integers from one line of input and prints their sum plus ",
+                         "print(sum(map(int, input().split())) + ")]
+    assert not [text for _, text in docs for question, program in transfer if question in text or program in text]
+    assert {questions[q][0] for q in re.findall(r"<\|user\|>(.*?)<\|assistant\|>", "".join(t for _, t in docs))} == \
+        set(CODE_KINDS) - set(TRANSFER_KINDS)  # every trained kind is on the web
     assert_shape_mix(Counter(kind for kind, _ in docs), cfg)

@@ -15,10 +15,11 @@ def test_distill_filter_keeps_the_correct_well_formed_unique_traces():
     samples = [(EN, good), (EN, good),                                         # kept, duplicate
                (EN, "<think>7+3=10 vs 8, no.</think><answer>7+3</answer>" + EOT),  # wrong
                (EN, "<think>x</think><answer>3+5</answer> and more"),         # right, bad format
-               (EN, "<think>3+5=8 vs 8, yes.</think><answer>3+5</answer>" + EOT)]  # kept (mixing is not filtered)
+               (EN, "<think>3+5=8 vs 8, yes.</think><answer>3+5</answer>" + EOT)]  # kept: another trace
     rows, counts = distill_filter(samples)
     assert [r["completion"] for r in rows] == [good, samples[-1][1]]
-    assert counts == {"sampled": 5, "wrong": 1, "bad_format": 1, "duplicate": 1, "kept": 2}
+    assert counts == {"sampled": 5, "wrong": 1, "bad_format": 1, "mixed_language": 0, "repetitive": 0,
+                      "unfaithful": 0, "duplicate": 1, "kept": 2}
 
 
 def test_distill_script_on_smoke_models(tmp_path):

@@ -253,3 +253,135 @@ def test_sample_k_continues_an_interrupted_dataset_exactly(tmp_path, monkeypatch
     ev.sample_k(*args, batch_size=3, partial=str(partial))   # other arguments: a stale file is not used
     torch.save({"what": "another dataset", "ids": [[1]], "generator": None}, partial)
     assert ev.sample_k(*args, batch_size=2, partial=str(partial)) == expected
+
+
+# ----------------------------------------------------------------------------- faithful traces
+
+LIST = Problem("pairsum", "Which two of 7 4 9 6 1 add up to 13?", "4+9", numbers=(7, 4, 9, 6, 1), target=13)
+LISTA = Problem("pairsum", "¿Qué dos de 7 4 9 6 1 suman 13?", "4+9", numbers=(7, 4, 9, 6, 1), target=13, language="es")
+
+
+def search(tries: str, answer: str, language: str = "en") -> str:
+    """A search completion in the question's language, with or without the summary."""
+    if language == "es":
+        tries = tries.replace(" vs ", " contra ").replace(", yes.", ", sí.").replace("so the answer is", "entonces la respuesta es")
+    return format_completion(tries, answer) + "<|endoftext|>"
+
+
+@pytest.mark.parametrize("language", ["en", "es"])
+@pytest.mark.parametrize("tries,answer,expected", [
+    ("7+4=11 vs 13, no. 4+9=13 vs 13, yes. so the answer is 4+9.", "4+9", True),   # the web's search
+    ("7+4=11 vs 13, no. 4+9=13 vs 13, yes.", "9+4", True),                         # no summary, either order
+    ("7+2=9 vs 13, no. 4+9=13 vs 13, yes.", "4+9", False),                         # 2 is not in the list
+    ("7+4=11 vs 13, no. 13+0=13 vs 13, yes.", "4+9", False),                       # nor are 13 and 0
+    ("7+7=14 vs 13, no. 4+9=13 vs 13, yes.", "4+9", False),                        # one position used twice
+    ("7+4=12 vs 13, no. 4+9=13 vs 13, yes.", "4+9", False),                        # a wrong stated sum
+    ("7+6=13 vs 13, no. 4+9=13 vs 13, yes.", "4+9", False),                        # "no" to a pair that makes it
+    ("7+4=11 vs 12, no. 4+9=13 vs 13, yes.", "4+9", False),                        # another target
+    ("7+6=13 vs 13, yes.", "4+9", False),                                          # answer not the yes-pair
+    ("4+9=13 vs 13, yes. so the answer is 7+6.", "4+9", False),                   # nor the summary's
+    ("4+9=13 vs 13, yes. So the answer is 7+6.", "4+9", False),                   # (in any case)
+    ("4+9=13 vs 13, yes. 7+6=13 vs 13, yes.", "4+9", False),                       # goes on after its yes
+    ("7+4=11 vs 13, no. 9+1=10 vs 13, no.", "4+9", False),                         # never said yes
+    ("I know it.", "4+9", False),                                                  # no search: a guess
+])
+def test_faithful_search(tries, answer, expected, language):
+    """A right answer counts as faithful only when the search that reached it is true: its numbers
+    from the list at different positions, its sums, target and verdicts right, and the answer (and
+    summary) the pair it said yes to. Every case here is judged correct."""
+    problem = LISTA if language == "es" else LIST
+    completion = search(tries, answer, language)
+    from evaluate import faithful
+    from rewards import accuracy_reward
+    assert accuracy_reward(completion, problem.as_dict()) == 1.0
+    assert faithful(problem, completion) is expected
+    assert completion_stats(problem, completion, 0)["faithful"] == float(expected)
+
+
+def test_faithful_search_uses_a_repeated_number_once_per_position():
+    from evaluate import faithful
+    twice = Problem("pairsum", "Which two of 4 4 1 add up to 8?", "4+4", numbers=(4, 4, 1), target=8)
+    assert faithful(twice, search("4+1=5 vs 8, no. 4+4=8 vs 8, yes.", "4+4"))   # two 4s listed
+    assert not faithful(LIST, search("4+4=8 vs 8, yes.", "4+4"))                 # one 4 listed
+
+
+def test_faithful_addition_and_code_follow_their_worlds_traces():
+    import random
+    from corpus import CorpusConfig, addition_trace, code_completion, code_plan
+    from evaluate import faithful
+    from tasks import CodeTask
+    add = Problem("add", "What is 472 + 38?", "510", operands=(472, 38), op="+")
+    trace = addition_trace(472, 38)   # 472+38, carry 0: 2+8+0=10, so far 0. 47+3, carry 1: ... so the answer is 510.
+    assert faithful(add, format_completion(trace, "510"))
+    assert faithful(add, format_completion(addition_trace(38, 472, "es"), "510"))              # either order, es
+    assert faithful(add, format_completion("I think 500. wait, let me check. " + trace, "510"))  # the check shape
+    assert faithful(add, format_completion(addition_trace(472, 38, "en", switch_at=1), "510"))  # language: another rule
+    for wrong in (trace.replace("7+3+1=11", "7+3+1=12"),                      # a column sum
+                  trace.replace("so far 10.", "so far 11."),                   # the running answer
+                  trace.replace("carry 1: 7", "carry 0: 7"),                   # a carry
+                  trace.replace("472+38", "471+39"),                           # other operands
+                  trace.split(" 4+0,")[0] + " so the answer is 510.",         # a column missing
+                  trace.replace("so the answer is 510", "so the answer is 610"),
+                  "5+5+1=11. " + trace,                                         # a column sum outside the columns
+                  "I know it."):
+        assert not faithful(add, format_completion(wrong, "510")), wrong
+    assert not faithful(add, format_completion(trace, "511"))                  # the answer is not the sum traced
+    assert not faithful(add, format_completion(trace, "\u00b2"))              # a digit int() cannot read
+    problem = CodeTask(kinds=("affine",)).sample(random.Random(0))
+    kind, a, b = problem.spec
+    rng = random.Random(0)
+    assert faithful(problem, code_completion("trace", problem, CorpusConfig(), rng))
+    assert faithful(problem, code_completion("check", problem, CorpusConfig(), rng))
+    assert not faithful(problem, format_completion("I know it.", problem.gold))
+    assert not faithful(problem, format_completion(code_plan(problem).replace(f"b = {b}.", f"b = {b + 1}."), problem.gold))
+    countdown = Problem("countdown", "Using the numbers [3, 5], make 8.", "3 + 5", numbers=(3, 5), target=8)
+    assert faithful(countdown, format_completion("I know it.", "3 + 5"))    # no trace shape to hold it to
+
+
+def test_trace_filter_drops_right_answers_reached_by_wrong_working():
+    """The shared filter of rejection sampling and distillation: one count per sample, the first
+    rule that fails; a lucky guess (a try with a number not in the list, answer right) is
+    "unfaithful". Before it, 7+2=9 for the list 7 4 9 6 1 was kept and taught."""
+    from evaluate import trace_filter
+    good = search("7+4=11 vs 13, no. 4+9=13 vs 13, yes. so the answer is 4+9.", "4+9")
+    bueno = search("7+4=11 vs 13, no. 4+9=13 vs 13, yes. so the answer is 4+9.", "4+9", "es")
+    samples = [(LIST, good), (LIST, good), (LISTA, bueno),                                      # kept, duplicate, kept
+               (LIST, search("7+4=11 vs 13, no.", "7+4")),                                      # wrong
+               (LIST, good.replace("</answer>", "</answer> more")),                              # bad format
+               (LISTA, good),                                                                    # English on es
+               (LIST, search("7+4=11 vs 13, no. 7+4=11 vs 13, no. 4+9=13 vs 13, yes.", "4+9")),  # repetitive
+               (LIST, search("7+2=9 vs 13, no. 4+9=13 vs 13, yes.", "4+9")),                    # lucky: unfaithful
+               (LISTA, search("7+2=9 vs 13, no. 4+9=13 vs 13, yes.", "4+9", "es")),             # the same in es
+               (LIST, search("7+4=12 vs 13, no. 4+9=13 vs 13, yes.", "4+9")),                   # a wrong sum
+               (LIST, search("7+6=13 vs 13, yes.", "4+9")),                                     # not the yes-pair
+               (LIST, search("I know it.", "4+9"))]                                             # a guess
+    rows, counts = trace_filter(samples, "test")
+    assert [(r["completion"], r["language"], r["source"]) for r in rows] == [(good, "en", "test"), (bueno, "es", "test")]
+    assert counts == {"sampled": 12, "wrong": 1, "bad_format": 1, "mixed_language": 1, "repetitive": 1,
+                      "unfaithful": 5, "duplicate": 1, "kept": 2}
+
+
+def test_rejection_sampling_and_distillation_share_the_trace_filter():
+    from distill import distill_filter
+    from evaluate import trace_filter
+    from pipeline import rejection_filter
+    samples = [(LIST, search("7+2=9 vs 13, no. 4+9=13 vs 13, yes.", "4+9")),
+               (LIST, search("7+4=11 vs 13, no. 7+4=11 vs 13, no. 4+9=13 vs 13, yes.", "4+9")),
+               (LISTA, search("7+4=11 vs 13, no. 4+9=13 vs 13, yes.", "4+9")),
+               (LISTA, search("4+9=13 vs 13, yes.", "4+9", "es"))]
+    for fn, source in ((rejection_filter, "stage2"), (distill_filter, "teacher")):
+        rows, counts = fn(samples)
+        assert (rows, counts) == trace_filter(samples, source)
+        assert counts["unfaithful"] == counts["repetitive"] == counts["mixed_language"] == counts["kept"] == 1
+
+
+def test_language_metrics_do_not_count_a_missing_chain_of_thought_as_mixing():
+    """The language metrics read the plain fraction (rewards.language_fraction): a completion with no
+    think block, or no words in it, mixes nothing and is not off-language, though it earns no
+    language reward (rewards.language_consistency_reward 0.0)."""
+    from evaluate import behaviour, off_language
+    from rewards import language_consistency_reward
+    for text in ("<answer>3+5</answer>", "<think></think><answer>3+5</answer>", "<think>7+1=8</think><answer>7+1</answer>"):
+        assert language_consistency_reward(text, "es") == 0.0
+        assert not mixes_languages(text) and not off_language(text, "es") and not off_language(text, "en")
+        assert behaviour(text, "es")["lang_mix"] == 0.0 and behaviour(text, "es")["off_lang"] == 0.0

@@ -127,6 +127,27 @@ def test_k3_kl_is_nonnegative_and_zero_at_reference():
     assert stats["kl"] == 0.0
 
 
+def test_padding_positions_never_reach_an_exp():
+    """Padding holds whatever the model says there; a huge log-ratio at a padded position must not
+    become exp(...) = inf and then inf * 0 = NaN: the loss, its gradient and every stat equal those
+    of the same batch with zeros at the padding."""
+    logp, logp_old, logp_ref, adv, mask = random_batch(B=4, T=6, spread=1.0)
+    mask[:, 4:] = 0.0                                      # the last two positions are padding
+    wild_ref, wild_old = logp_ref.clone(), logp_old.clone()
+    wild_ref[:, 4:], wild_old[:, 4:] = 1000.0, -1000.0     # exp(1000 - logp) overflows to inf
+    for seq_ratio in (False, True):
+        x = logp.clone().requires_grad_(True)
+        loss, stats = grpo_loss(x, wild_old, wild_ref, adv, mask, beta=0.04, seq_ratio=seq_ratio)
+        loss.backward()
+        y = logp.clone().requires_grad_(True)
+        clean_loss, clean_stats = grpo_loss(y, logp_old, logp_ref, adv, mask, beta=0.04, seq_ratio=seq_ratio)
+        clean_loss.backward()
+        assert torch.isfinite(loss) and loss.item() == pytest.approx(clean_loss.item())
+        assert torch.isfinite(x.grad).all()
+        torch.testing.assert_close(x.grad, y.grad)
+        assert stats == pytest.approx(clean_stats)
+
+
 def test_gradient_on_hand_computed_batch():
     """One row, two tokens, ratio 1 (mu = 1): loss = -A * mean_t exp(logp - logp_old), so
     d loss / d logp_t = -A / 2 per token. With beta and the reference equal to the policy, the KL
@@ -308,6 +329,47 @@ def test_rl_batch_shapes_advantages_and_log_probs():
     assert info["reward"] == pytest.approx(sum(batch["rewards"]) / B)
 
 
+def test_rl_batch_diagnostics_truncation_and_lengths_of_right_and_wrong():
+    """The numbers that show a run learning nothing, against a count by hand: the share of rollouts
+    cut at the cap (no stop token at the end), and the mean length of right and wrong completions."""
+    tok, model = get_tokenizer(), tiny_policy()
+    cfg = GRPOConfig(prompts_per_step=3, group_size=4, max_new_tokens=6, kl_beta=0.0)
+    from tasks import sample_problems
+    from model import stop_tokens
+    problems = sample_problems(SevenTask(), 3, "train", seed=0)
+
+    def judge(texts, problems):  # "right" = an even number of characters: some are, some are not
+        return [(float(len(t) % 2 == 0), {"accuracy": float(len(t) % 2 == 0)}) for t in texts]
+
+    batch, info = rl_batch(model, None, tok, problems, cfg, judge, torch.Generator().manual_seed(0))
+    lengths = batch["mask"].sum(1).tolist()
+    ends = [batch["tokens"][i, int(batch["mask"][i].nonzero().max()) + 1].item() for i in range(12)]
+    cut = [n == 6 and e not in stop_tokens(tok) for n, e in zip(lengths, ends)]
+    right = [r == 1.0 for r in batch["rewards"]]
+    assert 0 < sum(cut) < 12 and 0 < sum(right) < 12   # the tiny policy gives both kinds
+    assert info["truncated"] == pytest.approx(sum(cut) / 12)
+    assert info["len_right"] == pytest.approx(sum(n for n, r in zip(lengths, right) if r) / sum(right))
+    assert info["len_wrong"] == pytest.approx(sum(n for n, r in zip(lengths, right) if not r) / (12 - sum(right)))
+
+
+def test_update_reports_the_policy_entropy_over_completion_tokens():
+    """optimizer_step's "entropy" is the mean over completion tokens of H(pi_theta) at each position,
+    whatever the micro-batching: against torch.distributions.Categorical row by row."""
+    tok, model = get_tokenizer(), tiny_policy()
+    cfg = GRPOConfig(prompts_per_step=3, group_size=4, max_new_tokens=6, temperature=0.7, kl_beta=0.0)
+    from tasks import sample_problems
+    problems = sample_problems(SevenTask(), 3, "train", seed=0)
+    batch, _ = rl_batch(model, None, tok, problems, cfg, varied, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(batch["tokens"][:, :-1]).float() / 0.7                    # (B, T-1, V)
+        H = torch.distributions.Categorical(logits=logits).entropy()             # (B, T-1)
+    expected = (H * batch["mask"]).sum() / batch["mask"].sum()
+    for size in (12, 5):
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        metrics = common.optimizer_step(model, opt, micro_batches(batch, size), make_loss_fn(cfg))
+        assert metrics["entropy"] == pytest.approx(expected.item(), rel=1e-5)
+
+
 def run_tiny_grpo(steps=30, reward=sevens, **overrides):
     """A few RL steps on SevenTask through the same pieces grpo.run uses: rl_batch, then mu
     optimizer_steps on its micro-batches. Returns one metrics dict per update."""
@@ -441,6 +503,35 @@ def test_ctrl_c_between_update_passes_resumes_exactly(tmp_path, tmp_path_factory
     assert without_timings(tmp_path / "cut" / "metrics.jsonl") == without_timings(tmp_path / "full" / "metrics.jsonl")
 
 
+def test_ctrl_c_right_after_an_update_saves_that_update_with_its_step(tmp_path, tmp_path_factory, monkeypatch):
+    """A Ctrl-C (a real SIGINT) that lands just after optimizer.step(), before the loop has counted
+    the step: the checkpoint saved on the way out must hold the updated weights under the NEW step
+    number, so --resume does not apply the update twice. The resumed run equals an uninterrupted one."""
+    base = smoke_base(tmp_path_factory)
+    flags = ["--preset", "smoke", "--steps", "4", "--prompts-per-step", "4", "--group-size", "4", "--lr", "1e-3",
+             "--eval-every", "0", "--show-every", "0", "--ckpt-every", "0", "--reward", "accuracy + language",
+             "--init-from", str(base)]
+    config = lambda out, *more: common.config_from_args(GRPOConfig, [*flags, "--out-dir", str(tmp_path / out), *more],  # noqa: E731
+                                                        presets=grpo.PRESETS)
+    grpo.run(config("full"))
+    real, calls = grpo.optimizer_step, []
+
+    def step_then_sigint(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:                           # RL step 2's update is done: Ctrl-C now
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(grpo, "optimizer_step", step_then_sigint)
+    with pytest.raises(KeyboardInterrupt):
+        grpo.run(config("cut"))
+    assert common.load_checkpoint(str(tmp_path / "cut"))["step"] == 2
+    monkeypatch.setattr(grpo, "optimizer_step", real)
+    grpo.run(config("cut", "--resume"))
+    assert without_timings(tmp_path / "cut" / "metrics.jsonl") == without_timings(tmp_path / "full" / "metrics.jsonl")
+
+
 # ----------------------------------------------------------------------------- DDP and the command line
 
 DDP_GRPO = """
@@ -521,6 +612,8 @@ BAD_FLAGS = [
     (["--group-size", "1"], "--group-size must be >= 2"),
     (["--task", "add", "--min-digits", "4", "--max-digits", "3"], "min_digits <= max_digits"),
     (["--resume"], "--resume: no checkpoint in"),
+    (["--max-digits", "4"], "--max-digits: --task pairsum has no such knob"),     # once silently ignored
+    (["--task", "code", "--min-digits", "1"], "--min-digits: --task code has no such knob"),
 ]
 
 

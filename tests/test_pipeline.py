@@ -63,7 +63,7 @@ def test_rejection_filter_keeps_exactly_the_clean_samples():
         (f"<|user|>{EN.question}<|assistant|>", good_en), (f"<|user|>{ES.question}<|assistant|>", good_es),
         (f"<|user|>{ES.question}<|assistant|>", good_es.replace("7+1", "1+7"))]
     assert counts == {"sampled": 9, "wrong": 1, "bad_format": 1, "mixed_language": 1, "repetitive": 2,
-                      "duplicate": 1, "kept": 3}
+                      "unfaithful": 0, "duplicate": 1, "kept": 3}
 
 
 def test_bad_flags():
@@ -73,12 +73,83 @@ def test_bad_flags():
             PipelineConfig(**kwargs)
 
 
+def tiny_checkpoint(path, seed):
+    import torch
+    import common
+    from model import GPT, GPTConfig
+    torch.manual_seed(seed)
+    common.save_checkpoint(str(path), GPT(GPTConfig(vocab_size=16, n_layer=1, n_head=2, n_kv_head=1, n_embd=8,
+                                                    max_seq_len=8)), step=seed)
+
+
+def test_a_dataset_is_rebuilt_when_its_source_checkpoint_or_config_changes(tmp_path):
+    """The cold-start set records the R1-Zero checkpoint it was sampled from: reused while that
+    checkpoint and the config are the same, rebuilt (with a line saying why) once either changes,
+    and a file with no record (a copy from elsewhere) is never reused."""
+    import common
+    import pipeline
+    r1_zero, path, built = tmp_path / "grpo", str(tmp_path / "data" / "cold_start.jsonl"), []
+
+    def make(provenance):
+        built.append(provenance["source_sha256"])
+        common.write_dataset(path, [{"prompt": "p", "completion": f"c{len(built)}"}], {"rows": 1}, provenance)
+        return {"rows": 1}
+
+    tiny_checkpoint(r1_zero, seed=0)
+    config = {"seed": 0, "questions": 4}
+    pipeline.dataset("cold", path, make, source=str(r1_zero), config=config)
+    pipeline.dataset("cold", path, make, source=str(r1_zero), config=config)
+    assert len(built) == 1                                                 # same inputs: reused
+    record = common.read_dataset_stats(path)["provenance"]
+    assert record["source_sha256"] == common.checkpoint_sha256(str(r1_zero)) and record["config"]["questions"] == 4
+    assert {"command", "commit", "date"} <= set(record) and "code_sha256" in record["config"]
+    tiny_checkpoint(r1_zero, seed=1)                                       # another R1-Zero model
+    pipeline.dataset("cold", path, make, source=str(r1_zero), config=config)
+    assert len(built) == 2 and built[1] != built[0]
+    pipeline.dataset("cold", path, make, source=str(r1_zero), config={**config, "questions": 5})
+    assert len(built) == 3
+    with open(path + ".stats.json", "w") as f:                             # a file with no record
+        f.write("{}")
+    pipeline.dataset("cold", path, make, source=str(r1_zero), config={**config, "questions": 5})
+    assert len(built) == 4
+
+
+def test_a_stage_that_started_from_another_model_or_data_is_redone(tmp_path, capsys):
+    """A finished stage is skipped only while its checkpoint records the same starting model and
+    data as this run's; otherwise it is redone from the start."""
+    import json
+    import common
+    import pipeline
+    init, data, out, runs = tmp_path / "init", tmp_path / "rows.jsonl", tmp_path / "stage", []
+    tiny_checkpoint(init, seed=0)
+    data.write_text('{"prompt": "p", "completion": "c"}\n')
+
+    def fn(resume):  # what sft.run does: a checkpoint that records what it started from
+        runs.append(resume)
+        common.save_checkpoint(str(out), common.load_model(str(init))[0], step=1,
+                               init_sha256=common.checkpoint_sha256(str(init)), data_sha256=common.file_sha256(str(data)))
+        return {}
+
+    pipeline.stage("s", str(out), fn, init=str(init), data=str(data))
+    pipeline.stage("s", str(out), fn, init=str(init), data=str(data))
+    assert runs == [False]                                                 # done, same inputs: skipped
+    data.write_text('{"prompt": "p", "completion": "other"}\n')
+    pipeline.stage("s", str(out), fn, init=str(init), data=str(data))
+    assert runs == [False, False] and "another starting data" in capsys.readouterr().out
+    tiny_checkpoint(init, seed=3)
+    pipeline.stage("s", str(out), fn, init=str(init), data=str(data))
+    assert runs == [False, False, False] and json.loads((out / "done.json").read_text())["result"] == {}
+
+
 def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
     """Smoke models get nothing right, so rejection sampling stops the first run with one clear
-    error; with a rejection-sampled dataset on disk (reused) the pipeline runs to its table; a third
-    run skips every stage and dataset and rewrites no checkpoint."""
+    error; given datasets (--reference-data) the pipeline runs to its table, each stage from the
+    checkpoint the paper's figure says (1 from the base, 2 from 1, 3 from the base, 4 from 3, each
+    recorded by SHA-256 in the stage's checkpoint); a third run skips every stage and rewrites no
+    checkpoint."""
     import subprocess
     import sys
+    import common
     from conftest import ROOT, run_script
     flags = ["--stage-preset", "smoke", "--base", tmp_path / "base", "--r1-zero", tmp_path / "grpo",
              "--out-root", tmp_path / "r1", "--data-dir", tmp_path / "data", "--cold-questions", "4",
@@ -93,16 +164,34 @@ def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
         assert (tmp_path / "r1" / name / "done.json").exists(), name
     cold = [json.loads(line) for line in (tmp_path / "data" / "cold_start.jsonl").read_text().splitlines()]
     assert len(cold) == 4 and all(r["source"] in ("r1_zero_cleaned", "template") for r in cold)
-    (tmp_path / "data" / "rejection_sampled.jsonl").write_text("".join(json.dumps(r) + "\n" for r in cold))
+    provenance = common.read_dataset_stats(str(tmp_path / "data" / "cold_start.jsonl"))["provenance"]
+    assert provenance["source_sha256"] == common.checkpoint_sha256(str(tmp_path / "grpo"))
+    reference = tmp_path / "reference"       # given datasets: the cold rows reversed (other data), and as stage 3's
+    reference.mkdir()
+    lines = (tmp_path / "data" / "cold_start.jsonl").read_text().splitlines(keepends=True)
+    for name in ("cold_start.jsonl", "rejection_sampled.jsonl"):
+        (reference / name).write_text("".join(lines[::-1]))
+    flags += ["--reference-data", reference]
     out = run_script(f"{ROOT}/pipeline.py", *flags, timeout=300).stdout
-    assert out.count("done already") == 3 and out.count("exists, reused") == 2  # R1-Zero, stages 1 and 2
+    assert out.count("done already") == 1 and out.count("the reference copy") == 2   # R1-Zero
+    assert "stage 1: cold-start SFT of the base model: " in out and "another starting data" in out
     for name in ("cold_start", "reasoning_rl", "rejection_sft", "final_rl", "reasoning_rl-L0"):
         assert (tmp_path / "r1" / name / "done.json").exists(), name
+    started = {name: common.load_checkpoint(str(tmp_path / "r1" / name))["init_sha256"] for name in pipeline_stages()}
+    sha = lambda name: common.checkpoint_sha256(str(tmp_path / name))  # noqa: E731
+    assert common.load_checkpoint(str(tmp_path / "grpo"))["init_sha256"] == sha("base")
+    assert started == {"cold_start": sha("base"), "reasoning_rl": sha("r1/cold_start"),
+                       "rejection_sft": sha("base"), "final_rl": sha("r1/rejection_sft")}
     rows = json.loads((tmp_path / "r1" / "table.json").read_text())
     assert [r["model"] for r in rows] == ["base", "R1-Zero", "stage 1: cold start", "stage 2: reasoning RL",
                                           "stage 3: rejection SFT", "stage 4: final RL"]
     assert (tmp_path / "r1" / "language_tradeoff_cold_start.png").exists() and "pipeline:" in out
     mtimes = {p: os.path.getmtime(p) for p in (tmp_path / "r1").glob("*/ckpt.pt")}
     again = run_script(f"{ROOT}/pipeline.py", *flags, timeout=300).stdout
-    assert again.count("done already") == 6 and again.count("exists, reused") == 2
+    assert again.count("done already") == 6 and "redone" not in again
     assert all(os.path.getmtime(p) == t for p, t in mtimes.items())
+
+
+def pipeline_stages():
+    from pipeline import STAGES
+    return STAGES

@@ -80,7 +80,8 @@ def test_bad_flags_exit_2_in_one_line_before_any_work(tmp_path, capsys):
                           (["--max-warm-steps", "0"], "--max-warm-steps must be > 0"),   # it used to loop forever
                           (["--give-up", "1.5"], "--give-up must lie in [0, 1]"),
                           (["--task", "add", "--p-trace", "0"], "--p-trace is 0"),
-                          (["--resume"], "--resume: no checkpoint")]:
+                          (["--resume"], "--resume: no checkpoint"),
+                          (["--min-digits", "2"], "--min-digits: --task pairsum has no such knob")]:
         with pytest.raises(SystemExit) as exit_info:
             common.config_from_args(pretrain.PretrainConfig, [*argv, "--out-dir", str(tmp_path / "x")],
                                     presets=pretrain.PRESETS, check=pretrain.check_files)

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 import rewards
 from rewards import (REWARDS, accuracy_reward, accuracy_rewards, answer_key, code_reward, countdown_reward, extract_answer, format_reward,
-                     language_consistency_reward, majority_vote, math_equal, math_reward, parse_reward_spec,
-                     register_language)
+                     language_consistency_reward, language_fraction, majority_vote, math_equal, math_reward,
+                     parse_reward_spec, register_language)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -259,7 +259,7 @@ ES = "déjame comprobar el dígito de las decenas hasta ahora la respuesta es s�
     ("DÉJAME Comprobar", "es", 1.0),                                       # case-insensitive
     ("déjame", "en", 0.0),
     ("de\u0301jame", "es", 1.0),                                           # decomposed accent (NFD)
-    ("12 + 30 = 42 !!", "en", 1.0),                                        # no words at all: 1.0
+    ("12 + 30 = 42 !!", "en", 1.0),                                        # no words: nothing off-language
     ("", "es", 1.0),
     ("ones2tens", "en", 1.0),                                              # digits split words
     ("<think>sumo las unidades</think><answer>add the ones</answer>", "es", 1.0),   # CoT only
@@ -268,21 +268,45 @@ ES = "déjame comprobar el dígito de las decenas hasta ahora la respuesta es s�
     ("<think>sumo y llevo", "es", 1.0),                                    # unclosed think block
     ("plain text, no tags: sumo", "en", 4 / 5),
 ])
-def test_language_consistency(text, language, expected):
+def test_language_fraction(text, language, expected):
+    assert language_fraction(text, language) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text, language, expected", [
+    ("<think>so far the answer is 3+5.</think><answer>3+5</answer>", "en", 1.0),       # all English on en
+    ("<think>entonces la respuesta es 3+5.</think><answer>3+5</answer>", "es", 1.0),
+    ("<think>7+1=8 vs 8, yes.</think><answer>7+1</answer>", "es", 0.0),            # English search on es
+    ("<think>carry the one llevo uno</think><answer>1</answer>", "en", 3 / 5),     # the fraction, as above
+    ("<think>sumo y llevo", "es", 1.0),                                            # cut off by the length cap
+    ("<think>sumo y llevo</think>", "es", 1.0),                                    # no answer: format's business
+    ("<answer>3+5</answer>", "en", 0.0),                                           # no think block
+    ("so the answer is 3+5", "en", 0.0),                                           # no tags at all
+    ("", "es", 0.0),
+    ("<think></think><answer>3+5</answer>", "en", 0.0),                            # empty think block
+    ("<think>   </think><answer>3+5</answer>", "es", 0.0),
+    ("<think>7+1=8, 3+5=8!</think><answer>3+5</answer>", "en", 0.0),               # digits and symbols only
+    ("<think>12 = 12</think><answer>yes it is</answer>", "en", 0.0),               # the words are not in the CoT
+])
+def test_language_consistency_reward_needs_a_chain_of_thought(text, language, expected):
+    """The reward is the fraction of the think block's words in the language, and 0 with no think
+    block or no words in it: thinking nothing must not earn full marks (it did: 1.0)."""
     assert language_consistency_reward(text, language) == pytest.approx(expected)
+    assert REWARDS["language"](text, {"language": language}) == pytest.approx(expected)
 
 
 def test_language_registry_extension_and_charclass():
     saved = dict(rewards.LANGUAGES)
     try:
         register_language("es", words=["fresa"])
-        assert language_consistency_reward("fresa", "es") == 1.0
+        assert language_fraction("fresa", "es") == 1.0
         assert "llevo" in rewards.LANGUAGES["es"].words                     # extended, not replaced
-        assert language_consistency_reward("fresa", "en") == 0.0            # now known elsewhere
+        assert language_fraction("fresa", "en") == 0.0                      # now known elsewhere
         register_language("greek", charclass=lambda w: all("\u0370" <= c <= "\u03ff" for c in w))
-        assert language_consistency_reward("αβγ δέλτα carry", "greek") == pytest.approx(2 / 3)
-        with pytest.raises(KeyError):
-            language_consistency_reward("x", "klingon")
+        assert language_fraction("αβγ δέλτα carry", "greek") == pytest.approx(2 / 3)
+        assert language_consistency_reward("<think>αβγ δέλτα carry</think>", "greek") == pytest.approx(2 / 3)
+        for fn in (language_fraction, language_consistency_reward):        # a config error, chain of thought or not
+            with pytest.raises(KeyError):
+                fn("x", "klingon")
     finally:
         rewards.LANGUAGES.clear()
         rewards.LANGUAGES.update(saved)
@@ -295,7 +319,7 @@ def test_lead_vocabulary_is_registered():
          "unidades decenas sí no suma pruebo entonces vale listo y siguiente"
     assert set(en.split()) <= rewards.LANGUAGES["en"].words
     assert set(es.split()) <= rewards.LANGUAGES["es"].words
-    assert language_consistency_reward(en, "en") == 1.0 and language_consistency_reward(es, "es") == 1.0
+    assert language_fraction(en, "en") == 1.0 and language_fraction(es, "es") == 1.0
 
 
 # ----------------------------------------------------------------------------- registry
@@ -306,8 +330,8 @@ def test_reward_spec_weights_and_components():
     total, parts = spec(wrap("3+5", think="sumo tres y cinco"), problem)
     assert parts == {"accuracy": 1.0, "format": 1.0, "language": 1.0}
     assert total == pytest.approx(1.3)
-    total, parts = spec("3+5", problem)
-    assert parts == {"accuracy": 0.0, "format": 0.0, "language": 1.0} and total == pytest.approx(0.2)
+    total, parts = spec("3+5", problem)  # no chain of thought: no language reward either (it was 1.0)
+    assert parts == {"accuracy": 0.0, "format": 0.0, "language": 0.0} and total == 0.0
 
 
 @pytest.mark.parametrize("problem, answer", [
@@ -478,7 +502,7 @@ def test_pure_rewards_are_total_bounded_and_fast(text, other):
         key = timed(answer_key, text, problem)
         assert key is None or hash(key) is not None
     for lang in ("en", "es"):
-        assert 0.0 <= timed(language_consistency_reward, text, lang) <= 1.0
+        assert 0.0 <= timed(language_consistency_reward, text, lang) <= timed(language_fraction, text, lang) <= 1.0
 
 
 @settings(max_examples=20, deadline=None)

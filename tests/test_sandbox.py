@@ -94,10 +94,10 @@ def test_infinite_loop_times_out(mode):
 @pytest.mark.parametrize("skip", [True, False])
 def test_tests_after_a_timeout_are_skipped_unless_asked(skip):
     """A program that loops on one input costs one timeout: its later tests are reported like the
-    one that timed out, without running (skip_after_limit, what all-or-nothing scoring uses); with it
-    off (the default) they run."""
+    one that timed out, without running (stop_after_failure, what code_rewards uses); with it off
+    (the default) they run."""
     source = "x = input()\nwhile x == '2':\n    pass\nprint(x)"
-    limits = Limits(timeout_s=0.5, cpu_s=1, skip_after_limit=skip)
+    limits = Limits(timeout_s=0.5, cpu_s=1, stop_after_failure=skip)
     ok, looped, last = run_program(source, ["1", "2", "3"], limits, use_bwrap=None)
     assert ok.ok and ok.stdout == "1\n" and looped.timed_out
     if skip:   # "3" does not loop: timed out with no output means it never ran

@@ -6,6 +6,7 @@ import io
 import os
 import random
 import sys
+from collections import Counter
 from fractions import Fraction
 
 import pytest
@@ -87,8 +88,9 @@ def test_code_gold_passes_its_tests_under_code_reward():
         assert accuracy_reward(format_completion("...", p.gold), p.as_dict()) == 1.0, p
         assert accuracy_reward(format_completion("...", wrong_answer(p)), p.as_dict()) == 0.0, p
     # a program for another problem fails (at least one test of) this one
-    max_problem = problems_of("code", kinds=("max",), n=1)[0].as_dict()
-    assert accuracy_reward(format_completion("...", CODE_SPECS["min"][2]), max_problem) < 1
+    max_problem = problems_of("code", kinds=("max",), n=1)[0]
+    min_program = CODE_SPECS["min"][2].format(*max_problem.spec[1:])
+    assert accuracy_reward(format_completion("...", min_program), max_problem.as_dict()) < 1
 
 
 def run_in_process(program: str, stdin: str) -> str:
@@ -209,7 +211,7 @@ def test_arithmetic_digit_counts_in_range(cls):
 
 
 def test_code_kinds_knob():
-    assert {p.spec[0] for p in problems_of("code", n=30, kinds=("sum", "affine"))} == {"sum", "affine"}
+    assert {p.spec[0] for p in problems_of("code", n=30, kinds=("max", "affine"))} == {"max", "affine"}
     with pytest.raises(ValueError, match="valid kinds"):
         CodeTask(kinds=("sort",))
 
@@ -244,7 +246,7 @@ def test_split_is_a_fixed_function_of_the_key():
     """Hard-coded: the same in every process (hashlib, not the salted hash()) and on every machine."""
     expected = {("add", 385, 4725): "train", ("add", 108, 1001): "test", ("add", 109, 1000): "test",
                 ("countdown", (3, 7, 25, 50), 84): "train", ("code", "count", "c"): "test",
-                ("code", "sum"): "train"}
+                ("code", "count", "b"): "train", ("code", "affine", 7, 3): "train", ("code", "sum", 7): "test"}
     for key, split in expected.items():
         assert split_of(key) == split, key
     p = Problem("add", "What is 1001 + 108?", "1109", operands=(1001, 108), op="+")
@@ -271,6 +273,66 @@ def test_train_and_test_are_disjoint_for_any_seeds(name, knobs, n_train):
     assert all(split_of(p) == "train" for p in train) and all(split_of(p) == "test" for p in test)
     assert len({p.key for p in train}) == len(train) and len({p.key for p in test}) == len(test)
     assert not {p.key for p in train} & {p.key for p in test}
+
+
+def test_add_and_pairsum_splits_are_those_before_the_code_split_changed():
+    """Digests of (key, question, gold) of test_set(task, 100) and 200 train problems, computed with the
+    tasks.py that split code by one hash threshold (before held_out_constants): only code changed."""
+    import hashlib
+
+    def digest(task):
+        problems = tasks.test_set(task, 100) + sample_problems(task, 200, "train", seed=1)
+        return hashlib.sha256(repr([(p.key, p.question, p.gold) for p in problems]).encode()).hexdigest()[:16]
+
+    assert digest(AdditionTask()) == "6d4209e7c9b977b4"
+    assert digest(tasks.PairSumTask()) == "6e6873048c900ecf"
+
+
+def test_held_out_constants_per_kind_against_a_slow_reference():
+    """Every trained kind holds out max(ceil(10% of its constants), CODE_MIN_HELD_OUT), those whose key
+    hashes lowest, and keeps the rest (most) for training; a transfer kind holds out everything."""
+    import hashlib
+    import math
+
+    def u(key):
+        return int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:8], "big") / 2 ** 64
+
+    for kind, (params, *_) in CODE_SPECS.items():
+        test = {p for p in params if split_of(("code", kind, *p)) == "test"}
+        if kind in tasks.TRANSFER_KINDS:
+            assert test == set(params)
+            continue
+        n_test = max(math.ceil(0.1 * len(params)), tasks.CODE_MIN_HELD_OUT)
+        assert test == set(sorted(params, key=lambda p: u(("code", kind, *p)))[:n_test]), kind
+        assert len(test) >= tasks.CODE_MIN_HELD_OUT and len(params) - len(test) > len(params) / 2, kind
+    assert tasks.TRANSFER_KINDS and set(tasks.TRANSFER_KINDS) < set(CODE_KINDS)
+    # a smaller test fraction holds out a subset of a larger one, as for the other families
+    assert tasks.held_out_constants("affine", 0.05) < tasks.held_out_constants("affine", 0.2)
+
+
+def test_code_test_set_has_every_kind_in_turn_on_constants_never_trained_on():
+    task = CodeTask()
+    test = tasks.test_set(task, 100)
+    assert Counter(tasks.problem_kind(p) for p in test) == {kind: 10 for kind in CODE_KINDS}
+    assert [p.spec[0] for p in test[:len(CODE_KINDS)]] == list(CODE_KINDS)      # round-robin
+    assert tasks.test_set(task, 50) == test[:50] and tasks.test_set(task, 100, seed=1) != test
+    assert len({p.key for p in test}) == 100 and all(split_of(p) == "test" for p in test)
+    train = {p.key for seed in range(2) for p in sample_problems(task, 1000, "train", seed=seed)}
+    assert len(train) > 1000 and not train & {p.key for p in test}
+    assert not train & {p.key for p in sample_problems(task, 200, "test", seed=5)}
+    assert {key[1] for key in train} == set(CODE_KINDS) - set(tasks.TRANSFER_KINDS)  # the transfer kind: never
+    total = sum(len(tasks.held_out_constants(kind)) for kind in CODE_KINDS)
+    with pytest.raises(ValueError, match="too small"):
+        tasks.test_set(task, total + 1)
+    with pytest.raises(ValueError, match="too small"):
+        sample_problems(CodeTask(kinds=tasks.TRANSFER_KINDS), 1, "train")
+
+
+def test_problem_kind_is_the_program_kind_for_code_and_the_family_otherwise():
+    p = CodeTask(kinds=("affine",)).sample(random.Random(0))
+    assert tasks.problem_kind(p) == tasks.problem_kind(p.as_dict()) == "affine"
+    q = AdditionTask().sample(random.Random(0))
+    assert tasks.problem_kind(q) == tasks.problem_kind(q.as_dict()) == "add"
 
 
 def test_too_few_distinct_problems_raises():
