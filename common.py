@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import hashlib
 import inspect
 import json
@@ -34,6 +35,7 @@ import sys
 import threading
 import time
 import typing
+import weakref
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -95,17 +97,31 @@ def setup_ddp(device: str | None = None) -> DistInfo:
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     backend = "nccl" if dev.type == "cuda" else "gloo"
+    # imported before the group exists: its functions default to `group=group.WORLD`, and imported
+    # later (DDP imports it) that default would hold the group forever, so teardown could not free it
+    import torch.distributed.nn.functional  # noqa: F401
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
     return DistInfo(rank, local_rank, world_size, dev)
 
 
 def teardown_ddp() -> None:
-    """Leave the process group once every rank is done: a rank that destroyed its group while rank 0
-    was still evaluating aborted now and then ("terminate called without an active exception")."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    """Leave the process group once every rank is done, and free it while Python is still whole.
+    A gloo worker thread drops its last collective's tensors a moment after the collective returns;
+    dropping a tensor that Python has seen takes the GIL, and once interpreter shutdown has begun a
+    thread that asks for the GIL is ended mid-destructor: the process aborts ("terminate called
+    without an active exception"). Freeing the group joins its worker threads, so nothing of gloo
+    runs at shutdown: wrap()'s DDP wrappers let go of it, and our reference goes last (pybind frees
+    a group with the GIL released, so a worker still dropping tensors can finish)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    group = dist.group.WORLD
+    dist.barrier()
+    for ddp in list(_DDP_WRAPPERS):      # a DDP holds the group in Python and in its C++ reducer
+        ddp.reducer = ddp.logger = ddp.process_group = None
+    dist.destroy_process_group()
+    gc.collect()                          # wrappers already dropped, caught in reference cycles
+    del group                             # the last reference: joins the gloo worker threads
 
 
 def is_main_process() -> bool:
@@ -125,11 +141,17 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+_DDP_WRAPPERS: weakref.WeakSet = weakref.WeakSet()   # wrap()'s DDP wrappers, for teardown_ddp
+
+
 def wrap(model: torch.nn.Module, dist_info: DistInfo, compile: bool = False) -> torch.nn.Module:
     """The model a training step calls: DDP around it under torchrun (gradients all-reduced), and
     torch.compile around that with --compile (opt-in: bench.py's `compile` section measures it).
     Sampling and checkpoints use the raw model (unwrap)."""
-    wrapped = torch.nn.parallel.DistributedDataParallel(model) if dist_info.is_ddp else model
+    wrapped = model
+    if dist_info.is_ddp:
+        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+        _DDP_WRAPPERS.add(wrapped)
     return torch.compile(wrapped) if compile else wrapped
 
 

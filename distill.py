@@ -4,15 +4,17 @@ and no RL, on a strong teacher's reasoning traces, against the same student trai
     python pipeline.py                                          # the teacher: out/r1/final_rl
     python pretrain.py --model pico --out-dir out/base-pico      # the student's base (distill.py makes it if missing)
     python grpo.py --init-from out/base-pico --out-dir out/grpo-pico   # arm (a): the student's own RL
-    python distill.py                                           # arm (b): teacher traces -> data/distill.jsonl -> SFT
-                                                                # -> out/distill, then the toy Table 6
+    python distill.py                                           # arm (b): teacher traces -> out/distill/distill.jsonl
+                                                                # -> SFT -> out/distill, then the toy Table 6
+    python distill.py --reference-data data/distill.jsonl       # SFT on the shipped reference traces instead
     python distill.py --seed 1                                  # out/r1-s1/final_rl -> out/distill-s1 (arm (a):
                                                                 # --seed 1 and -s1 directories above)
 
 The teacher (default: the last stage of `python pipeline.py`) answers --questions training questions
---k times each with the paper's sampling settings (T 0.6, top-p 0.95); the correct, well-formed
-samples (rewards.accuracy_reward, rewards.format_reward), each (question, text) once, are the
-dataset. The student is fine-tuned on it with sft.py's loss (sft.run: a deliberate reuse, as is
+--k times each with the paper's sampling settings (T 0.6, top-p 0.95); the samples that pass
+rejection sampling's filter (evaluate.trace_filter: correct, well-formed, one language, no repeated
+pair, faithful), each (question, text) once, are the dataset. It records the teacher checkpoint it
+was sampled from (common.dataset_provenance) and is reused only while that and the config match. The student is fine-tuned on it with sft.py's loss (sft.run: a deliberate reuse, as is
 pretrain.ensure_base_model for the student's base). At the end, one table: the teacher, the student's
 base, the student after its own RL (--rl-student, when that run exists) and the distilled student,
 on the same held-out questions, with the compute each arm used (wall clock from its logs, and
@@ -30,10 +32,11 @@ from dataclasses import dataclass
 
 import pretrain  # deliberate reuse: the student's base, pretrained by pretrain.py if missing
 import sft       # deliberate reuse: distillation is SFT with sft.py's loss on the teacher's samples
-from common import (DEFAULT_TASK, check_ranges, checkpoint_path, config_from_args, derive_seed, get_device, has_checkpoint,
-                    load_checkpoint, load_model, print0, read_dataset_stats, read_metrics, run_dir, write_dataset)
-from evaluate import evaluate, sample_k, trace_filter
-from tasks import get_task, sample_problems, test_set
+from common import (DEFAULT_TASK, check_ranges, checkpoint_path, checkpoint_sha256, config_from_args, dataset_provenance,
+                    derive_seed, file_sha256, get_device, has_checkpoint, load_checkpoint, load_model, print0,
+                    provenance_differs, read_dataset_stats, read_metrics, run_dir, start_fresh, write_dataset)
+from evaluate import held_out, sample_k, trace_filter
+from tasks import get_task, sample_problems
 from tokenizer import EOT, get_tokenizer
 
 
@@ -43,13 +46,14 @@ class DistillConfig:
     student_base: str = ""              # the student's base; "" = out/base-pico(-sN), pretrained (--student-model) if missing
     student_model: str = "pico"         # model preset of the student's base when it must be pretrained
     rl_student: str = ""                # the student after its own GRPO (the other arm); "" = out/grpo-pico(-sN)
-    data: str = ""                      # the teacher's filtered traces (reused if present); "" = data/distill.jsonl
-                                        # (out/distill-sN/distill.jsonl for --seed N)
+    data: str = ""                      # the teacher's filtered traces, built here; "" = OUT_DIR/distill.jsonl
+    reference_data: str = ""            # a traces file to distill on instead of sampling the teacher
+                                        # (data/distill.jsonl: the reference copy, an earlier run's)
     out_dir: str = ""                   # the distilled student; "" = out/distill (out/distill-sN)
     questions: int = 1500               # training questions the teacher answers
     k: int = 4                          # teacher samples per question (T 0.6, top-p 0.95)
     max_new_tokens: int = 256           # cap on a teacher sample, tokens
-    epochs: float = 8.0                 # SFT epochs over the traces (4 underfit seed 1: docs/LOG.md)
+    epochs: float = 8.0                 # SFT epochs over the traces
     lr: float = 1e-3                    # SFT peak learning rate
     eval_problems: int = 100            # held-out questions in the table
     eval_k: int = 4                     # samples per question in the table (pass@1 over k, cons@k)
@@ -61,12 +65,14 @@ class DistillConfig:
         self.student_base = self.student_base or run_dir("out/base-pico", self.seed)
         self.rl_student = self.rl_student or run_dir("out/grpo-pico", self.seed)
         self.out_dir = self.out_dir or run_dir("out/distill", self.seed)
-        self.data = self.data or ("data/distill.jsonl" if self.seed == 0 else os.path.join(self.out_dir, "distill.jsonl"))
+        self.data = self.data or os.path.join(self.out_dir, "distill.jsonl")
         check_ranges(self, positive=("questions", "k", "max_new_tokens", "epochs", "lr", "eval_problems", "eval_k"))
 
 
 def check_files(cfg: DistillConfig) -> None:
-    if not os.path.exists(checkpoint_path(cfg.teacher)):
+    if cfg.reference_data and not os.path.exists(cfg.reference_data):
+        raise ValueError(f"--reference-data {cfg.reference_data}: no such file")
+    if not cfg.reference_data and not os.path.exists(checkpoint_path(cfg.teacher)):
         raise ValueError(f"--teacher {cfg.teacher}: no checkpoint there (python pipeline.py makes out/r1/final_rl)")
     if cfg.device:
         get_device(cfg.device)
@@ -78,6 +84,11 @@ def distill_filter(samples: list[tuple]) -> tuple[list[dict], dict]:
     once; a student copies its teacher's working, wrong steps included. Returns the rows ("source":
     "teacher") and the counts: sampled, one per rule, duplicate, kept."""
     return trace_filter(samples, "teacher")
+
+
+def traces_config(cfg: DistillConfig) -> dict:
+    """What the traces depend on besides the teacher: the generating config of their provenance."""
+    return {"seed": cfg.seed, "questions": cfg.questions, "k": cfg.k, "max_new_tokens": cfg.max_new_tokens}
 
 
 def make_traces(cfg: DistillConfig, task) -> dict:
@@ -96,22 +107,23 @@ def make_traces(cfg: DistillConfig, task) -> dict:
                          f"well-formed ({stats}): nothing to distill")
     stats["teacher_tokens"] = sum(len(i) for i in ids)  # tokens the teacher generated
     stats["teacher_seconds"] = round(time.time() - t0, 1)
-    write_dataset(cfg.data, rows, stats)
+    write_dataset(cfg.data, rows, stats, dataset_provenance(cfg.teacher, traces_config(cfg)))
     return stats
 
 
 def compute(run_dir: str) -> dict:
     """What a training run cost, from its log: seconds (summed step times, evaluations included)
-    and completion tokens sampled and trained on. GRPO samples its rollouts and trains on the same
-    tokens (mean length x rollouts, per step); SFT samples nothing and trains on its rows' completion
-    tokens (the dataset's mean x rows per step x steps)."""
+    and completion tokens sampled and trained on. GRPO samples each step's rollouts once (mean
+    length x rollouts) and trains on them once per update pass (x mu); SFT samples nothing and
+    trains on its rows' completion tokens (the dataset's mean x rows per step x steps)."""
     records = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
     train = [r for r in records if r["kind"] == "train"]
     config = load_checkpoint(run_dir)["config"]
     seconds = sum(r.get("dt", 0.0) for r in train)
-    if "group_size" in config:  # a GRPO run
-        tokens = int(sum(r["len"] for r in train) * config["prompts_per_step"] * config["group_size"])
-        return {"seconds": seconds, "sampled": tokens, "trained": tokens}
+    if "group_size" in config:  # a GRPO run: one record per update pass, "pass" 1..mu when mu > 1
+        rollouts = config["prompts_per_step"] * config["group_size"]
+        sampled = int(sum(r["len"] for r in train if r.get("pass", 1) == 1) * rollouts)
+        return {"seconds": seconds, "sampled": sampled, "trained": int(sum(r["len"] for r in train) * rollouts)}
     rows = sft.tokenize_rows(sft.load_rows(config["data"]), get_tokenizer())
     per_row = sum(len(c) for _, c in rows) / len(rows)
     return {"seconds": seconds, "sampled": 0, "trained": int(per_row * config["batch_size"] * len(train))}
@@ -120,7 +132,6 @@ def compute(run_dir: str) -> dict:
 def table(cfg: DistillConfig, task, data_stats: dict) -> list[dict]:
     """The toy Table 6: every model on the same held-out questions, and what each arm cost."""
     device = get_device(cfg.device or None)
-    problems = test_set(task, n=cfg.eval_problems, seed=0)
     arms = [("teacher", cfg.teacher), ("student base", cfg.student_base),
             ("student + own RL (GRPO)", cfg.rl_student), ("student distilled (SFT)", cfg.out_dir)]
     rows = []
@@ -129,16 +140,21 @@ def table(cfg: DistillConfig, task, data_stats: dict) -> list[dict]:
             print0(f"({name}: no checkpoint in {path}; run: python grpo.py --init-from {cfg.student_base} "
                    f"--out-dir {path})")
             continue
-        model, _ = load_model(path, device)
+        model, ckpt = load_model(path, device)
+        if name.startswith("student +") and ckpt.get("init_sha256") != checkpoint_sha256(cfg.student_base):
+            print0(f"({name}: {path} did not start from the student's base {cfg.student_base} (its checkpoint "
+                   f"records {str(ckpt.get('init_sha256'))[:12] or 'nothing'}); left out: rerun python grpo.py "
+                   f"--init-from {cfg.student_base} --out-dir {path})")
+            continue
         model.eval()
-        m = evaluate(model, get_tokenizer(), problems, k=cfg.eval_k, max_new_tokens=cfg.max_new_tokens,
-                     seed=derive_seed(cfg.seed, "table"), progress=True)
+        m = held_out(model, get_tokenizer(), task, cfg.eval_problems, cfg.eval_k, derive_seed(cfg.seed, "table"),
+                     progress=True)
         cost = compute(path) if name.startswith("student +") or name.startswith("student distilled") else {}
         if name.startswith("student distilled"):  # the teacher's sampling is this arm's cost too
             cost = {**cost, "seconds": cost["seconds"] + data_stats.get("teacher_seconds", 0.0),
                     "sampled": data_stats.get("teacher_tokens", 0)}
         rows.append({"model": name, "dir": path, "params": model.num_params(), **m, **cost})
-    print0(f"\nheld-out: {cfg.eval_problems} questions x {cfg.eval_k} samples, T 0.6, top-p 0.95")
+    print0(f"\nheld-out (evaluate.held_out): {cfg.eval_problems} questions x {cfg.eval_k} samples, T 0.6, top-p 0.95")
     print0(f"{'model':<26} {'params':>8} {'pass@1':>7} {'cons@k':>7} {'length':>7} {'format':>7} "
            f"{'seconds':>8} {'sampled':>10} {'trained':>10}")
     for r in rows:
@@ -152,20 +168,37 @@ def table(cfg: DistillConfig, task, data_stats: dict) -> list[dict]:
 def run(cfg: DistillConfig) -> list[dict]:
     task = get_task(DEFAULT_TASK)
     pretrain.ensure_base_model(cfg.student_base, model=cfg.student_model, seed=cfg.seed, device=cfg.device)
-    if os.path.exists(cfg.data):
-        print0(f"{cfg.data} exists, reused (delete it to resample the teacher)")
+    data = cfg.reference_data or cfg.data
+    differs = None if cfg.reference_data else provenance_differs(cfg.data, dataset_provenance(cfg.teacher,
+                                                                                           traces_config(cfg)))
+    if cfg.reference_data:
+        made = read_dataset_stats(data).get("provenance", {})
+        print0(f"distilling on the reference traces {data} (--reference-data), made by {made.get('command', '?')} "
+               f"at commit {str(made.get('commit'))[:12]} on {made.get('date', '?')}; not this teacher's samples")
+        data_stats = read_dataset_stats(data)
+    elif differs is None:
+        print0(f"{cfg.data} was sampled from this teacher ({cfg.teacher}) with this config: reused")
         data_stats = read_dataset_stats(cfg.data)
     else:
+        if os.path.exists(cfg.data):
+            print0(f"{cfg.data} was sampled from other inputs ({differs}): resampled")
         try:
             data_stats = make_traces(cfg, task)
         except KeyboardInterrupt:
             print0(f"\ninterrupted while sampling the teacher's traces: the samples so far are saved in "
                    f"{cfg.data}.partial; run the same command again to continue")
             raise
+    if has_checkpoint(cfg.out_dir) and load_checkpoint(cfg.out_dir, fallback=True, quiet=True).get("data_sha256") != \
+            file_sha256(data):
+        print0(f"{cfg.out_dir} was distilled on other traces than {data}: redone from the start")
+        for f in ("done.json", "ckpt.pt", "ckpt.pt.sha256"):
+            if os.path.exists(os.path.join(cfg.out_dir, f)):
+                os.remove(os.path.join(cfg.out_dir, f))
+        start_fresh(cfg.out_dir)
     if not os.path.exists(os.path.join(cfg.out_dir, "done.json")):
         resume = has_checkpoint(cfg.out_dir)
         try:
-            sft.run(sft.SFTConfig(init_from=cfg.student_base, data=cfg.data, out_dir=cfg.out_dir, resume=resume,
+            sft.run(sft.SFTConfig(init_from=cfg.student_base, data=data, out_dir=cfg.out_dir, resume=resume,
                                   epochs=cfg.epochs, lr=cfg.lr, eval_problems=0, seed=cfg.seed, device=cfg.device))
         except KeyboardInterrupt:
             print0(f"the student's SFT is saved in {cfg.out_dir}; run the same command again to resume it "

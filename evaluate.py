@@ -376,13 +376,16 @@ def sample_k(model, tok, problems, k: int, max_new_tokens: int, seed: int, tempe
     """k completions per problem (problem-major order) with the paper's sampling settings: the
     texts and their token ids. What the pipeline's and distill.py's datasets are sampled with.
     partial: a file where the samples so far and the generator's state are saved after every batch
-    of batch_size prompts; a call with the same arguments continues from it (an interrupted dataset
+    of batch_size prompts; a call with the same arguments and the same weights continues from it (an interrupted dataset
     loses at most one batch, and the result equals an uninterrupted call's), and it is removed at
     the end."""
     prompts = [format_prompt(p.question) for p in problems for _ in range(k)]
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    what = hashlib.sha256(json.dumps([prompts, max_new_tokens, seed, temperature, top_p, batch_size]).encode()
-                          ).hexdigest()  # what the partial file must have been sampled for
+    what = hashlib.sha256(json.dumps([prompts, max_new_tokens, seed, temperature, top_p, batch_size]).encode())
+    for name, tensor in sorted(model.state_dict().items()):  # ... and by which weights: another model's
+        what.update(name.encode())                              # samples are never continued
+        what.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    what = what.hexdigest()  # what the partial file must have been sampled for
     ids: list[list[int]] = []
     if partial:
         os.makedirs(os.path.dirname(partial) or ".", exist_ok=True)

@@ -336,15 +336,16 @@ def outputs_match(got: str, expected: str) -> bool:
     return _rstrip_lines(got) == _rstrip_lines(expected)
 
 
-def code_rewards(completions: list[str], tests_list: list[list[Mapping[str, str]]], *,
-                 all_or_nothing: bool = False, limits=None, max_workers: int | None = None) -> list[float]:
+def code_rewards(completions: list[str], tests_list: list[list[Mapping[str, str]]], *, all_or_nothing: bool = False,
+                 limits=None, max_workers: int | None = None, use_bwrap: bool | None = None) -> list[float]:
     """Batch version of code_reward: all programs run in parallel (sandbox.run_programs). As at a
     judge ("time limit exceeded on test 1"), a program's tests stop at the first one it fails in the
     sandbox: a timeout, output over the cap, a crash or a non-zero exit (sandbox.Limits.stop_after_failure).
     The tests after it are not run and count as failed, in the fraction too (a program that crashes
     on test 1 of 3 and would pass tests 2 and 3 scores 0, not 2/3), so a looping program costs one
     timeout, not one per test. A wrong output does not stop the run. Never raises, whatever the
-    programs are: what a program does or leaves behind only fails its tests."""
+    programs are: what a program does or leaves behind only fails its tests. use_bwrap: as in
+    sandbox.run_program (None: bubblewrap when it works here)."""
     import sandbox  # lazy: importing rewards.py stays free of subprocess machinery
 
     limits = replace(limits or sandbox.Limits(), stop_after_failure=True)
@@ -352,7 +353,7 @@ def code_rewards(completions: list[str], tests_list: list[list[Mapping[str, str]
     todo = [i for i, p in enumerate(programs) if p is not None and tests_list[i]]
     results = sandbox.run_programs([programs[i] for i in todo],
                                    [[t["input"] for t in tests_list[i]] for i in todo],
-                                   limits=limits, max_workers=max_workers)
+                                   limits=limits, max_workers=max_workers, use_bwrap=use_bwrap)
     scores = [0.0] * len(completions)
     for i, runs in zip(todo, results):
         passed = [r.ok and outputs_match(r.stdout, t["output"]) for r, t in zip(runs, tests_list[i])]
@@ -362,7 +363,7 @@ def code_rewards(completions: list[str], tests_list: list[list[Mapping[str, str]
 
 
 def code_reward(completion: str, tests: list[Mapping[str, str]], *, all_or_nothing: bool = False,
-                limits=None) -> float:
+                limits=None, use_bwrap: bool | None = None) -> float:
     """Fraction of tests passed (all_or_nothing=True: 1.0 only if all pass) by the program in the
     answer block. `tests` = [{"input": stdin, "output": expected stdout}, ...]. A test passes iff the
     program exits with status 0, within its limits, and its stdout matches after stripping trailing
@@ -374,7 +375,7 @@ def code_reward(completion: str, tests: list[Mapping[str, str]], *, all_or_nothi
     There is no assert-style test form, on purpose: an object whose __eq__ always returns True passes
     any `assert f(x) == y`, and `os._exit(0)` forges a clean exit. Comparing printed text is not
     foolable that way, and the expected output never enters the sandbox."""
-    return code_rewards([completion], [tests], all_or_nothing=all_or_nothing, limits=limits)[0]
+    return code_rewards([completion], [tests], all_or_nothing=all_or_nothing, limits=limits, use_bwrap=use_bwrap)[0]
 
 
 # ----------------------------------------------------------------------------- 6. language consistency

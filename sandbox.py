@@ -23,20 +23,28 @@ How one program is run (one sandbox launch for all of its tests):
      unreadable, the driver cannot be signalled), and runs the program as __main__ in the forked
      interpreter: ~1 ms per test instead of ~15 ms for a new interpreter. Expected outputs never
      enter the sandbox; rewards.py compares them outside.
-  3. The driver feeds stdin, reads stdout/stderr with a cap WHILE reading, kills on timeout or
-     overflow, then SIGKILLs every remaining descendant (it is their subreaper) before the next test.
+  3. The driver feeds stdin, reads stdout/stderr with a cap WHILE reading, and every 20 ms adds up
+     the CPU time of the test's processes; it kills on timeout, CPU budget or overflow, then SIGKILLs
+     every remaining descendant (it is their subreaper) before the next test.
   4. The caller reads the driver's framed results with its own cap and deadline, kills the whole
      process group and (fallback only) every process of the sandbox uid or session.
-Without bubblewrap (a laptop) steps 2-4 still run, in a temporary directory deleted afterwards, and
-a warning says once what is then NOT protected (file system, network, and, when not root, this user's
-other processes).
+Without bubblewrap (a laptop) steps 2-4 still run, in a temporary directory that is the program's
+working directory, and a warning says once what is then NOT protected. Writes outside that
+directory: refused by Landlock where the kernel has it (Linux >= 5.13, no privileges needed);
+otherwise, as root, whatever the sandbox uid left in /tmp, /var/tmp, /dev/shm, /run/lock is found
+afterwards, removed, and fails the program (RunResult.violation). The directory is then deleted
+whatever the program did to it (any depth, chmod 000, links, fifos: _remove_tree).
 
-Decisions (Limits below): no network; 2 s wall clock per test; 3 s CPU per process; 256 MiB address
-space per process; 1 MiB per written file, 16 MiB of /tmp; 16 processes+threads; 64 open files;
-64 KiB stdout per test (more kills the program and fails the test), 4 KiB stderr kept. Programs get
-the standard library only (-S: no site-packages). The tests of one program run one after another in
-the same sandbox, so files one test writes are visible to the next. A non-zero exit status fails a
-test even with the right output (RunResult.ok; rewards.py decides).
+Decisions (Limits below): no network; 2 s wall clock per test; 0.2 s CPU per test over all of the
+program's processes (the wall clock is what a program may wait, the CPU budget what it may burn: the
+reference programs need ~5 ms, and a busy loop or a fork bomb in a batch costs the trainer 0.2 s of
+CPU, not 2 s of both cores); 256 MiB address space per process; 1 MiB per written file, 16 MiB of
+/tmp; 16 processes+threads; 64 open files; 64 KiB stdout per test (more kills the program and fails
+the test), 4 KiB stderr kept. Programs get the standard library only (-S: no site-packages). The
+tests of one program run one after another in the same sandbox, so files one test writes are
+visible to the next. A non-zero exit status fails a test even with the right output (RunResult.ok;
+rewards.py decides). Nothing the program does raises in the caller: a failure of the sandbox itself
+is RunResult.error.
 """
 import os
 import select
@@ -48,8 +56,7 @@ import time
 # built into the interpreter, so that a launch costs one bare interpreter start (~15 ms).
 
 _SIGKILL = 9  # signal.SIGKILL, without importing `signal` (its enum import costs ~10 ms per launch)
-IDLE = [""]  # TEMP
-_TICK_S = 0.05  # how often the driver adds up the CPU time of a running test's processes
+_TICK_S = 0.02  # how often the driver adds up the CPU time of a running test's processes
 _PRELOAD = ("math", "collections", "itertools", "functools", "heapq", "bisect", "re", "string", "random",
             "fractions", "json", "copy", "operator", "threading", "traceback", "dataclasses", "typing")
 
@@ -346,10 +353,6 @@ def _run_test(source: str, stdin: bytes, lim: dict, uid, landlock_abi: int) -> t
             os.dup2(w2, 2)
             os.closerange(3, os.sysconf("SC_OPEN_MAX"))
             try:
-                if IDLE[0] == "idle":  # TEMP experiment
-                    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-                elif IDLE[0] == "nice":
-                    os.nice(19)
                 _apply_limits(lim, uid, landlock_abi)
             except BaseException as e:  # fail closed: the program does not run
                 os.write(2, f"sandbox: the limits could not be applied: {e!r}\n".encode())
@@ -387,7 +390,6 @@ def _driver_main() -> None:
     while chunk := os.read(0, 1 << 16):
         chunks.append(chunk)
     req = marshal.loads(b"".join(chunks))
-    IDLE[0] = req["idle"]  # TEMP
     if os.getpid() != 1:  # without bwrap's pid namespace: become the subreaper of our descendants
         import ctypes
         PR_SET_CHILD_SUBREAPER = 36
@@ -430,7 +432,7 @@ _DRIVER_IN_SANDBOX = "/opt/sandbox/sandbox.py"
 @dataclass(frozen=True)
 class Limits:
     timeout_s: float = 2.0    # wall clock per test, seconds; the program is killed after it
-    cpu_s: float = 0.5        # CPU time per test, seconds, summed over all of the program's processes: over
+    cpu_s: float = 0.2        # CPU time per test, seconds, summed over all of the program's processes: over
                               # it the program is killed as at timeout_s (each process also gets this, rounded
                               # up, as RLIMIT_CPU). Below timeout_s, so a busy loop or a fork bomb stops early
     memory_mb: int = 256      # RLIMIT_AS per process, MiB of address space
@@ -588,6 +590,13 @@ def landlock_abi() -> int:
         return _bwrap_state["landlock"]
 
 
+def disable_bwrap() -> None:
+    """From now on run every program in the fallback, as if bubblewrap were not installed
+    (soak_sandbox.py --fallback)."""
+    with _lock:
+        _bwrap_state["path"] = None
+
+
 def _warn_fallback_once() -> None:
     with _lock:
         if _bwrap_state.get("warned"):
@@ -705,8 +714,7 @@ def _launch(source: str, stdins: list, limits: Limits, bwrap: str | None, uid, w
     import marshal
     request = marshal.dumps({"source": source, "stdins": stdins, "limits": dataclasses.asdict(limits), "uid": uid,
                              "preload": bwrap is None and uid is not None,
-                             "landlock": landlock_abi() if bwrap is None else 0,
-                             "idle": os.environ.get("SBX_IDLE", "")})  # TEMP experiment
+                             "landlock": landlock_abi() if bwrap is None else 0})
     fds, proc = [], None
     try:
         if bwrap is not None:

@@ -1,13 +1,14 @@
 """Soak the code-execution reward under hostile load: RL-sized batches of programs scored the way
 GRPO scores them (rewards.code_rewards, all in parallel in the sandbox), with a share of the
 rollouts replaced by hostile programs. Programs are scored all-or-nothing, as a judge scores them
-(so a program's tests stop at the first one that hits a limit). Prints the time per batch with and without them, what the
-hostile programs scored (must be 0), and what was left behind afterwards (must be 0 processes,
-0 files written outside the sandbox, 0 temporary directories), then the sandbox's programs/s with
-and without bubblewrap.
+(a program's tests stop at the first one it fails by a limit or a crash). Prints the time per batch
+with and without them, what the hostile programs scored (must be 0), and what was left behind
+afterwards (must be 0 processes, 0 files written outside the sandbox, 0 temporary directories), then
+the sandbox's programs/s with and without bubblewrap.
 
     python soak_sandbox.py                         # 10 batches of 64 programs, a quarter hostile (~2 min)
     python soak_sandbox.py --steps 2 --batch 16    # quicker
+    python soak_sandbox.py --fallback              # the sandbox without bubblewrap (as root: fresh uids)
     python soak_sandbox.py --grpo-steps 10         # inside the RL loop: `grpo.py --task code` from
                                                    # out/base-code, 10 steps without and 10 with hostile rollouts
 
@@ -20,12 +21,14 @@ was left behind.
 
 Hostile programs: a fork bomb, a memory bomb, an infinite loop, infinite output, deep recursion, a
 setsid'd daemon that lives on, a parent killer, a writer of files outside the sandbox (the soak's own
-directory and this project's), a socket opener. None of them prints an answer, so each must score 0
-(one that did harm AND printed the right output would earn it: the reward judges the output, the
-sandbox contains the harm). The benign ones are the tasks' reference programs (tasks.CodeTask),
+directory, this project's, /tmp, /var/tmp, /dev/shm), a socket opener, a directory tree nested until
+it is killed, and traps for the cleanup (CLEANUP_TRAPS). None of them prints an answer, so each must
+score 0 (one that did harm AND printed the right output would earn it: the reward judges the output,
+the sandbox contains the harm). The benign ones are the tasks' reference programs (tasks.CodeTask),
 which pass their tests. Leftover processes are sandbox.sandbox_processes(): a sandbox uid, a driver
-or a bwrap. Without bubblewrap, run as root (the fallback's unprivileged uid is what keeps the file
-writer out; as another user the programs run as you, and the soak reports what got out).
+or a bwrap. Without bubblewrap (--fallback), writes outside are refused by Landlock, or else, as
+root, found and removed afterwards; as another user without Landlock the programs write as you, and
+the soak reports what got out.
 """
 from __future__ import annotations
 
@@ -46,9 +49,38 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def escape_paths(target_dir: str) -> list[str]:
-    """Where the file writer (and, late, the daemon) try to leave a file: none may exist afterwards."""
+    """Where the file writer (and, late, the daemon) try to leave a file: none may exist afterwards.
+    The caller's own directory, this project's, and the places every user may write to."""
+    name = os.path.basename(target_dir)  # unique per soak
     return [os.path.join(target_dir, "escaped.txt"), os.path.join(HERE, "soak-escaped.txt"),
+            *(os.path.join(shared, f"{name}-escaped.txt") for shared in ("/tmp", "/var/tmp", "/dev/shm")),
             os.path.join(target_dir, "escaped.txt.daemon")]
+
+
+# Traps for whoever deletes the sandbox's working directory afterwards: a tree nested past PATH_MAX,
+# a directory and a file made unreadable, links in a loop and out of the tree, a fifo, a socket, the
+# longest name, a name that is not UTF-8, and a daemon that keeps writing while the trees are deleted.
+CLEANUP_TRAPS = """import os, socket, time
+os.makedirs('locked/inner')
+open('locked/inner/f', 'w').write('x')
+os.chmod('locked/inner/f', 0)
+os.chmod('locked/inner', 0)
+os.chmod('locked', 0o500)
+os.symlink('loop', 'loop')
+os.symlink('/', 'root')
+os.symlink('..', 'up')
+os.mkfifo('fifo')
+socket.socket(socket.AF_UNIX).bind('sock')
+open('n' * 255, 'w').close()
+open(b'\\xff\\xfe', 'w').close()
+if os.fork() == 0:
+    os.setsid()
+    while True:
+        open(f'daemon-{time.monotonic()}', 'w').write('x' * 1000)
+for _ in range(30):
+    os.mkdir('d' * 250)
+    os.chdir('d' * 250)
+os.chmod('.', 0)"""
 
 
 def hostile_programs(target_dir: str) -> dict[str, str]:
@@ -61,13 +93,15 @@ def hostile_programs(target_dir: str) -> dict[str, str]:
         "infinite output": "while True:\n    print('x' * 1000)",
         "deep recursion": "import sys\nsys.setrecursionlimit(10 ** 9)\ndef f(n):\n    return f(n + 1)\nf(0)",
         "daemon": ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
-                   "        time.sleep(0.5)\n        open(" + repr(escape[2]) + ", 'w').write('x')\n"
+                   "        time.sleep(0.5)\n        open(" + repr(escape[-1]) + ", 'w').write('x')\n"
                    "    os._exit(0)"),
         "parent killer": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
         "file writer": "".join(f"try:\n    open({p!r}, 'w').write('x')\nexcept OSError:\n    pass\n"
-                               for p in escape[:2]),
+                               for p in escape[:-1]),
         "socket opener": ("import socket\ns = socket.socket()\ntry:\n    s.connect(('1.1.1.1', 80))\n"
                           "except OSError:\n    pass"),
+        "deep tree": "import os\nwhile True:\n    os.mkdir('d' * 250)\n    os.chdir('d' * 250)",
+        "cleanup traps": CLEANUP_TRAPS,
     }
 
 
@@ -87,6 +121,7 @@ class SoakConfig:
                                     # --throughput-programs then unused): two GRPO runs of this many steps,
                                     # --timeout-s their --code-timeout-s
     init_from: str = ""             # the code base model of those runs; "" = out/base-code (out/base-code-sN for --seed N)
+    fallback: bool = False          # run the sandbox without bubblewrap (rlimits, Landlock), as where it is not installed
 
     def __post_init__(self):
         self.init_from = self.init_from or run_dir("out/base", self.seed, "code")
@@ -196,6 +231,8 @@ def print_leftovers(r: dict) -> None:
 
 def main(argv=None) -> dict:
     cfg = config_from_args(SoakConfig, argv, description=__doc__.split("\n")[0], check=check_files)
+    if cfg.fallback:
+        sandbox.disable_bwrap()
     if cfg.grpo_steps:
         print(f"{os.cpu_count()} cores; isolation: {'bubblewrap' if sandbox.bwrap_path() else 'rlimits fallback'}; "
               f"GRPO on the code task from {cfg.init_from}, {cfg.grpo_steps} steps as is and {cfg.grpo_steps} with "

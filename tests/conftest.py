@@ -14,9 +14,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-GLOO_EXIT_ABORT = "terminate called without an active exception"
-
-
 def run_script(script_path, *args, nproc: int = 1, timeout: int = 150) -> subprocess.CompletedProcess:
     """Run a python script as one plain process (nproc=1) or under torchrun with nproc CPU processes
     (gloo), with one thread each; fail the test with its stderr if it fails."""
@@ -29,10 +26,6 @@ def run_script(script_path, *args, nproc: int = 1, timeout: int = 150) -> subpro
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                f"--master-port={_free_port()}", str(script_path), *map(str, args)]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    if nproc > 1 and result.returncode != 0 and GLOO_EXIT_ABORT in result.stderr:
-        # a known, rare abort of a gloo rank while the process group shuts down, after its work is
-        # done (docs/LOG.md, 2026-12-05; not understood yet): run once more, and fail if it repeats
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     return result
 

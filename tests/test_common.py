@@ -339,6 +339,34 @@ def test_get_device_turns_tf32_on_for_cuda_only():
 # ----------------------------------------------------------------------------- runs never lose work
 
 
+def test_ctrl_c_right_after_an_optimizer_step_saves_it_under_its_own_step(tmp_path, monkeypatch):
+    """A real SIGINT that lands between optimizer.step() and the step counter: train() finishes the
+    count first, so the checkpoint saved on the way out holds the updated weights as step 2, never
+    as step 1 (a resume would apply step 2's update twice)."""
+    import signal
+    model = tiny_gpt()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randint(0, 16, (2, 8))
+    real, calls = common.optimizer_step, []
+
+    def step_then_sigint(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(common, "optimizer_step", step_then_sigint)
+    batches = iter(lambda: ([x], {}), None)
+    cfg = LoopConfig(steps=5, warmup_steps=0, out_dir=str(tmp_path), log_every=100)
+    with pytest.raises(KeyboardInterrupt):
+        common.train(model, opt, cfg, batches, lambda m, mb: (m(mb).float().pow(2).mean(), {}))
+    saved = common.load_checkpoint(str(tmp_path))
+    assert saved["step"] == 2 and len(calls) == 2
+    assert all(torch.equal(saved["model"][k], v) for k, v in model.state_dict().items())
+
+
+
 def tiny_gpt(seed=0):
     from model import GPT, GPTConfig
     torch.manual_seed(seed)
@@ -432,3 +460,31 @@ def test_a_fresh_run_drops_an_earlier_runs_previous_checkpoint(tmp_path):
     common.start_fresh(str(tmp_path))
     assert not (tmp_path / "ckpt.prev.pt").exists() and not (tmp_path / "ckpt.prev.pt.sha256").exists()
     assert common.has_checkpoint(str(tmp_path))                    # its latest is replaced by the first save
+
+
+TEARDOWN_SCRIPT = textwrap.dedent("""
+    import os, sys, torch
+    sys.path.insert(0, {root!r})
+    import common
+
+    threads = lambda: len(os.listdir("/proc/self/task"))   # every thread of this process, C++ ones too
+    before = threads()
+    info = common.setup_ddp("cpu")
+    wrapped = common.wrap(torch.nn.Linear(4, 2), info)
+    wrapped(torch.ones(3, 4)).sum().backward()              # DDP's gradient all-reduce
+    common.all_reduce({{"x": 1.0}})                          # a collective on a tensor Python has seen
+    common.teardown_ddp()
+    print("threads", info.rank, before, threads(), flush=True)
+""")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_teardown_joins_gloo_threads_while_wrapped_model_is_alive(tmp_path):
+    """After teardown_ddp no gloo worker thread is left, even with the DDP wrapper still referenced:
+    a worker that outlives it can drop a tensor during interpreter shutdown, where taking the GIL
+    aborts the process ("terminate called without an active exception")."""
+    script = tmp_path / "teardown.py"
+    script.write_text(TEARDOWN_SCRIPT.format(root=ROOT))
+    lines = [line.split() for line in run_script(script, nproc=2).stdout.splitlines() if line.startswith("threads")]
+    assert sorted(rank for _, rank, _, _ in lines) == ["0", "1"]
+    assert all(before == after for _, _, before, after in lines), lines

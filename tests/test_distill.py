@@ -23,8 +23,9 @@ def test_distill_filter_keeps_the_correct_well_formed_unique_traces():
 
 
 def test_distill_script_on_smoke_models(tmp_path):
-    """A random teacher gets nothing right: one clear error. With traces on disk (reused), the
-    student is fine-tuned and the table printed."""
+    """A random teacher gets nothing right: one clear error. Given traces (--reference-data), the
+    student is fine-tuned on them and the table printed; an RL arm that did not start from the
+    student's base (here: the teacher's GRPO) is left out of the table, with a line saying why."""
     import subprocess
     import sys
     from conftest import ROOT, run_script
@@ -40,9 +41,12 @@ def test_distill_script_on_smoke_models(tmp_path):
     assert failed.returncode == 1 and "nothing to distill" in failed.stderr and "Traceback" not in failed.stderr
     rows = [{"prompt": format_prompt(p.question), "completion": readable_search(p, p.language) + EOT}
             for p in sample_problems(PairSumTask(), 4, "train", seed=1)]
-    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = run_script(f"{ROOT}/distill.py", *flags).stdout
-    assert "reused" in out and "student distilled (SFT)" in out and "no checkpoint in" in out
+    (tmp_path / "given.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_script(f"{ROOT}/grpo.py", "--preset", "smoke", "--init-from", tmp_path / "teacher", "--out-dir", tmp_path / "rl")
+    flags[flags.index(tmp_path / "none")] = tmp_path / "rl"
+    out = run_script(f"{ROOT}/distill.py", *flags, "--reference-data", tmp_path / "given.jsonl").stdout
+    assert "distilling on the reference traces" in out and "student distilled (SFT)" in out
+    assert "did not start from the student's base" in out and "student + own RL" not in out.split("held-out")[-1]
     assert (tmp_path / "dist" / "ckpt.pt").exists()
 
 
@@ -62,7 +66,7 @@ def test_ctrl_c_during_the_students_sft_saves_and_a_rerun_resumes_exactly(tmp_pa
 
     def flags(out):
         return [str(x) for x in ["--teacher", tmp_path / "teacher", "--student-base", tmp_path / "student",
-                                 "--rl-student", tmp_path / "none", "--data", tmp_path / "d.jsonl", "--out-dir",
+                                 "--rl-student", tmp_path / "none", "--reference-data", tmp_path / "d.jsonl", "--out-dir",
                                  tmp_path / out, "--eval-problems", "2", "--eval-k", "1", "--epochs", "4"]]
 
     distill.main(flags("full"))
@@ -79,3 +83,18 @@ def test_ctrl_c_during_the_students_sft_saves_and_a_rerun_resumes_exactly(tmp_pa
     def log(d):
         return [{k: v for k, v in r.items() if k != "dt"} for r in common.read_metrics(str(tmp_path / d / "metrics.jsonl"))]
     assert log("cut") == log("full") and len(log("full")) == 5   # 40 rows x 4 epochs / 32 rows per step
+
+
+def test_rl_cost_counts_each_sampled_token_once_and_each_trained_token_per_pass(tmp_path):
+    """mu = 2: two records per RL step (pass 1 and 2) with the same rollouts. Sampled tokens are
+    mean length x rollouts once per step; trained tokens once per pass."""
+    import common
+    import distill
+    from model import GPT, GPTConfig
+    model = GPT(GPTConfig(vocab_size=16, n_layer=1, n_head=2, n_kv_head=1, n_embd=8, max_seq_len=8))
+    common.save_checkpoint(str(tmp_path), model, step=2, config={"prompts_per_step": 2, "group_size": 4})
+    records = [{"kind": "train", "step": s, "pass": p, "len": length, "dt": 1.0}
+               for s, length in ((1, 10.0), (2, 20.0)) for p in (1, 2)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    cost = distill.compute(str(tmp_path))
+    assert cost == {"seconds": 4.0, "sampled": (10 + 20) * 8, "trained": 2 * (10 + 20) * 8}

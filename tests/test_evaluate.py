@@ -253,6 +253,18 @@ def test_sample_k_continues_an_interrupted_dataset_exactly(tmp_path, monkeypatch
     ev.sample_k(*args, batch_size=3, partial=str(partial))   # other arguments: a stale file is not used
     torch.save({"what": "another dataset", "ids": [[1]], "generator": None}, partial)
     assert ev.sample_k(*args, batch_size=2, partial=str(partial)) == expected
+    # the same arguments but other weights (the model was trained on since): a fresh draw, not a continuation
+    monkeypatch.setattr(ev, "sample_completions", raising_on_call(real, 2, KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        ev.sample_k(*args, batch_size=2, partial=str(partial))
+    monkeypatch.setattr(ev, "sample_completions", real)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    fresh = ev.sample_k(*args, batch_size=2)
+    capsys.readouterr()
+    assert ev.sample_k(*args, batch_size=2, partial=str(partial)) == fresh != expected
+    assert "continuing from" not in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- faithful traces
@@ -385,3 +397,35 @@ def test_language_metrics_do_not_count_a_missing_chain_of_thought_as_mixing():
         assert language_consistency_reward(text, "es") == 0.0
         assert not mixes_languages(text) and not off_language(text, "es") and not off_language(text, "en")
         assert behaviour(text, "es")["lang_mix"] == 0.0 and behaviour(text, "es")["off_lang"] == 0.0
+
+
+# ----------------------------------------------------------------------------- one held-out protocol
+
+def test_no_tool_draws_its_own_held_out_set():
+    """Every tool that reports held-out accuracy goes through evaluate.held_out_set (the same
+    questions for every tool and seed): no other file of the project, notebooks included, calls
+    tasks.test_set or samples the test split itself."""
+    import glob
+    import os
+    import re
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    own = re.compile(r"\btest_set\(|sample_problems\([^)]*[\"']test[\"']")
+    for path in sorted(glob.glob(os.path.join(root, "*.py")) + glob.glob(os.path.join(root, "notebooks", "*.ipynb"))):
+        name = os.path.basename(path)
+        if name in ("tasks.py", "evaluate.py"):   # where the test split is defined, and the protocol
+            continue
+        with open(path, encoding="utf-8") as f:
+            assert not own.search(f.read()), f"{name} draws its own held-out set: use evaluate.held_out_set"
+    with open(os.path.join(root, "evaluate.py"), encoding="utf-8") as f:
+        assert len(own.findall(f.read())) == 1                   # held_out_set's one call
+    for name in ("grpo.py", "pipeline.py", "distill.py", "sft.py", "pretrain.py"):
+        with open(os.path.join(root, name), encoding="utf-8") as f:
+            assert re.search(r"\bheld_out(_set)?\(", f.read()), name
+
+
+def test_the_held_out_set_is_the_same_for_every_seed_and_a_prefix_for_fewer_questions():
+    from evaluate import held_out_set
+    from tasks import get_task
+    for name in ("pairsum", "add", "code"):
+        task = get_task(name)
+        assert held_out_set(task, 20) == held_out_set(task, 50)[:20]

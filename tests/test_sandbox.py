@@ -9,7 +9,9 @@ import uuid
 
 import pytest
 
+import rewards
 import sandbox
+import soak_sandbox
 from sandbox import Limits, run_program, run_programs, sandbox_processes
 
 FAST = Limits(timeout_s=0.5, cpu_s=1)
@@ -329,3 +331,210 @@ time.sleep(60)
     t0 = time.monotonic()
     [result] = run_program(source, [""], Limits(timeout_s=5, startup_s=-5.2), use_bwrap=mode)
     assert result.error and not result.ok and time.monotonic() - t0 < 3
+
+
+# ----------------------------------------------------------------------------- the file system outside, and cleanup
+
+SHARED_DIRS = [d for d in ("/tmp", "/var/tmp", "/dev/shm") if os.path.isdir(d) and os.stat(d).st_mode & 0o002]
+
+
+@pytest.fixture
+def private_tempdir(monkeypatch):
+    """A fresh directory for the fallback's working directories, so that what is left there is
+    this test's alone (other suites may run sandboxes at the same time)."""
+    import tempfile
+    root = tempfile.mkdtemp(prefix="sandbox-test-", dir="/tmp")
+    os.chmod(root, 0o755)  # the sandbox uid must reach its working directory inside
+    monkeypatch.setattr(tempfile, "tempdir", root)
+    yield root
+    assert sandbox._remove_tree(root)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shared", SHARED_DIRS)
+def test_a_program_that_writes_outside_its_directory_scores_0(mode, shared, private_tempdir):
+    """Writable by everyone on the host, so a fresh uid could write there too; in the fallback the
+    write is refused (Landlock), under bubblewrap everything but the working directory is read-only.
+    (Under bubblewrap /tmp IS the private working directory: the file lands there and dies with it.)"""
+    path = os.path.join(shared, f"pwned-{uuid.uuid4().hex}")
+    source = f"open({path!r}, 'w').write('x')\nprint(int(input()) + 1)"
+    score = rewards.code_reward(f"<answer>{source}</answer>", [{"input": "1", "output": "2"}], use_bwrap=mode)
+    assert not os.path.exists(path)
+    assert score == (1.0 if mode and shared == "/tmp" else 0.0)
+    assert os.listdir(private_tempdir) == []
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the fallback finds files by the sandbox uid only as root")
+def test_without_landlock_files_left_outside_fail_the_program_and_are_removed(monkeypatch, private_tempdir):
+    """On a kernel without Landlock the write succeeds; the fallback then finds what the fresh uid
+    owns in the shared writable directories (and in world-writable directories below them), deletes
+    it, and fails the program, which printed the right answer."""
+    monkeypatch.setitem(sandbox._bwrap_state, "landlock", 0)
+    world = f"/tmp/world-writable-{uuid.uuid4().hex}"
+    os.mkdir(world)
+    os.chmod(world, 0o1777)
+    try:
+        tag = uuid.uuid4().hex
+        targets = [os.path.join(d, f"pwned-{tag}") for d in SHARED_DIRS] + [os.path.join(world, "pwned")]
+        source = f"""
+import os
+for path in {targets!r}:
+    open(path, 'w').write('x')
+os.makedirs('/dev/shm/tree-{tag}/a/b', exist_ok=True)
+os.rename(os.getcwd(), os.getcwd() + '-moved')     # its own working directory, out of the cleanup's way
+print(int(input()) + 1)
+"""
+        [result] = run_program(source, ["1"], FAST, use_bwrap=False)
+        assert result.stdout == "2\n" and result.returncode == 0 and not result.ok
+        for path in targets + [f"/dev/shm/tree-{tag}"]:
+            assert path in result.violation and not os.path.lexists(path)
+        assert "-moved" in result.violation and os.listdir(private_tempdir) == []
+    finally:
+        os.rmdir(world)
+
+
+# Traps for the cleanup, all inside the program's own working directory (so they are allowed: the
+# program is judged by what it prints), and a daemon that keeps writing while it is deleted.
+TRAPS = soak_sandbox.CLEANUP_TRAPS + "\nprint(int(input()) + 1)"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cleanup_traps_neither_raise_nor_leave_anything(mode, private_tempdir, tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("keep me")
+    source = TRAPS.replace("os.symlink('/', 'root')", f"os.symlink({str(victim)!r}, 'root')")
+    [result] = run_program(source, ["1"], Limits(timeout_s=2, cpu_s=1), use_bwrap=mode)
+    assert result.error == "" and result.violation == "", (result.error, result.violation)
+    assert result.stdout == "2\n" and result.ok
+    assert os.listdir(private_tempdir) == [] and (victim / "keep").read_text() == "keep me"
+
+
+def test_remove_tree_deletes_any_depth_and_never_follows_links(tmp_path):
+    """A tree deeper than Python's recursion limit and longer than PATH_MAX, with a link out of the
+    tree at the bottom: the tree goes, what the link points to stays."""
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else str(tmp_path)  # tmpfs: quick to fill and empty
+    top = os.path.join(base, f"deep-{uuid.uuid4().hex}")
+    os.mkdir(top)
+    fd = os.open(top, os.O_RDONLY)
+    for _ in range(1500):  # 1500 x 5 bytes: past PATH_MAX (4096) and the recursion limit (1000)
+        os.mkdir("dddd", dir_fd=fd)
+        child = os.open("dddd", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    os.symlink(str(tmp_path), "out", dir_fd=fd)
+    os.close(fd)
+    (tmp_path / "keep").write_text("keep me")
+    assert sandbox._remove_tree(top) and not os.path.lexists(top)
+    assert (tmp_path / "keep").read_text() == "keep me"
+    assert sandbox._remove_tree(str(tmp_path / "keep")) and sandbox._remove_tree(str(tmp_path / "nothing"))
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root to become another user")
+def test_remove_tree_as_the_owner_reopens_what_it_made_unreadable(tmp_path):
+    """Not root (the fallback run by a normal user): directories chmod 000 and 0500 by their owner."""
+    top = tmp_path / "tree"
+    pid = os.fork()
+    if pid == 0:  # a throwaway user, as a normal user's trainer would be
+        code = 1
+        try:
+            os.chmod(tmp_path, 0o777)
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            os.makedirs(top / "a" / "b")
+            (top / "a" / "b" / "f").write_text("x")
+            os.chmod(top / "a" / "b", 0)
+            os.chmod(top / "a", 0o500)
+            code = 0 if sandbox._remove_tree(str(top)) else 2
+        finally:
+            os._exit(code)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0 and not top.exists()
+
+
+# ----------------------------------------------------------------------------- what a program may burn
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cpu_budget_stops_a_busy_loop_long_before_its_wall_clock(mode):
+    """Limits.cpu_s, summed over the program's processes, is checked while it runs: the loop reports
+    its own CPU time and is killed near 0.2 s, not at the wall clock (30 s) nor at RLIMIT_CPU (1 s)."""
+    source = "import time\nn = 0\nwhile True:\n    n += 1\n    if n % 20000 == 0:\n        print(time.process_time(), flush=True)"
+    result = run1(source, mode=mode, limits=Limits(timeout_s=30, cpu_s=0.2))
+    assert result.timed_out and not result.ok
+    assert 0.1 < float(result.stdout.split()[-1]) < 0.6
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cpu_budget_counts_every_process_of_a_fork_bomb(mode):
+    """16 spinning processes: each alone stays under RLIMIT_CPU (1 s), their sum is stopped at the budget.
+    Measured as CPU time of the whole sandbox (reaped into this process's children), not wall time."""
+    import resource
+
+    def children_cpu():
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    before = children_cpu()
+    result = run1(bomb, mode=mode, limits=Limits(timeout_s=30, cpu_s=0.2))
+    assert result.timed_out and children_cpu() - before < 3.0  # without the budget: up to 16 x 1 s
+
+
+def test_tests_after_a_crash_are_skipped_too():
+    """stop_after_failure: a crash (non-zero exit) stops the program's tests like a timeout; a wrong
+    output does not."""
+    source = "x = input()\nassert x != '2'\nprint(x if x != '1' else 'wrong')"
+    limits = Limits(timeout_s=0.5, cpu_s=1, stop_after_failure=True)
+    wrong, crashed, skipped = run_program(source, ["1", "2", "3"], limits)
+    assert wrong.ok and wrong.stdout == "wrong\n"
+    assert crashed.returncode == 1 and "AssertionError" in crashed.stderr
+    assert (skipped.returncode, skipped.stdout, skipped.stderr, skipped.ok) == (1, "", "", False)
+
+
+# ----------------------------------------------------------------------------- code_rewards never raises
+
+def test_the_tests_fraction_counts_tests_after_a_crash_as_failed():
+    """As a judge: the program would pass tests 2 and 3 but crashes on test 1, so it scores 0, not 2/3."""
+    tests = [{"input": "1", "output": "1"}, {"input": "2", "output": "2"}, {"input": "3", "output": "3"}]
+    source = "x = input()\nassert x != '1'\nprint(x)"
+    assert rewards.code_reward(f"<answer>{source}</answer>", tests) == 0.0
+    assert rewards.code_reward(f"<answer>{source.replace('1', '9')}</answer>", tests) == 1.0
+
+
+NASTY = [
+    "\x00", "\ud800", "print('\\ud800')", "import sys; sys.stdout.buffer.write(b'\\xff' * 10)", "x" * 100_000,
+    "raise SystemExit(2**70)", "import os; os.close(1); os.close(2)", "import os; os.kill(os.getpid(), 19)",
+    "import os\nfor _ in range(30):\n    os.mkdir('d' * 250)\n    os.chdir('d' * 250)",
+    "import os, time\nif os.fork() == 0:\n    os.setsid()\n    while True:\n        open(f'f{time.time()}', 'w')",
+    "import os\nos.chmod('.', 0)",
+    "import os\nos.rename(os.getcwd(), os.getcwd() + '-x')",
+    "import os\nos.link('/etc/passwd', 'passwd')",
+    "open('/dev/shm/nasty-' + str(id(0)), 'w').write('x')",
+    soak_sandbox.CLEANUP_TRAPS,
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_code_rewards_never_raise_on_nasty_programs(mode, private_tempdir):
+    """Each program scores 0 (none prints "2") and leaves nothing behind, in one parallel batch."""
+    tests = [{"input": "1", "output": "2"}, {"input": "1", "output": "2"}]
+    completions = [f"<answer>```python\n{p}\n```</answer>" for p in NASTY] + NASTY
+    scores = rewards.code_rewards(completions, [tests] * len(completions), limits=Limits(timeout_s=1, cpu_s=0.3),
+                                  use_bwrap=mode)
+    assert scores == [0.0] * len(completions)
+    assert os.listdir(private_tempdir) == [] and not [f for f in os.listdir("/dev/shm") if f.startswith("nasty-")]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_code_reward_never_raises_on_any_text(mode, private_tempdir):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.text(), st.booleans())
+    def check(text, fenced):
+        completion = f"<answer>```python\n{text}\n```</answer>" if fenced else text
+        assert rewards.code_reward(completion, [{"input": "", "output": "\x00 never printed"}], use_bwrap=mode,
+                                   limits=Limits(timeout_s=1, cpu_s=0.3)) == 0.0
+
+    check()
+    assert os.listdir(private_tempdir) == []
