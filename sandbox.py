@@ -575,18 +575,25 @@ def bwrap_path() -> str | None:
 
 
 def landlock_abi() -> int:
-    """The kernel's Landlock version (0: none; probed once). The fallback uses it to refuse programs
-    every write outside their working directory."""
+    """The kernel's Landlock version (0: none), probed once with a real restriction of a throwaway
+    interpreter (a container may allow the version query and refuse the rest). The fallback uses it
+    to refuse programs every write outside their working directory."""
     with _lock:
         if "landlock" not in _bwrap_state:
             try:
                 import ctypes
                 LANDLOCK_CREATE_RULESET_VERSION = 1
-                abi = ctypes.CDLL(None, use_errno=True).syscall(
-                    ctypes.c_long(444), None, ctypes.c_long(0), ctypes.c_long(LANDLOCK_CREATE_RULESET_VERSION))
-            except (OSError, AttributeError):
+                abi = max(0, ctypes.CDLL(None, use_errno=True).syscall(
+                    ctypes.c_long(444), None, ctypes.c_long(0), ctypes.c_long(LANDLOCK_CREATE_RULESET_VERSION)))
+                if abi:
+                    here = os.path.dirname(_DRIVER)
+                    probe = f"import sys; sys.path.insert(0, {here!r}); import sandbox; sandbox._landlock_write_only_here({abi})"
+                    done = subprocess.run([_python(), "-I", "-S", "-c", probe], cwd="/", stdin=subprocess.DEVNULL,
+                                          capture_output=True, timeout=30)
+                    abi = abi if done.returncode == 0 else 0
+            except (OSError, AttributeError, subprocess.SubprocessError):
                 abi = 0
-            _bwrap_state["landlock"] = max(abi, 0)
+            _bwrap_state["landlock"] = abi
         return _bwrap_state["landlock"]
 
 

@@ -60,7 +60,7 @@ def escape_paths(target_dir: str) -> list[str]:
 # Traps for whoever deletes the sandbox's working directory afterwards: a tree nested past PATH_MAX,
 # a directory and a file made unreadable, links in a loop and out of the tree, a fifo, a socket, the
 # longest name, a name that is not UTF-8, and a daemon that keeps writing while the trees are deleted.
-CLEANUP_TRAPS = """import os, socket, time
+CLEANUP_TRAPS = """import os, time
 os.makedirs('locked/inner')
 open('locked/inner/f', 'w').write('x')
 os.chmod('locked/inner/f', 0)
@@ -70,7 +70,7 @@ os.symlink('loop', 'loop')
 os.symlink('/', 'root')
 os.symlink('..', 'up')
 os.mkfifo('fifo')
-socket.socket(socket.AF_UNIX).bind('sock')
+os.mknod('sock', 0o140600)
 open('n' * 255, 'w').close()
 open(b'\\xff\\xfe', 'w').close()
 if os.fork() == 0:

@@ -35,6 +35,20 @@ def test_pass_at_1_and_cons_at_k_by_hand():
     assert m["acc_reasoned"] == 1.0 and m["acc_direct"] == pytest.approx(1 / 4)
 
 
+def test_accuracy_among_well_formed_and_per_kind_by_hand():
+    """acc_formatted: correct / well-formed completions, so a pass@1 rise that is only format shows
+    as a flat acc_formatted; by_kind: pass@1 per kind of program, present when the set mixes kinds."""
+    from tasks import CodeTask, sample_problems
+    p1, p2 = sample_problems(CodeTask(kinds=("affine",)), 1, "train")[0], sample_problems(CodeTask(kinds=("count",)), 1, "train")[0]
+    stats = [[{**stat(1.0, "a"), "format": 1.0}, {**stat(0.0, "b"), "format": 1.0}, {**stat(0.0, None), "format": 0.0}],
+             [{**stat(1.0, "c"), "format": 1.0}, {**stat(1.0, "c"), "format": 1.0}, {**stat(0.0, None), "format": 0.0}]]
+    m = summarize([p1, p2], stats)
+    assert m["pass@1"] == pytest.approx(3 / 6) and m["format"] == pytest.approx(4 / 6)
+    assert m["acc_formatted"] == pytest.approx(3 / 4)
+    assert m["by_kind"] == {"affine": pytest.approx(1 / 3), "count": pytest.approx(2 / 3)}
+    assert "by_kind" not in summarize([p1], stats[:1])
+
+
 def test_cons_at_k_votes_on_meanings_not_spellings():
     """Three right answers spelled three ways outvote two identical wrong ones. (A vote on strings
     gives "111" 2 votes against 1 each for "110", "110.0" and "0110", and cons@k 0.)"""

@@ -339,12 +339,13 @@ SHARED_DIRS = [d for d in ("/tmp", "/var/tmp", "/dev/shm") if os.path.isdir(d) a
 
 
 @pytest.fixture
-def private_tempdir(monkeypatch):
+def private_tempdir(monkeypatch, tmp_path_factory):
     """A fresh directory for the fallback's working directories, so that what is left there is
     this test's alone (other suites may run sandboxes at the same time)."""
     import tempfile
+    tmp_path_factory.getbasetemp()  # pytest's own temporary directories stay where they were
     root = tempfile.mkdtemp(prefix="sandbox-test-", dir="/tmp")
-    os.chmod(root, 0o755)  # the sandbox uid must reach its working directory inside
+    os.chmod(root, 0o1777)  # as /tmp is
     monkeypatch.setattr(tempfile, "tempdir", root)
     yield root
     assert sandbox._remove_tree(root)
@@ -431,14 +432,17 @@ def test_remove_tree_deletes_any_depth_and_never_follows_links(tmp_path):
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="needs root to become another user")
-def test_remove_tree_as_the_owner_reopens_what_it_made_unreadable(tmp_path):
+def test_remove_tree_as_the_owner_reopens_what_it_made_unreadable():
     """Not root (the fallback run by a normal user): directories chmod 000 and 0500 by their owner."""
-    top = tmp_path / "tree"
+    import pathlib
+    import tempfile
+    base = tempfile.mkdtemp(dir="/tmp")  # not below pytest's tmp_path: its parent is root's, 0700
+    os.chown(base, 65534, 65534)
+    top = pathlib.Path(base) / "tree"
     pid = os.fork()
     if pid == 0:  # a throwaway user, as a normal user's trainer would be
         code = 1
         try:
-            os.chmod(tmp_path, 0o777)
             os.setresgid(65534, 65534, 65534)
             os.setresuid(65534, 65534, 65534)
             os.makedirs(top / "a" / "b")
@@ -449,6 +453,7 @@ def test_remove_tree_as_the_owner_reopens_what_it_made_unreadable(tmp_path):
         finally:
             os._exit(code)
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0 and not top.exists()
+    os.rmdir(base)
 
 
 # ----------------------------------------------------------------------------- what a program may burn
