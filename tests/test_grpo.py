@@ -693,6 +693,39 @@ def test_code_timeout_reaches_the_sandbox():
     assert scores == [1.0, 0.0]
 
 
+def test_held_out_code_is_judged_with_the_runs_timeout(tmp_path, tmp_path_factory, monkeypatch):
+    """The held-out evaluation judges code under the run's --code-timeout-s, as its rewards do (it
+    used the sandbox's default 2 s whatever the flag said): through evaluate.held_out, a right
+    program that takes 0.8 s passes at 2 s and fails at 0.3 s, and grpo.run hands it its limit."""
+    import evaluate
+    import sandbox
+    from tasks import CodeTask
+    tok = get_tokenizer()
+
+    def slow_right_programs(model, tok, prompts, *args, **kwargs):
+        problems = {evaluate.format_prompt(p.question): p for p in evaluate.held_out_set(CodeTask(), 2)}
+        texts = [f"<think>x</think><answer>import time\ntime.sleep(0.8)\n{problems[p].gold}</answer>" for p in prompts]
+        return [tok.encode(p, allow_special=True) for p in prompts], [[1] * 5 for _ in prompts], texts
+
+    monkeypatch.setattr(evaluate, "sample_completions", slow_right_programs)
+    model = tiny_policy()
+    scores = [evaluate.held_out(model, tok, CodeTask(), 2, 1, 0, sandbox.Limits(timeout_s=t))["pass@1"]
+              for t in (2.0, 0.3)]
+    assert scores == [1.0, 0.0]
+    seen, real = [], grpo.held_out
+
+    def recording(*args, **kwargs):
+        seen.append(args[6].timeout_s)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(grpo, "held_out", recording)
+    cfg = common.config_from_args(GRPOConfig, ["--preset", "smoke", "--task", "code", "--code-timeout-s", "0.7",
+                                               "--init-from", str(smoke_base(tmp_path_factory)),
+                                               "--out-dir", str(tmp_path / "run")], presets=grpo.PRESETS)
+    grpo.run(cfg)
+    assert seen == [0.7, 0.7]   # before RL and after it
+
+
 def test_grpo_runs_under_torchrun_with_two_processes(tmp_path, tmp_path_factory):
     """The whole loop on 2 gloo ranks: each samples half the questions, checkpoints gather every
     rank's rollouts (mu = 2, a checkpoint after every step), rank 0 writes."""
