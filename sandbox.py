@@ -35,16 +35,16 @@ otherwise, as root, whatever the sandbox uid left in /tmp, /var/tmp, /dev/shm, /
 afterwards, removed, and fails the program (RunResult.violation). The directory is then deleted
 whatever the program did to it (any depth, chmod 000, links, fifos: _remove_tree).
 
-Decisions (Limits below): no network; 2 s wall clock per test; 0.2 s CPU per test over all of the
+Decisions (Limits below): no network; 2 s wall clock per test; 0.1 s CPU per test over all of the
 program's processes (the wall clock is what a program may wait, the CPU budget what it may burn: the
-reference programs need ~5 ms, and a busy loop or a fork bomb in a batch costs the trainer 0.2 s of
-CPU, not 2 s of both cores); 256 MiB address space per process; 1 MiB per written file, 16 MiB of
-/tmp; 16 processes+threads; 64 open files; 64 KiB stdout per test (more kills the program and fails
-the test), 4 KiB stderr kept. Programs get the standard library only (-S: no site-packages). The
-tests of one program run one after another in the same sandbox, so files one test writes are
-visible to the next. A non-zero exit status fails a test even with the right output (RunResult.ok;
-rewards.py decides). Nothing the program does raises in the caller: a failure of the sandbox itself
-is RunResult.error.
+tasks' reference programs need under 10 ms, and a busy loop or a fork bomb in an RL batch then costs
+the waiting trainer ~0.1-0.3 s of CPU instead of 2 s of both cores; raise it for heavier programs);
+256 MiB address space per process; 1 MiB per written file, 16 MiB of /tmp; 16 processes+threads; 64
+open files; 64 KiB stdout per test (more kills the program and fails the test), 4 KiB stderr kept.
+Programs get the standard library only (-S: no site-packages). The tests of one program run one
+after another in the same sandbox, so files one test writes are visible to the next. A non-zero exit
+status fails a test even with the right output (RunResult.ok; rewards.py decides). Nothing a program
+does raises in the caller: a failure of the sandbox itself is RunResult.error.
 """
 import os
 import select
@@ -432,7 +432,7 @@ _DRIVER_IN_SANDBOX = "/opt/sandbox/sandbox.py"
 @dataclass(frozen=True)
 class Limits:
     timeout_s: float = 2.0    # wall clock per test, seconds; the program is killed after it
-    cpu_s: float = 0.2        # CPU time per test, seconds, summed over all of the program's processes: over
+    cpu_s: float = 0.1        # CPU time per test, seconds, summed over all of the program's processes: over
                               # it the program is killed as at timeout_s (each process also gets this, rounded
                               # up, as RLIMIT_CPU). Below timeout_s, so a busy loop or a fork bomb stops early
     memory_mb: int = 256      # RLIMIT_AS per process, MiB of address space

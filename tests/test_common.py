@@ -221,7 +221,6 @@ DDP_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     import common
     from model import GPT, GPTConfig, token_logprobs
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
     def batches(rank, world):
         g = torch.Generator().manual_seed(0)
@@ -238,7 +237,7 @@ DDP_SCRIPT = textwrap.dedent("""
     info = common.setup_ddp("cpu")
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, max_seq_len=32))
-    wrapped = DDP(model) if info.is_ddp else model
+    wrapped = common.wrap(model, info)   # DDP under torchrun, recorded so teardown_ddp releases it
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     cfg = common.LoopConfig(steps=3, lr=0.5, warmup_steps=0, min_lr_ratio=1.0, grad_clip=0.0, log_every=100)
     # one plain backward to compare raw gradients, then three loop steps to compare parameters

@@ -541,7 +541,6 @@ import sys, torch
 import common
 from grpo import GRPOConfig, make_loss_fn, micro_batches
 from model import GPT, GPTConfig
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 info = common.setup_ddp("cpu")
 g = torch.Generator().manual_seed(1)
@@ -556,7 +555,7 @@ for agg in ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"):
     model = GPT(GPTConfig(vocab_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, max_seq_len=32))
     if info.is_ddp:   # this rank's 5 rows, as uneven micro-batches of 3 and 2
         local = {k: v[info.rank::info.world_size] for k, v in batch.items()}
-        wrapped, size = DDP(model), 3
+        wrapped, size = common.wrap(model, info), 3
     else:             # all 10 rows as micro-batches of 4, 4 and 2
         local, wrapped, size = batch, model, 4
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
