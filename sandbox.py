@@ -177,6 +177,7 @@ def _process_tree() -> dict:
 
 
 def _children(pid: int) -> list:
+    """The children of every thread of `pid` ([] once it has exited)."""
     kids = []
     try:
         for tid in os.listdir(f"/proc/{pid}/task"):
@@ -587,7 +588,8 @@ def landlock_abi() -> int:
                     ctypes.c_long(444), None, ctypes.c_long(0), ctypes.c_long(LANDLOCK_CREATE_RULESET_VERSION)))
                 if abi:
                     here = os.path.dirname(_DRIVER)
-                    probe = f"import sys; sys.path.insert(0, {here!r}); import sandbox; sandbox._landlock_write_only_here({abi})"
+                    probe = f"import sys; sys.path.insert(0, {here!r}); import sandbox; " \
+                            f"sandbox._landlock_write_only_here({abi})"
                     done = subprocess.run([_python(), "-I", "-S", "-c", probe], cwd="/", stdin=subprocess.DEVNULL,
                                           capture_output=True, timeout=30)
                     abi = abi if done.returncode == 0 else 0

@@ -121,7 +121,7 @@ class SoakConfig:
                                     # --throughput-programs then unused): two GRPO runs of this many steps,
                                     # --timeout-s their --code-timeout-s
     init_from: str = ""             # the code base model of those runs; "" = out/base-code (out/base-code-sN for --seed N)
-    fallback: bool = False          # run the sandbox without bubblewrap (rlimits, Landlock), as where it is not installed
+    fallback: bool = False          # run the sandbox without bubblewrap (rlimits, Landlock), as where it is missing
 
     def __post_init__(self):
         self.init_from = self.init_from or run_dir("out/base", self.seed, "code")

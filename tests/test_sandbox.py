@@ -1,7 +1,9 @@
 """sandbox.py: ordinary programs behave as under `python main.py`, and a hostile suite where every
-program is contained: it fails its test, the caller is unaffected, no process is left in the process
-table, and no file appears or disappears outside the sandbox. Runs under bubblewrap and, for the
-attacks the fallback claims to stop, under the rlimits-only fallback too."""
+program is contained: it fails its test, the caller is unaffected (nothing raises, whatever the
+program text), no process is left in the process table, no file appears or disappears outside the
+sandbox, and nothing of the sandbox is left on disk. A busy program stops at its CPU budget. Runs
+under bubblewrap and, for the attacks the fallback claims to stop, under the rlimits-only fallback
+too (as root: each program runs as a fresh uid)."""
 import os
 import socket
 import time
@@ -365,6 +367,25 @@ def test_a_program_that_writes_outside_its_directory_scores_0(mode, shared, priv
     assert os.listdir(private_tempdir) == []
 
 
+@pytest.mark.skipif(not IS_ROOT or not sandbox.landlock_abi(), reason="fallback tested as root; no Landlock here")
+def test_landlock_refuses_the_write_itself(private_tempdir):
+    """In the fallback the write fails inside the program (it is not merely cleaned up afterwards),
+    while its own working directory stays writable."""
+    path = f"/dev/shm/pwned-{uuid.uuid4().hex}" if "/dev/shm" in SHARED_DIRS else f"/tmp/pwned-{uuid.uuid4().hex}"
+    source = f"open('mine', 'w').write('ok')\nprint(open('mine').read())\nopen({path!r}, 'w')"
+    result = run1(source, mode=False)
+    assert result.stdout == "ok\n" and "PermissionError" in result.stderr and result.violation == ""
+    assert not os.path.exists(path)
+
+
+def test_landlock_is_used_only_where_a_real_restriction_works(monkeypatch):
+    """A container may answer Landlock's version query and refuse the rest: the probe (a throwaway
+    interpreter restricting itself) then says 0, rather than every program failing to start."""
+    monkeypatch.delitem(sandbox._bwrap_state, "landlock", raising=False)
+    monkeypatch.setattr(sandbox, "_python", lambda: "/bin/false")  # stands in for a refused restriction
+    assert sandbox.landlock_abi() == 0
+
+
 @pytest.mark.skipif(not IS_ROOT, reason="the fallback finds files by the sandbox uid only as root")
 def test_without_landlock_files_left_outside_fail_the_program_and_are_removed(monkeypatch, private_tempdir):
     """On a kernel without Landlock the write succeeds; the fallback then finds what the fresh uid
@@ -377,17 +398,18 @@ def test_without_landlock_files_left_outside_fail_the_program_and_are_removed(mo
     try:
         tag = uuid.uuid4().hex
         targets = [os.path.join(d, f"pwned-{tag}") for d in SHARED_DIRS] + [os.path.join(world, "pwned")]
+        tree = os.path.join(SHARED_DIRS[-1], f"tree-{tag}")
         source = f"""
 import os
 for path in {targets!r}:
     open(path, 'w').write('x')
-os.makedirs('/dev/shm/tree-{tag}/a/b', exist_ok=True)
+os.makedirs({tree!r} + '/a/b')
 os.rename(os.getcwd(), os.getcwd() + '-moved')     # its own working directory, out of the cleanup's way
 print(int(input()) + 1)
 """
         [result] = run_program(source, ["1"], FAST, use_bwrap=False)
         assert result.stdout == "2\n" and result.returncode == 0 and not result.ok
-        for path in targets + [f"/dev/shm/tree-{tag}"]:
+        for path in targets + [tree]:
             assert path in result.violation and not os.path.lexists(path)
         assert "-moved" in result.violation and os.listdir(private_tempdir) == []
     finally:
@@ -401,6 +423,8 @@ TRAPS = soak_sandbox.CLEANUP_TRAPS + "\nprint(int(input()) + 1)"
 
 @pytest.mark.parametrize("mode", MODES)
 def test_cleanup_traps_neither_raise_nor_leave_anything(mode, private_tempdir, tmp_path):
+    """The program passes (its traps are its own business) and its directory is gone afterwards; the
+    link out of the tree points at a directory of ours, which the cleanup must not enter."""
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "keep").write_text("keep me")
@@ -462,7 +486,8 @@ def test_remove_tree_as_the_owner_reopens_what_it_made_unreadable():
 def test_cpu_budget_stops_a_busy_loop_long_before_its_wall_clock(mode):
     """Limits.cpu_s, summed over the program's processes, is checked while it runs: the loop reports
     its own CPU time and is killed near 0.2 s, not at the wall clock (30 s) nor at RLIMIT_CPU (1 s)."""
-    source = "import time\nn = 0\nwhile True:\n    n += 1\n    if n % 20000 == 0:\n        print(time.process_time(), flush=True)"
+    source = ("import time\nn = 0\nwhile True:\n    n += 1\n"
+              "    if n % 20000 == 0:\n        print(time.process_time(), flush=True)")
     result = run1(source, mode=mode, limits=Limits(timeout_s=30, cpu_s=0.2))
     assert result.timed_out and not result.ok
     assert 0.1 < float(result.stdout.split()[-1]) < 0.6
