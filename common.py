@@ -25,6 +25,7 @@ import dataclasses
 import gc
 import hashlib
 import inspect
+import itertools
 import json
 import math
 import os
@@ -285,18 +286,21 @@ def write_dataset(path: str, rows: list[dict], stats: dict, provenance: dict | N
     their statistics next to them (path + .stats.json: how many were sampled, kept, dropped and why,
     and under "provenance" what the dataset was made from: dataset_provenance)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".stats.json", "w") as f:  # first: a dataset file never stands without its record
-        json.dump({**stats, **({"provenance": provenance} if provenance else {})}, f, indent=1)
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if provenance:  # the record names the rows it describes: old rows under a new record never match
+        provenance = {**provenance, "rows_sha256": file_sha256(path + ".tmp")}
+    with open(path + ".stats.json.tmp", "w") as f:
+        json.dump({**stats, **({"provenance": provenance} if provenance else {})}, f, indent=1)
     os.replace(path + ".tmp", path)
+    os.replace(path + ".stats.json.tmp", path + ".stats.json")
     print0(f"wrote {path}: {len(rows)} rows; {stats}")
 
 
-# the source files whose code decides what a dataset holds: how it is sampled, judged and filtered
-DATA_CODE = ("model.py", "tokenizer.py", "tasks.py", "corpus.py", "rewards.py", "evaluate.py", "pipeline.py",
-             "distill.py")
+# the source files whose code decides what any dataset holds: how it is sampled, judged and filtered
+# (each tool adds its own script: dataset_provenance's `code`)
+DATA_CODE = ("model.py", "tokenizer.py", "tasks.py", "corpus.py", "rewards.py", "evaluate.py")
 
 
 def code_sha256(files=DATA_CODE) -> str:
@@ -325,13 +329,15 @@ def git_commit() -> str | None:
     return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
-def dataset_provenance(source: str, config: dict) -> dict:
+def dataset_provenance(source: str, config: dict, code: tuple = ()) -> dict:
     """What a dataset is made from, recorded with it: the source checkpoint (its path and SHA-256),
-    the generating config (plus the SHA-256 of the code that samples, judges and filters: code_sha256),
-    the command, the code commit and the date. `source_sha256` and `config` are what must match for
-    the dataset to be reused (provenance_differs); the rest is for the reader."""
+    the generating config (plus the SHA-256 of the code that samples, judges and filters: DATA_CODE
+    and the tool's own scripts, `code`), the command, the code commit and the date; write_dataset adds
+    the rows' own SHA-256. `source_sha256`, `config` and `rows_sha256` are what must match for the
+    dataset to be reused (provenance_differs); the rest is for the reader."""
+    config = json.loads(json.dumps(config))  # as it reads back from the file (tuples become lists)
     return {"source": source, "source_sha256": checkpoint_sha256(source),
-            "config": {**config, "code_sha256": code_sha256()},
+            "config": {**config, "code_sha256": code_sha256(DATA_CODE + tuple(code))},
             "command": " ".join(["python", *sys.argv]), "commit": git_commit(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
 
@@ -345,12 +351,97 @@ def provenance_differs(path: str, wanted: dict) -> str | None:
     found = read_dataset_stats(path).get("provenance")
     if not found:
         return "no provenance record"
+    if found.get("rows_sha256") != file_sha256(path):
+        return "its rows are not the ones its record describes"
     if found.get("source_sha256") != wanted["source_sha256"]:
         return f"the source checkpoint ({found.get('source')} {str(found.get('source_sha256'))[:12]} vs " \
                f"{wanted['source']} {wanted['source_sha256'][:12]})"
     old, new = found.get("config", {}), wanted["config"]
     keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     return f"the config: {', '.join(keys)}" if keys else None
+
+
+def dataset(name: str, path: str, fn, source: str, config: dict, code: tuple = ()) -> dict:
+    """Make a dataset from the checkpoint `source` with the generating `config` (fn(provenance) writes
+    it and returns its statistics), unless `path` holds one made from exactly these: then its
+    statistics are read back. A dataset made from anything else is rebuilt, with a line saying what
+    differed. `code`: the tool's own scripts, whose code the record covers too."""
+    provenance = dataset_provenance(source, config, code)
+    differs = provenance_differs(path, provenance)
+    if differs is None:
+        print0(f"== {name}: {path} was built from {source} with this config: reused")
+        return read_dataset_stats(path)
+    if os.path.exists(path):
+        print0(f"== {name}: {path} was built from other inputs ({differs}): rebuilt")
+    print0(f"\n== {name} -> {path}")
+    try:
+        return fn(provenance)
+    except KeyboardInterrupt:
+        print0(f"\ninterrupted while making {path}: the samples so far are saved in {path}.partial; run the "
+               f"same command again to continue (finished stages are skipped)")
+        raise
+
+
+def reference_dataset(name: str, path: str) -> dict:
+    """--reference-data: a given dataset, used as it is, never checked against this run; what its
+    record says it was made from is printed. Returns its statistics."""
+    stats = read_dataset_stats(path)
+    made = stats.get("provenance", {})
+    print0(f"== {name}: the reference copy {path} (--reference-data), made by {made.get('command', '?')} "
+           f"at commit {str(made.get('commit'))[:12]} on {made.get('date', '?')}; not this run's own data")
+    return stats
+
+
+def stage_inputs(out_dir: str) -> dict:
+    """What a stage's checkpoint says it started from: the SHA-256 of its initial model and (SFT) of
+    its data, None where it records nothing. {} when it holds no checkpoint."""
+    if not has_checkpoint(out_dir):
+        return {}
+    ckpt = load_checkpoint(out_dir, fallback=True, quiet=True)
+    return {"init_sha256": ckpt.get("init_sha256"), "data_sha256": ckpt.get("data_sha256")}
+
+
+def stage(name: str, out_dir: str, fn, init: str, data: str | None = None, given: bool = False) -> dict:
+    """Run one stage of a chain (fn(resume) trains out_dir from the model `init`, on the dataset `data`),
+    unless out_dir says it is done: its done.json exists and its checkpoint records `init`'s and
+    `data`'s SHA-256. A half-done stage with those records resumes. A stage that records another start
+    (or none) is redone from the start, the old directory moved aside to OUT_DIR.stale-<time> with a
+    line saying so; or, for a `given` directory (one the user named, e.g. --r1-zero), the run stops with
+    that line instead. Returns what the stage recorded in done.json."""
+    done = os.path.join(out_dir, "done.json")
+    wanted = {"init_sha256": checkpoint_sha256(init), "data_sha256": file_sha256(data) if data else None}
+    found = stage_inputs(out_dir)
+    if found and found != wanted:
+        what = " and ".join(w for w, k in (("model", "init_sha256"), ("data", "data_sha256")) if found[k] != wanted[k])
+        why = (f"{out_dir} records another starting {what} than {init}{', ' + data if data else ''} "
+               f"(or none: made before checkpoints recorded it)")
+        if given:
+            raise SystemExit(f"error: {why}; pass the directories of one run, or move {out_dir} away to redo it")
+        stale = moved = f"{out_dir}.stale-{time.strftime('%Y%m%d-%H%M%S')}"
+        for i in itertools.count(2):  # never onto another stale copy
+            if not os.path.exists(stale):
+                break
+            stale = f"{moved}-{i}"
+        os.replace(out_dir, stale)
+        print0(f"== {name}: {why}: redone from the start ({out_dir} moved to {stale})")
+    if os.path.exists(done):
+        print0(f"== {name}: done already ({out_dir}/done.json), skipped")
+        with open(done) as f:
+            return json.load(f)
+    print0(f"\n== {name} -> {out_dir}")
+    t0 = time.time()
+    try:
+        result = {"result": fn(has_checkpoint(out_dir)), "seconds": None}
+    except KeyboardInterrupt:
+        print0(f"interrupted in {name}: its checkpoint is saved; run the same command again to resume here "
+               f"(finished stages are skipped)")
+        raise
+    result["seconds"] = round(time.time() - t0, 1)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(done, "w") as f:
+        json.dump(result, f, indent=1, default=float)
+    print0(f"== {name}: {result['seconds']:.0f} s")
+    return result
 
 
 def read_dataset_stats(path: str) -> dict:

@@ -4,7 +4,7 @@ and no RL, on a strong teacher's reasoning traces, against the same student trai
     python pipeline.py                                          # the teacher: out/r1/final_rl
     python pretrain.py --model pico --out-dir out/base-pico      # the student's base (distill.py makes it if missing)
     python grpo.py --init-from out/base-pico --out-dir out/grpo-pico   # arm (a): the student's own RL
-    python distill.py                                           # arm (b): teacher traces -> out/distill/distill.jsonl
+    python distill.py                                           # arm (b): teacher traces -> out/data/distill.jsonl
                                                                 # -> SFT -> out/distill, then the toy Table 6
     python distill.py --reference-data data/distill.jsonl       # SFT on the shipped reference traces instead
     python distill.py --seed 1                                  # out/r1-s1/final_rl -> out/distill-s1 (arm (a):
@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import pretrain  # deliberate reuse: the student's base, pretrained by pretrain.py if missing
 import sft       # deliberate reuse: distillation is SFT with sft.py's loss on the teacher's samples
-from common import (DEFAULT_TASK, check_ranges, checkpoint_path, checkpoint_sha256, config_from_args, dataset_provenance,
-                    derive_seed, file_sha256, get_device, has_checkpoint, load_checkpoint, load_model, print0,
-                    provenance_differs, read_dataset_stats, read_metrics, run_dir, start_fresh, write_dataset)
+from common import (DEFAULT_TASK, check_ranges, checkpoint_path, checkpoint_sha256, config_from_args, dataset, derive_seed,
+                    get_device, load_checkpoint, load_model, print0, read_metrics, reference_dataset, run_dir, stage,
+                    write_dataset)
 from evaluate import held_out, sample_k, trace_filter
 from tasks import get_task, sample_problems
 from tokenizer import EOT, get_tokenizer
@@ -46,7 +46,8 @@ class DistillConfig:
     student_base: str = ""              # the student's base; "" = out/base-pico(-sN), pretrained (--student-model) if missing
     student_model: str = "pico"         # model preset of the student's base when it must be pretrained
     rl_student: str = ""                # the student after its own GRPO (the other arm); "" = out/grpo-pico(-sN)
-    data: str = ""                      # the teacher's filtered traces, built here; "" = OUT_DIR/distill.jsonl
+    data: str = ""                      # the teacher's filtered traces, built here; "" = out/data/distill.jsonl
+                                        # (out/data/distill-sN.jsonl for --seed N)
     reference_data: str = ""            # a traces file to distill on instead of sampling the teacher
                                         # (data/distill.jsonl: the reference copy, an earlier run's)
     out_dir: str = ""                   # the distilled student; "" = out/distill (out/distill-sN)
@@ -65,8 +66,11 @@ class DistillConfig:
         self.student_base = self.student_base or run_dir("out/base-pico", self.seed)
         self.rl_student = self.rl_student or run_dir("out/grpo-pico", self.seed)
         self.out_dir = self.out_dir or run_dir("out/distill", self.seed)
-        self.data = self.data or os.path.join(self.out_dir, "distill.jsonl")
+        self.data = self.data or run_dir("out/data/distill", self.seed) + ".jsonl"
         check_ranges(self, positive=("questions", "k", "max_new_tokens", "epochs", "lr", "eval_problems", "eval_k"))
+
+
+CODE = ("distill.py",)  # this script's code makes its traces too (their provenance covers it)
 
 
 def check_files(cfg: DistillConfig) -> None:
@@ -91,7 +95,7 @@ def traces_config(cfg: DistillConfig) -> dict:
     return {"seed": cfg.seed, "questions": cfg.questions, "k": cfg.k, "max_new_tokens": cfg.max_new_tokens}
 
 
-def make_traces(cfg: DistillConfig, task) -> dict:
+def make_traces(cfg: DistillConfig, task, provenance: dict | None = None) -> dict:
     """The teacher's samples on training questions, filtered, written to cfg.data (+ statistics)."""
     device = get_device(cfg.device or None)
     teacher, _ = load_model(cfg.teacher, device)
@@ -107,7 +111,7 @@ def make_traces(cfg: DistillConfig, task) -> dict:
                          f"well-formed ({stats}): nothing to distill")
     stats["teacher_tokens"] = sum(len(i) for i in ids)  # tokens the teacher generated
     stats["teacher_seconds"] = round(time.time() - t0, 1)
-    write_dataset(cfg.data, rows, stats, dataset_provenance(cfg.teacher, traces_config(cfg)))
+    write_dataset(cfg.data, rows, stats, provenance)
     return stats
 
 
@@ -143,8 +147,8 @@ def table(cfg: DistillConfig, task, data_stats: dict) -> list[dict]:
         model, ckpt = load_model(path, device)
         if name.startswith("student +") and ckpt.get("init_sha256") != checkpoint_sha256(cfg.student_base):
             print0(f"({name}: {path} did not start from the student's base {cfg.student_base} (its checkpoint "
-                   f"records {str(ckpt.get('init_sha256'))[:12] or 'nothing'}); left out: rerun python grpo.py "
-                   f"--init-from {cfg.student_base} --out-dir {path})")
+                   f"records {(ckpt.get('init_sha256') or 'no starting model')[:12]}); left out: rerun python "
+                   f"grpo.py --init-from {cfg.student_base} --out-dir {path})")
             continue
         model.eval()
         m = held_out(model, get_tokenizer(), task, cfg.eval_problems, cfg.eval_k, derive_seed(cfg.seed, "table"),
@@ -168,43 +172,14 @@ def table(cfg: DistillConfig, task, data_stats: dict) -> list[dict]:
 def run(cfg: DistillConfig) -> list[dict]:
     task = get_task(DEFAULT_TASK)
     pretrain.ensure_base_model(cfg.student_base, model=cfg.student_model, seed=cfg.seed, device=cfg.device)
-    data = cfg.reference_data or cfg.data
-    differs = None if cfg.reference_data else provenance_differs(cfg.data, dataset_provenance(cfg.teacher,
-                                                                                           traces_config(cfg)))
     if cfg.reference_data:
-        made = read_dataset_stats(data).get("provenance", {})
-        print0(f"distilling on the reference traces {data} (--reference-data), made by {made.get('command', '?')} "
-               f"at commit {str(made.get('commit'))[:12]} on {made.get('date', '?')}; not this teacher's samples")
-        data_stats = read_dataset_stats(data)
-    elif differs is None:
-        print0(f"{cfg.data} was sampled from this teacher ({cfg.teacher}) with this config: reused")
-        data_stats = read_dataset_stats(cfg.data)
+        data, data_stats = cfg.reference_data, reference_dataset("the teacher's traces", cfg.reference_data)
     else:
-        if os.path.exists(cfg.data):
-            print0(f"{cfg.data} was sampled from other inputs ({differs}): resampled")
-        try:
-            data_stats = make_traces(cfg, task)
-        except KeyboardInterrupt:
-            print0(f"\ninterrupted while sampling the teacher's traces: the samples so far are saved in "
-                   f"{cfg.data}.partial; run the same command again to continue")
-            raise
-    if has_checkpoint(cfg.out_dir) and load_checkpoint(cfg.out_dir, fallback=True, quiet=True).get("data_sha256") != \
-            file_sha256(data):
-        print0(f"{cfg.out_dir} was distilled on other traces than {data}: redone from the start")
-        for f in ("done.json", "ckpt.pt", "ckpt.pt.sha256"):
-            if os.path.exists(os.path.join(cfg.out_dir, f)):
-                os.remove(os.path.join(cfg.out_dir, f))
-        start_fresh(cfg.out_dir)
-    if not os.path.exists(os.path.join(cfg.out_dir, "done.json")):
-        resume = has_checkpoint(cfg.out_dir)
-        try:
-            sft.run(sft.SFTConfig(init_from=cfg.student_base, data=data, out_dir=cfg.out_dir, resume=resume,
-                                  epochs=cfg.epochs, lr=cfg.lr, eval_problems=0, seed=cfg.seed, device=cfg.device))
-        except KeyboardInterrupt:
-            print0(f"the student's SFT is saved in {cfg.out_dir}; run the same command again to resume it "
-                   f"(the traces in {cfg.data} are reused)")
-            raise
-        open(os.path.join(cfg.out_dir, "done.json"), "w").write("{}\n")
+        data, data_stats = cfg.data, dataset("the teacher's traces", cfg.data, lambda prov: make_traces(cfg, task, prov),
+                                             source=cfg.teacher, config=traces_config(cfg), code=CODE)
+    stage("the student's SFT on the traces", cfg.out_dir, lambda resume: sft.run(sft.SFTConfig(
+        init_from=cfg.student_base, data=data, out_dir=cfg.out_dir, resume=resume, epochs=cfg.epochs, lr=cfg.lr,
+        eval_problems=0, seed=cfg.seed, device=cfg.device)), init=cfg.student_base, data=data)
     return table(cfg, task, data_stats)
 
 

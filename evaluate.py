@@ -527,7 +527,8 @@ def by_kind_line(metrics: dict, before: dict | None = None) -> str:
     as before -> after. Transfer kinds (never trained on) are marked."""
     if "by_kind" not in metrics:
         return ""
-    show = lambda k, v: f"{before['by_kind'][k]:.2f} -> {v:.2f}" if before else f"{v:.3f}"  # noqa: E731
+    earlier = (before or {}).get("by_kind", {})
+    show = lambda k, v: f"{earlier[k]:.2f} -> {v:.2f}" if k in earlier else f"{v:.3f}"  # noqa: E731
     return "  pass@1 by kind: " + ", ".join(f"{k}{' (transfer)' if k in TRANSFER_KINDS else ''} {show(k, v)}"
                                            for k, v in metrics["by_kind"].items())
 

@@ -75,9 +75,8 @@ class GRPOConfig:
     min_digits: int = 3                 # fewest digits of an operand
     max_digits: int = 3                 # most digits of an operand
     reward: str = "accuracy + 0.1*format"  # reward spec for rewards.parse_reward_spec; no length term
-    code_timeout_s: float = 2.0         # code reward: wall clock per test of a program (sandbox.Limits.timeout_s),
-                                        # what a looping program costs (README Robustness: at 0.5 a step with a
-                                        # hostile quarter of rollouts took 9.3 s instead of 13.4 s)
+    code_timeout_s: float = 2.0         # code reward and held-out judge: wall clock per test of a program
+                                        # (sandbox.Limits.timeout_s; its CPU budget, Limits.cpu_s, is apart)
     steps: int = 0                      # RL steps (rollout batches); 0 = the task's default (TASK_STEPS: pairsum 40, add 25, code 30)
     prompts_per_step: int = 16          # N: questions per step (over all ranks)
     group_size: int = 8                 # G: completions per question
@@ -277,11 +276,16 @@ def rl_batch(policy, ref_model, tok, problems, cfg: GRPOConfig, score_batch, gen
     t3 = time.time()
     # 7. what shows a run learning nothing: rollouts cut at the token cap, and the lengths of right
     #    and wrong completions (a length rise that is only wrong completions growing is not reasoning)
+    #    (sums and counts over all ranks, so every rank logs the batch's value and none is NaN alone)
     stop = stop_tokens(tok)
     cut = [len(ids) >= cfg.max_new_tokens and ids[-1] not in stop for ids in completion_ids]
     right = [c.get("accuracy", 0.0) == 1.0 for _, c in scored]
     lengths = [len(ids) for ids in completion_ids]
-    mean_len = lambda keep: (sum(n for n, k in zip(lengths, keep) if k) / sum(keep)) if any(keep) else float("nan")  # noqa: E731
+
+    def mean_len(keep):  # mean length of the kept completions over all ranks; NaN if there are none
+        n = sum_over_ranks(sum(keep))
+        return sum_over_ranks(sum(n_i for n_i, k in zip(lengths, keep) if k)) / n if n else float("nan")
+
     components = {k: sum(c[k] for _, c in scored) / len(scored) for k in scored[0][1]}
     languages = [problems[i // cfg.group_size].language for i in range(len(texts))]
     shown = summarize_behaviour([{**behaviour(t, lang), "language": lang} for t, lang in zip(texts, languages)])
@@ -496,16 +500,17 @@ def run(cfg: GRPOConfig, score_batch=None) -> dict:
         print0(f"\nR1-Zero summary ({time.time() - t_start:.0f} s wall clock, figure: {figure})")
         # held-out, before -> after; acc_formatted (accuracy among well-formed completions) splits a
         # pass@1 gain into answering better and merely formatting better
+        nan = float("nan")  # a metric a run's first records lack (a run resumed across versions of this file)
         for key in ("pass@1", "cons@k", "format", "acc_formatted", "length", "reasons", "self_check", "mixed", "tries",
                     "backtracks", "give_up", "drift"):
-            print0(f"  {key:<13} {before[key]:.3f} -> {after[key]:.3f}")
+            print0(f"  {key:<13} {before.get(key, nan):.3f} -> {after.get(key, nan):.3f}")
         if "by_kind" in after:
             print0(by_kind_line(after, before))
         # the rollouts, first RL step -> last: what a run that learns nothing shows (cut at the cap,
         # groups with no reward spread, a collapsing entropy, wrong completions growing)
         for key, unit in (("len", " tokens"), ("len_right", " tokens"), ("len_wrong", " tokens"), ("truncated", ""),
                           ("zero_adv_frac", ""), ("entropy", " nats")):
-            print0(f"  train {key:<13} {train[0][key]:.3f} -> {train[-1][key]:.3f}{unit}")
+            print0(f"  train {key:<13} {train[0].get(key, nan):.3f} -> {train[-1].get(key, nan):.3f}{unit}")
         # where the RL loop's time went: a rollout batch's parts once (its first pass), every update pass;
         # "other" is the rest: held-out evaluations, checkpoints, logging
         total = sum(r["dt"] for r in train)

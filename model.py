@@ -319,8 +319,8 @@ def token_logprobs(model, tokens, temperature: float = 1.0, entropy: bool = Fals
     softmax(logits / temperature): the quantity behind SFT's loss and GRPO's ratio pi_theta / pi_old
     and KL to pi_ref (docs/PAPER.md). Rollouts sampled at temperature T come from the tempered
     policy, so GRPO scores them at the same T (as verl and nano-aha-moment do).
-    Equals log_softmax(logits).gather(targets) without materialising a second (B, T-1, V) tensor.
-    entropy=True also returns the policy's entropy at each position, H = logsumexp(z) - sum_v p_v z_v
+    Equals log_softmax(logits).gather(targets) without materialising a second (B, T-1, V) tensor
+    (entropy=True does: the probabilities, under no_grad). entropy=True also returns the policy's entropy at each position, H = logsumexp(z) - sum_v p_v z_v
     (nats, no gradient): (logp, H), both (B, T-1). A collapsing policy shows it as H -> 0."""
     if tokens.dim() != 2 or tokens.size(1) < 2:
         raise ValueError(f"tokens must have shape (B, T) with T >= 2, got {tuple(tokens.shape)}")

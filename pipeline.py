@@ -46,9 +46,8 @@ from dataclasses import dataclass
 import grpo      # deliberate reuse: the pipeline's RL stages are grpo.run with other --init-from
 import pretrain  # deliberate reuse: the base model, as R1-Zero's
 import sft       # deliberate reuse: stages 1 and 3 are sft.run on the datasets made here
-from common import (DEFAULT_TASK, check_ranges, checkpoint_path, checkpoint_sha256, config_from_args, dataset_provenance,
-                    derive_seed, file_sha256, get_device, has_checkpoint, load_checkpoint, load_model, print0,
-                    provenance_differs, read_dataset_stats, read_metrics, run_dir, start_fresh, write_dataset)
+from common import (DEFAULT_TASK, check_ranges, config_from_args, dataset, derive_seed, get_device, load_checkpoint,
+                    load_model, print0, read_metrics, reference_dataset, run_dir, stage, write_dataset)
 from corpus import plain_text, readable_search
 from evaluate import SEARCH_TRY, completion_stats, held_out, sample_k, trace_filter
 from rewards import chain_of_thought, extract_answer
@@ -56,6 +55,7 @@ from tasks import format_prompt, get_task, sample_problems
 from tokenizer import EOT, get_tokenizer
 
 STAGES = ("cold_start", "reasoning_rl", "rejection_sft", "final_rl")
+CODE = ("pipeline.py",)  # this script's code makes its datasets too (their provenance covers it)
 
 
 @dataclass
@@ -144,7 +144,7 @@ def clean_r1_zero(completion: str, problem) -> str | None:
 
 
 def make_cold_start(model_dir: str, path: str, cfg: PipelineConfig, task, provenance: dict | None = None) -> dict:
-    """data/cold_start.jsonl: for each of cfg.cold_questions training questions, cfg.cold_k samples
+    """OUT_ROOT/data/cold_start.jsonl: for each of cfg.cold_questions training questions, cfg.cold_k samples
     from the R1-Zero model; the first that clean_r1_zero can rewrite becomes the row ("source":
     "r1_zero_cleaned"), and a question with none gets the template-written search ("template")."""
     model, _ = load_model(model_dir, get_device(cfg.device or None))
@@ -177,7 +177,7 @@ def rejection_filter(samples: list[tuple]) -> tuple[list[dict], dict]:
 
 
 def rejection_sample(model_dir: str, path: str, cfg: PipelineConfig, task, provenance: dict | None = None) -> dict:
-    """data/rejection_sampled.jsonl: cfg.rs_k samples per training question from the stage-2 model,
+    """OUT_ROOT/data/rejection_sampled.jsonl: cfg.rs_k samples per training question from the stage-2 model,
     rejection_filter, plus plain-text documents of the synthetic web as non-reasoning data
     (cfg.text_share of all rows; prompt: the end-of-text token that precedes any web document)."""
     model, _ = load_model(model_dir, get_device(cfg.device or None))
@@ -202,81 +202,6 @@ def rejection_sample(model_dir: str, path: str, cfg: PipelineConfig, task, prove
 
 
 # ----------------------------------------------------------------------------- stages
-
-
-def stage_inputs(out_dir: str) -> dict:
-    """What a stage's checkpoint says it started from: the SHA-256 of its initial model and (SFT) of
-    its data. {} when it holds no checkpoint."""
-    if not has_checkpoint(out_dir):
-        return {}
-    ckpt = load_checkpoint(out_dir, fallback=True, quiet=True)
-    return {"init_sha256": ckpt.get("init_sha256"), "data_sha256": ckpt.get("data_sha256")}
-
-
-def stage(name: str, out_dir: str, fn, init: str, data: str | None = None) -> dict:
-    """Run one stage unless its directory says it is done, from the model `init` (and the dataset
-    `data`); a half-done stage resumes. A stage whose checkpoint started from another model or
-    dataset than these is redone from the start, with a line saying so. Returns what the stage
-    recorded in done.json."""
-    done = os.path.join(out_dir, "done.json")
-    wanted = {"init_sha256": checkpoint_sha256(init), "data_sha256": file_sha256(data) if data else None}
-    found = stage_inputs(out_dir)
-    if found and found != wanted:
-        what = " and ".join(w for w, k in (("model", "init_sha256"), ("data", "data_sha256")) if found[k] != wanted[k])
-        print0(f"== {name}: {out_dir} records another starting {what} than this run's ({init}"
-               f"{', ' + data if data else ''}), or none: redone from the start")
-        ckpt = checkpoint_path(out_dir)
-        for f in (done, ckpt, ckpt + ".sha256", os.path.join(out_dir, "metrics.jsonl")):
-            if os.path.exists(f):
-                os.remove(f)
-        start_fresh(out_dir)
-    if os.path.exists(done):
-        print0(f"== {name}: done already ({out_dir}/done.json), skipped")
-        with open(done) as f:
-            return json.load(f)
-    print0(f"\n== {name} -> {out_dir}")
-    t0 = time.time()
-    try:
-        result = {"result": fn(has_checkpoint(out_dir)), "seconds": None}
-    except KeyboardInterrupt:
-        print0(f"interrupted in {name}: its checkpoint is saved; run the same command again to resume here "
-               f"(finished stages are skipped)")
-        raise
-    result["seconds"] = round(time.time() - t0, 1)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(done, "w") as f:
-        json.dump(result, f, indent=1, default=float)
-    print0(f"== {name}: {result['seconds']:.0f} s")
-    return result
-
-
-def dataset(name: str, path: str, fn, source: str, config: dict) -> dict:
-    """Make a dataset from the checkpoint `source` with the generating `config`, unless `path` holds
-    one made from exactly these (its provenance record matches: then its statistics are read back).
-    A dataset made from anything else is rebuilt, with a line saying what differed."""
-    provenance = dataset_provenance(source, config)
-    differs = provenance_differs(path, provenance)
-    if differs is None:
-        print0(f"== {name}: {path} was built from this run's {source} with this config: reused")
-        return read_dataset_stats(path)
-    if os.path.exists(path):
-        print0(f"== {name}: {path} was built from other inputs ({differs}): rebuilt")
-    print0(f"\n== {name} -> {path}")
-    try:
-        return fn(provenance)
-    except KeyboardInterrupt:
-        print0(f"\ninterrupted while making {path}: the samples so far are saved in {path}.partial; run the "
-               f"same command again to continue (finished stages are skipped)")
-        raise
-
-
-def reference(name: str, path: str) -> dict:
-    """--reference-data: a reference copy of a dataset, used as it is; what it was made from is printed."""
-    stats = read_dataset_stats(path)
-    made = stats.get("provenance", {})
-    print0(f"== {name}: the reference copy {path} (--reference-data), made by {made.get('command', '?')} "
-           f"at commit {str(made.get('commit'))[:12]} on {made.get('date', '?')}; not this run's own data")
-    return stats
 
 
 def finished(run: str) -> bool:
@@ -320,22 +245,22 @@ def run(cfg: PipelineConfig) -> list[dict]:
 
     pretrain.ensure_base_model(base, **{**pretrain.PRESETS[cfg.stage_preset], "seed": cfg.seed, "device": cfg.device})
     stage("R1-Zero (python grpo.py)", r1_zero, lambda resume: None if finished(r1_zero) else grpo.run(
-        rl_config(cfg, init_from=base, out_dir=r1_zero, resume=resume)), init=base)
+        rl_config(cfg, init_from=base, out_dir=r1_zero, resume=resume)), init=base, given=True)
     if cfg.reference_data:
-        reference("cold-start data", cold_path)
+        reference_dataset("cold-start data", cold_path)
     else:
         dataset("cold-start data", cold_path, lambda prov: make_cold_start(r1_zero, cold_path, cfg, task, prov),
-                source=r1_zero, config=cold_config)
+                source=r1_zero, config=cold_config, code=CODE)
     stage("stage 1: cold-start SFT of the base model", stages["cold_start"],
           sft_stage(base, cold_path, stages["cold_start"], cfg), init=base, data=cold_path)
     stage("stage 2: reasoning RL + language consistency", stages["reasoning_rl"],
           rl(stages["cold_start"], stages["reasoning_rl"], cfg, cfg.language_weight), init=stages["cold_start"])
     if cfg.reference_data:
-        reference("rejection sampling", rs_path)
+        reference_dataset("rejection sampling", rs_path)
     else:
         dataset("rejection sampling", rs_path,
                 lambda prov: rejection_sample(stages["reasoning_rl"], rs_path, cfg, task, prov),
-                source=stages["reasoning_rl"], config=rs_config)
+                source=stages["reasoning_rl"], config=rs_config, code=CODE)
     stage("stage 3: SFT of the BASE model on the rejection-sampled data", stages["rejection_sft"],
           sft_stage(base, rs_path, stages["rejection_sft"], cfg), init=base, data=rs_path)
     stage("stage 4: RL for all scenarios", stages["final_rl"],

@@ -1,7 +1,7 @@
 """Supervised fine-tuning (SFT) on (prompt, completion) pairs: DeepSeek-R1's cold start (stage 1) and
 its rejection-sampling SFT (stage 3); distillation is the same loss on a teacher's samples.
 
-    python sft.py --init-from out/base --data data/cold_start.jsonl --out-dir out/r1/cold_start
+    python sft.py --init-from out/base --data data/cold_start.jsonl --out-dir out/sft   # the reference cold start
     torchrun --standalone --nproc_per_node=N sft.py --init-from out/base --data data/cold_start.jsonl
 
 The data: one JSON object per line with a "prompt" (the text the model is given, tasks.format_prompt's

@@ -367,7 +367,7 @@ def test_faithful_addition_and_code_follow_their_worlds_traces():
 def test_trace_filter_drops_right_answers_reached_by_wrong_working():
     """The shared filter of rejection sampling and distillation: one count per sample, the first
     rule that fails; a lucky guess (a try with a number not in the list, answer right) is
-    "unfaithful". Before it, 7+2=9 for the list 7 4 9 6 1 was kept and taught."""
+    "unfaithful", e.g. 7+2=9 for the list 7 4 9 6 1 (SFT on it teaches inventing numbers)."""
     from evaluate import trace_filter
     good = search("7+4=11 vs 13, no. 4+9=13 vs 13, yes. so the answer is 4+9.", "4+9")
     bueno = search("7+4=11 vs 13, no. 4+9=13 vs 13, yes. so the answer is 4+9.", "4+9", "es")

@@ -613,7 +613,7 @@ BAD_FLAGS = [
     (["--group-size", "1"], "--group-size must be >= 2"),
     (["--task", "add", "--min-digits", "4", "--max-digits", "3"], "min_digits <= max_digits"),
     (["--resume"], "--resume: no checkpoint in"),
-    (["--max-digits", "4"], "--max-digits: --task pairsum has no such knob"),     # once silently ignored
+    (["--max-digits", "4"], "--max-digits: --task pairsum has no such knob"),     # a knob the task lacks
     (["--task", "code", "--min-digits", "1"], "--min-digits: --task code has no such knob"),
 ]
 
@@ -693,36 +693,26 @@ def test_code_timeout_reaches_the_sandbox():
 
 
 def test_held_out_code_is_judged_with_the_runs_timeout(tmp_path, tmp_path_factory, monkeypatch):
-    """The held-out evaluation judges code under the run's --code-timeout-s, as its rewards do (it
-    used the sandbox's default 2 s whatever the flag said): through evaluate.held_out, a right
-    program that takes 0.8 s passes at 2 s and fails at 0.3 s, and grpo.run hands it its limit."""
+    """The held-out evaluation judges code under the run's --code-timeout-s, as its rewards do:
+    grpo.run hands its limit to evaluate.held_out, and held_out to the judge of every sample."""
     import evaluate
-    import sandbox
-    from tasks import CodeTask
-    tok = get_tokenizer()
+    seen, real_judge, real_held_out = {"judge": [], "held_out": []}, evaluate.accuracy_rewards, grpo.held_out
 
-    def slow_right_programs(model, tok, prompts, *args, **kwargs):
-        problems = {evaluate.format_prompt(p.question): p for p in evaluate.held_out_set(CodeTask(), 2)}
-        texts = [f"<think>x</think><answer>import time\ntime.sleep(0.8)\n{problems[p].gold}</answer>" for p in prompts]
-        return [tok.encode(p, allow_special=True) for p in prompts], [[1] * 5 for _ in prompts], texts
+    def judge(texts, problems, limits=None):
+        seen["judge"].append(limits.timeout_s)
+        return real_judge(texts, problems, limits)
 
-    monkeypatch.setattr(evaluate, "sample_completions", slow_right_programs)
-    model = tiny_policy()
-    scores = [evaluate.held_out(model, tok, CodeTask(), 2, 1, 0, sandbox.Limits(timeout_s=t))["pass@1"]
-              for t in (2.0, 0.3)]
-    assert scores == [1.0, 0.0]
-    seen, real = [], grpo.held_out
+    def held_out(*args, **kwargs):
+        seen["held_out"].append(args[6].timeout_s)
+        return real_held_out(*args, **kwargs)
 
-    def recording(*args, **kwargs):
-        seen.append(args[6].timeout_s)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(grpo, "held_out", recording)
+    monkeypatch.setattr(evaluate, "accuracy_rewards", judge)
+    monkeypatch.setattr(grpo, "held_out", held_out)
     cfg = common.config_from_args(GRPOConfig, ["--preset", "smoke", "--task", "code", "--code-timeout-s", "0.7",
                                                "--init-from", str(smoke_base(tmp_path_factory)),
                                                "--out-dir", str(tmp_path / "run")], presets=grpo.PRESETS)
     grpo.run(cfg)
-    assert seen == [0.7, 0.7]   # before RL and after it
+    assert seen == {"judge": [0.7, 0.7], "held_out": [0.7, 0.7]}   # before RL and after it
 
 
 def test_grpo_runs_under_torchrun_with_two_processes(tmp_path, tmp_path_factory):

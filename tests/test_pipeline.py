@@ -87,7 +87,6 @@ def test_a_dataset_is_rebuilt_when_its_source_checkpoint_or_config_changes(tmp_p
     checkpoint and the config are the same, rebuilt (with a line saying why) once either changes,
     and a file with no record (a copy from elsewhere) is never reused."""
     import common
-    import pipeline
     r1_zero, path, built = tmp_path / "grpo", str(tmp_path / "data" / "cold_start.jsonl"), []
 
     def make(provenance):
@@ -97,20 +96,20 @@ def test_a_dataset_is_rebuilt_when_its_source_checkpoint_or_config_changes(tmp_p
 
     tiny_checkpoint(r1_zero, seed=0)
     config = {"seed": 0, "questions": 4}
-    pipeline.dataset("cold", path, make, source=str(r1_zero), config=config)
-    pipeline.dataset("cold", path, make, source=str(r1_zero), config=config)
+    common.dataset("cold", path, make, source=str(r1_zero), config=config)
+    common.dataset("cold", path, make, source=str(r1_zero), config=config)
     assert len(built) == 1                                                 # same inputs: reused
     record = common.read_dataset_stats(path)["provenance"]
     assert record["source_sha256"] == common.checkpoint_sha256(str(r1_zero)) and record["config"]["questions"] == 4
     assert {"command", "commit", "date"} <= set(record) and "code_sha256" in record["config"]
     tiny_checkpoint(r1_zero, seed=1)                                       # another R1-Zero model
-    pipeline.dataset("cold", path, make, source=str(r1_zero), config=config)
+    common.dataset("cold", path, make, source=str(r1_zero), config=config)
     assert len(built) == 2 and built[1] != built[0]
-    pipeline.dataset("cold", path, make, source=str(r1_zero), config={**config, "questions": 5})
+    common.dataset("cold", path, make, source=str(r1_zero), config={**config, "questions": 5})
     assert len(built) == 3
     with open(path + ".stats.json", "w") as f:                             # a file with no record
         f.write("{}")
-    pipeline.dataset("cold", path, make, source=str(r1_zero), config={**config, "questions": 5})
+    common.dataset("cold", path, make, source=str(r1_zero), config={**config, "questions": 5})
     assert len(built) == 4
 
 
@@ -119,7 +118,6 @@ def test_a_stage_that_started_from_another_model_or_data_is_redone(tmp_path, cap
     data as this run's; otherwise it is redone from the start."""
     import json
     import common
-    import pipeline
     init, data, out, runs = tmp_path / "init", tmp_path / "rows.jsonl", tmp_path / "stage", []
     tiny_checkpoint(init, seed=0)
     data.write_text('{"prompt": "p", "completion": "c"}\n')
@@ -130,15 +128,21 @@ def test_a_stage_that_started_from_another_model_or_data_is_redone(tmp_path, cap
                                init_sha256=common.checkpoint_sha256(str(init)), data_sha256=common.file_sha256(str(data)))
         return {}
 
-    pipeline.stage("s", str(out), fn, init=str(init), data=str(data))
-    pipeline.stage("s", str(out), fn, init=str(init), data=str(data))
+    common.stage("s", str(out), fn, init=str(init), data=str(data))
+    common.stage("s", str(out), fn, init=str(init), data=str(data))
     assert runs == [False]                                                 # done, same inputs: skipped
     data.write_text('{"prompt": "p", "completion": "other"}\n')
-    pipeline.stage("s", str(out), fn, init=str(init), data=str(data))
+    common.stage("s", str(out), fn, init=str(init), data=str(data))
     assert runs == [False, False] and "another starting data" in capsys.readouterr().out
+    assert len(list(tmp_path.glob("stage.stale-*"))) == 1               # the old stage is moved aside, not deleted
     tiny_checkpoint(init, seed=3)
-    pipeline.stage("s", str(out), fn, init=str(init), data=str(data))
+    common.stage("s", str(out), fn, init=str(init), data=str(data))
     assert runs == [False, False, False] and json.loads((out / "done.json").read_text())["result"] == {}
+    # a directory the user named (R1-Zero's) is never moved: the run stops with one line
+    tiny_checkpoint(init, seed=4)
+    with pytest.raises(SystemExit, match="records another starting model"):
+        common.stage("s", str(out), fn, init=str(init), data=str(data), given=True)
+    assert (out / "done.json").exists()
 
 
 def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):

@@ -330,7 +330,7 @@ def test_reward_spec_weights_and_components():
     total, parts = spec(wrap("3+5", think="sumo tres y cinco"), problem)
     assert parts == {"accuracy": 1.0, "format": 1.0, "language": 1.0}
     assert total == pytest.approx(1.3)
-    total, parts = spec("3+5", problem)  # no chain of thought: no language reward either (it was 1.0)
+    total, parts = spec("3+5", problem)  # no chain of thought: no language reward either
     assert parts == {"accuracy": 0.0, "format": 0.0, "language": 0.0} and total == 0.0
 
 
