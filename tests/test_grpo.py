@@ -736,12 +736,14 @@ def test_a_nan_log_prob_stops_the_run_naming_it_and_keeps_the_last_good_checkpoi
     base = smoke_base(tmp_path_factory)
     real, calls = grpo.token_logprobs, []
 
-    def poisoned(model, tokens, temperature=1.0):
-        out = real(model, tokens, temperature)
+    def poisoned(model, tokens, temperature=1.0, entropy=False):
+        out = real(model, tokens, temperature, entropy=entropy)
         if torch.is_grad_enabled():   # the update's forward, not pi_ref's
             calls.append(1)
             if len(calls) == 3:
-                out = out * float("nan")
+                logp = out[0] if entropy else out
+                logp = logp * float("nan")
+                out = (logp, out[1]) if entropy else logp
         return out
 
     monkeypatch.setattr(grpo, "token_logprobs", poisoned)
