@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from model import GPT, GPTConfig
 
@@ -130,9 +131,23 @@ def is_main_process() -> bool:
 
 
 def print0(*args, **kwargs) -> None:
-    """print() on rank 0 only."""
+    """print() on rank 0 only; while a progress bar is open, the line goes above it (the bar is
+    cleared and redrawn below), so per-step lines and a bar share one terminal."""
     if is_main_process():
-        print(*args, **kwargs, flush=True)
+        with tqdm.external_write_mode() if getattr(tqdm, "_instances", None) else nullcontext():  # open bars only
+            print(*args, **kwargs, flush=True)
+
+
+def progress(iterable=None, total: int | None = None, desc: str | None = None, **kwargs) -> tqdm:
+    """A tqdm progress bar for long work: where it is, the rate and the time left. Shown on rank 0
+    only, and only when stderr is a terminal (so log files, other ranks and tests see none of it);
+    gone when it closes (leave=False): the printed lines are the record. Wrap an iterable, or pass
+    `total` and call .update(n) (`initial` for a resumed run); use it as a context manager or
+    .close() it. kwargs go to tqdm."""
+    kwargs.setdefault("disable", None if is_main_process() else True)  # None: tqdm shows it on a terminal only
+    kwargs.setdefault("leave", False)
+    kwargs.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, total=total, desc=desc, **kwargs)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -1,4 +1,5 @@
 """common.py: LR schedule, flags from a dataclass, checkpoints, the training loop, and DDP on gloo."""
+import io
 import math
 import os
 import re
@@ -487,3 +488,25 @@ def test_teardown_joins_gloo_threads_while_wrapped_model_is_alive(tmp_path):
     lines = [line.split() for line in run_script(script, nproc=2).stdout.splitlines() if line.startswith("threads")]
     assert sorted(rank for _, rank, _, _ in lines) == ["0", "1"]
     assert all(before == after for _, _, before, after in lines), lines
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_shows_on_a_terminal_on_rank_0_only_and_print0_goes_above_it(monkeypatch, capsys):
+    assert common.progress(total=3, desc="log").disable         # stderr is not a terminal: no bar
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    monkeypatch.setattr(common, "is_main_process", lambda: False)  # a rank other than 0 never shows one
+    with common.progress(total=3, desc="other rank") as bar:
+        assert bar.disable
+    monkeypatch.setattr(common, "is_main_process", lambda: True)
+    with common.progress(total=3, desc="steps") as bar:
+        assert not bar.disable
+        bar.update(1)
+        drawn = terminal.getvalue().count("steps")
+        common.print0("step 1 | loss 2.0")                     # cleared, printed above, redrawn
+        assert terminal.getvalue().count("steps") > drawn
+    assert capsys.readouterr().out == "step 1 | loss 2.0\n"      # the line itself is unchanged
