@@ -138,13 +138,14 @@ def print0(*args, **kwargs) -> None:
             print(*args, **kwargs, flush=True)
 
 
-def progress(iterable=None, total: int | None = None, desc: str | None = None, **kwargs) -> tqdm:
+def progress(iterable=None, total: int | None = None, desc: str | None = None, disable: bool = False,
+             **kwargs) -> tqdm:
     """A tqdm progress bar for long work: where it is, the rate and the time left. Shown on rank 0
-    only, and only when stderr is a terminal (so log files, other ranks and tests see none of it);
-    gone when it closes (leave=False): the printed lines are the record. Wrap an iterable, or pass
-    `total` and call .update(n) (`initial` for a resumed run); use it as a context manager or
-    .close() it. kwargs go to tqdm."""
-    kwargs.setdefault("disable", None if is_main_process() else True)  # None: tqdm shows it on a terminal only
+    only, and only when stderr is a terminal (so log files, other ranks and tests see none of it)
+    and `disable` is False; gone when it closes (leave=False): the printed lines are the record.
+    Wrap an iterable, or pass `total` and call .update(n) (`initial` for a resumed run); use it as
+    a context manager or .close() it. kwargs go to tqdm."""
+    kwargs["disable"] = True if disable or not is_main_process() else None  # None: on a terminal only
     kwargs.setdefault("leave", False)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, total=total, desc=desc, **kwargs)
@@ -847,12 +848,18 @@ def set_lr(optimizer, lr: float) -> float:
 
 
 def train(model, optimizer, cfg, batches, loss_fn, *, start_step: int = 0,
-          logger: MetricsLogger | None = None, config_dict: dict | None = None, extra: dict | None = None) -> dict:
+          logger: MetricsLogger | None = None, config_dict: dict | None = None, extra: dict | None = None,
+          bar: tqdm | None = None) -> dict:
     """The training loop of pretraining and SFT. Each step: set the lr; take (micro_batches, info)
     from `batches`; optimizer_step; log one line + one record; checkpoint every cfg.ckpt_every
     steps and at the end (`extra`: more fields for every checkpoint, e.g. what the run started from).
-    Ctrl-C saves a checkpoint, then re-raises. Returns the last record."""
+    Ctrl-C saves a checkpoint, then re-raises. Returns the last record. bar: a progress bar
+    (`progress`) advanced once per step, left open for the caller to close; None = one over
+    cfg.steps, made and closed here."""
     raw = unwrap(model)
+    own_bar = bar is None
+    if own_bar:
+        bar = progress(total=cfg.steps, initial=start_step, desc="training", unit="step")
     record: dict = {}
     step = start_step
     t_last = time.time()
@@ -875,6 +882,8 @@ def train(model, optimizer, cfg, batches, loss_fn, *, start_step: int = 0,
             now = time.time()
             record = {"kind": "train", "step": step, **all_reduce(info), **metrics, "lr": lr, "dt": now - t_last}
             t_last = now
+            bar.set_postfix_str(f"loss {record['loss']:.3f}", refresh=False)
+            bar.update(1)
             if logger is not None:
                 logger.log(record)
             if step % cfg.log_every == 0 or step == cfg.steps:
@@ -890,6 +899,9 @@ def train(model, optimizer, cfg, batches, loss_fn, *, start_step: int = 0,
         raise
     except NonFiniteError as e:  # nothing is saved: the last checkpoint stays the last good one
         raise SystemExit(diverged_message(e, step + 1, cfg.out_dir)) from e
+    finally:
+        if own_bar:
+            bar.close()
     save(step)
     return record
 

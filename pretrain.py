@@ -46,8 +46,8 @@ import torch.nn.functional as F
 
 from common import (DEFAULT_TASK, LoopConfig, MetricsLogger, all_reduce, check_fits, check_processes, check_ranges, check_resume,
                     checkpoint_path, config_from_args, derive_seed, flag, get_device, load_checkpoint,
-                    make_optimizer, print0, restore, run_dir, seed_everything, setup_ddp, sum_over_ranks,
-                    start_fresh, teardown_ddp, train, unwrap, wrap)
+                    make_optimizer, print0, progress, restore, run_dir, seed_everything, setup_ddp,
+                    sum_over_ranks, start_fresh, teardown_ddp, train, unwrap, wrap)
 from corpus import WEB_TASKS, CorpusConfig, forced_prefixes, sample_document
 from evaluate import EVAL_MAX_NEW_TOKENS, EvalConfig, evaluate, held_out_set, report
 from model import GPT, PRESETS as MODEL_PRESETS, GPTConfig
@@ -188,6 +188,8 @@ def run(cfg: PretrainConfig):
     # Phase 1: worked traces only, at a constant lr after warmup, until greedy answers are right at
     # cfg.mastery_checks consecutive checks (one check is noisy: 32 problems, and accuracy swings)
     probe = sample_problems(task, 32, "train", seed=derive_seed(cfg.seed, "mastery-probe"))
+    bar = progress(total=cfg.max_warm_steps, initial=step, desc="phase 1 (to mastery, at most)", unit="step",
+                   disable=mastered_at is not None)  # its length is unknown until mastery: bounded by the cap
     while mastered_at is None:
         if step > 0 and (step % cfg.mastery_every == 0 or step >= cfg.max_warm_steps):  # at every chunk's end
             unwrap(model).eval()
@@ -206,15 +208,18 @@ def run(cfg: PretrainConfig):
         train(wrapped, optimizer, dataclasses.replace(loop_cfg, steps=end, min_lr_ratio=1.0),
               batches(cfg, tok, task, dist.rank, dist.world_size, step, traces_only=True), loss_fn,
               start_step=step, logger=logger,
-              config_dict={**dataclasses.asdict(cfg), "mastered_at": None, "mastery_streak": streak})
+              config_dict={**dataclasses.asdict(cfg), "mastered_at": None, "mastery_streak": streak}, bar=bar)
         step = end
+    bar.close()  # early, at mastery
     # Phase 2: the web's real mix for cfg.steps steps, lr on a cosine from where phase 1 left it
     # (lr_at's cosine starts where its warmup ends, so phase 1 counts as the warmup here)
     phase2 = dataclasses.replace(loop_cfg, steps=mastered_at + cfg.steps,
                                  warmup_steps=max(cfg.warmup_steps, mastered_at))
-    train(wrapped, optimizer, phase2, batches(cfg, tok, task, dist.rank, dist.world_size, step), loss_fn,
-          start_step=step, logger=logger,
-          config_dict={**dataclasses.asdict(cfg), "mastered_at": mastered_at, "mastery_streak": streak})
+    with progress(total=phase2.steps, initial=step, desc="phase 2 (web mix)", unit="step") as bar:
+        train(wrapped, optimizer, phase2, batches(cfg, tok, task, dist.rank, dist.world_size, step), loss_fn,
+              start_step=step, logger=logger,
+              config_dict={**dataclasses.asdict(cfg), "mastered_at": mastered_at, "mastery_streak": streak},
+              bar=bar)
     print0(f"pretraining took {time.time() - t0:.0f} s ({mastered_at} steps of traces, then {cfg.steps} "
            f"of the web's mix); checkpoint in {cfg.out_dir}/")
     metrics = {}

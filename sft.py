@@ -29,9 +29,8 @@ from dataclasses import dataclass
 
 from common import (DEFAULT_TASK, LoopConfig, MetricsLogger, check_processes, check_ranges, check_resume,
                     checkpoint_path, checkpoint_sha256, config_from_args, derive_seed, file_sha256, get_device,
-                    load_checkpoint, load_model,
-                    make_optimizer, pack, print0, restore, seed_everything, setup_ddp, sum_over_ranks, teardown_ddp,
-                    start_fresh, train, unwrap, wrap)
+                    load_checkpoint, load_model, make_optimizer, pack, print0, progress, restore, seed_everything,
+                    setup_ddp, sum_over_ranks, teardown_ddp, start_fresh, train, unwrap, wrap)
 from evaluate import EvalConfig, held_out_set, report
 from model import token_logprobs
 from tasks import TASKS, task_from_config
@@ -183,10 +182,11 @@ def run(cfg: SFTConfig) -> dict:
     # the checkpoint carries the SFT config plus the task knobs of the model it came from, so that
     # grpo.py --init-from and evaluate.py rebuild the same task
     knobs = {k: v for k, v in init["config"].items() if k in ("min_digits", "max_digits")}
-    train(wrapped, optimizer, loop_cfg, batches(examples, cfg, tok.pad_id, dist.rank, dist.world_size, step),
-          sft_loss, start_step=step, logger=MetricsLogger(cfg.out_dir, keep=keep),
-          config_dict={**knobs, **dataclasses.asdict(cfg)},
-          extra={"init_sha256": checkpoint_sha256(cfg.init_from), "data_sha256": file_sha256(cfg.data)})
+    with progress(total=total, initial=step, desc="SFT", unit="step") as bar:
+        train(wrapped, optimizer, loop_cfg, batches(examples, cfg, tok.pad_id, dist.rank, dist.world_size, step),
+              sft_loss, start_step=step, logger=MetricsLogger(cfg.out_dir, keep=keep),
+              config_dict={**knobs, **dataclasses.asdict(cfg)},
+              extra={"init_sha256": checkpoint_sha256(cfg.init_from), "data_sha256": file_sha256(cfg.data)}, bar=bar)
     print0(f"SFT took {time.time() - t0:.0f} s; checkpoint in {cfg.out_dir}/")
     metrics = {}
     if cfg.eval_problems > 0 and dist.is_main:
