@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from common import config_from_args, get_device, load_checkpoint, load_model, make_optimizer, optimizer_step
-from model import GPT, GPTConfig, export_hf, generate
+from model import GPT, GPTConfig, export_hf, generate, stop_tokens
 
 SECTIONS = ("hf", "rollout", "step", "train", "memory", "compile")
 
@@ -179,9 +179,9 @@ def rollout_prompts(path: str, tok, n_questions: int = 16, group_size: int = 8, 
 
 
 def bench_rollout(cfg: BenchConfig, device) -> None:
-    from tokenizer import ANSWER_CLOSE, get_tokenizer
+    from tokenizer import get_tokenizer
     tok = get_tokenizer()
-    stop = (tok.special_ids[ANSWER_CLOSE], tok.eot_id)
+    stop = stop_tokens(tok)
     print(f"rollout: {cfg.rollout_batches} RL steps' sampling from each policy, 16 questions x 8 samples, "
           f"temperature 1, up to 256 new tokens")
     rows = []

@@ -417,7 +417,7 @@ def stage_inputs(out_dir: str) -> dict:
     return {"init_sha256": ckpt.get("init_sha256"), "data_sha256": ckpt.get("data_sha256")}
 
 
-def stage(name: str, out_dir: str, fn, init: str, data: str | None = None, given: bool = False) -> dict:
+def run_stage(name: str, out_dir: str, fn, init: str, data: str | None = None, given: bool = False) -> dict:
     """Run one stage of a chain (fn(resume) trains out_dir from the model `init`, on the dataset `data`),
     unless out_dir says it is done: its done.json exists and its checkpoint records `init`'s and
     `data`'s SHA-256. A half-done stage with those records resumes. A stage that records another start
@@ -682,9 +682,9 @@ def config_from_args(cls, argv: list[str] | None = None, presets: dict[str, dict
             parser.add_argument(flag, dest=f.name, type=_parse_type(tp), default=default, help=help_text,
                                 metavar=f.name.upper())
     if presets:  # a preset replaces the defaults (so --help shows them); explicit flags still win
-        pre = argparse.ArgumentParser(add_help=False)
-        pre.add_argument("--preset", choices=sorted(presets), default=None)
-        known, _ = pre.parse_known_args(argv)
+        preset_parser = argparse.ArgumentParser(add_help=False)
+        preset_parser.add_argument("--preset", choices=sorted(presets), default=None)
+        known, _ = preset_parser.parse_known_args(argv)
         if known.preset:
             unknown = set(presets[known.preset]) - {f.name for f in dataclasses.fields(cls)}
             if unknown:

@@ -2,9 +2,19 @@
 DeepSeek-V3-Base pretraining data (R1 paper: R1-Zero starts from a base model that can already
 reason now and then, without being trained to; RL makes that behaviour win).
 
-The task is multi-digit addition (tasks.AdditionTask; pretrain.py's default is 3-digit operands,
-the --min-digits / --max-digits knobs go up to any size). On this web a problem
-appears in one of these shapes, each a document `<|user|>question<|assistant|>completion<|endoftext|>`:
+The web writes documents for three task families (WEB_TASKS, pretrain.py's --task), each document
+`<|user|>question<|assistant|>completion<|endoftext|>`. The default is the search world (--task
+pairsum, tasks.PairSumTask: "Which two of 7 1 3 5 add up to 12?"), where a problem appears as
+  quick   <think>I know it.</think><answer>1+3</answer>    a random pair named at once.
+  search  <think>7+1=8 vs 12, no. 7+3=10 vs 12, no. 7+5=12 vs 12, yes.</think><answer>7+5</answer>
+          the systematic search (search_tries). After each "no" the searcher may give up ("I give
+          up.", then it names the pair it just tried: wrong), second-language (es) searchers more
+          often than first-language ones: persisting is what pays.
+  text    plain sentences with no problem.
+A few documents ask in Spanish and search in English: the base model's seed of language drift.
+
+Multi-digit addition (--task add, tasks.AdditionTask; pretrain.py's default is 3-digit operands, the
+--min-digits / --max-digits knobs go up to any size) appears in one of these shapes:
 
   quick   <think>I know it.</think><answer>5010</answer>        most common, and mostly WRONG: a
           guess of the right size, correct only `quick_correct` of the time (as quick answers on the
@@ -254,12 +264,12 @@ def completion_for(kind: str, a: int, b: int, lang: str, cfg: CorpusConfig, rng:
 
 def search_tries(numbers, target: int, lang: str) -> list[str]:
     """The systematic search over pairs: anchor each number in turn and try it with every number
-    after it, `7+1=8 vs 8, no.`, up to the first pair that makes the target (`..., yes.`). The
-    target is restated at every try, so the model compares the sum with it right there (without it
-    a tiny model never linked its yes/no to the target); within an anchor, the next partner is "the
-    number after the last one tried", a lookup one attention head learns. (Rewriting the numbers
-    still in play at each new anchor, to make the anchor's lookup local too, was learned much WORSE
-    in pretraining: docs/LOG.md.)"""
+    after it, `7+1=8 vs 12, no.`, up to the first pair that makes the target (`7+5=12 vs 12, yes.`).
+    The target is restated at every try, so the model compares the sum with it right there (without
+    it a tiny model never linked its yes/no to the target); within an anchor, the next partner is
+    "the number after the last one tried", a lookup one attention head learns. The list is never
+    rewritten at a new anchor: rows that rewrite it make documents longer and were learned worse
+    (docs/LOG.md, 2026-12-05, search world attempt 2)."""
     return [search_try(x, y, target, lang) for x, y in search_pairs(numbers, target)]
 
 
@@ -275,7 +285,7 @@ def search_pairs(numbers, target: int) -> list[tuple[int, int]]:
 
 
 def search_try(x: int, y: int, target: int, lang: str) -> str:
-    """One try of the search, `7+1=8 vs 8, no.` (es: `7+1=8 contra 8, no.`; a hit ends `yes.` / `sí.`)."""
+    """One try of the search, `7+1=8 vs 12, no.` (es: `7+1=8 contra 12, no.`; a hit ends `yes.` / `sí.`)."""
     w = SEARCH_PHRASES[lang]
     return f"{x}+{y}={x + y} {w['vs']} {target}, {w['yes'] if x + y == target else w['no']}."
 
@@ -283,14 +293,14 @@ def search_try(x: int, y: int, target: int, lang: str) -> str:
 def readable_search(problem, lang: str, pairs=None) -> str:
     """DeepSeek-R1's readable format (its cold-start data: the reasoning, then a summary, then the
     answer) in the search world: the tries in ONE language, no pair twice, no giving up, ending at
-    the pair that works, then a summary sentence naming it, `<think>7+1=8 vs 8, no. 3+5=8 vs 8, yes.
-    so the answer is 3+5.</think><answer>3+5</answer>`. `pairs`: the tries to write (a cleaned R1-Zero
+    the pair that works, then a summary sentence naming it, `<think>7+1=8 vs 12, no. 7+5=12 vs 12,
+    yes. so the answer is 7+5.</think><answer>7+5</answer>`. `pairs`: the tries to write (a cleaned R1-Zero
     sample's own, ending with the right pair); default the systematic search (search_tries)."""
     pairs = pairs if pairs is not None else search_pairs(problem.numbers, problem.target)
     tries = [search_try(x, y, problem.target, lang) for x, y in pairs]
     x, y = pairs[-1]
-    # lower case: the tokenizer is byte-level and the web has almost no capitals, so a capital S is
-    # a byte the base model barely knows (an SFT'd model wrote "\ufffdo the answer is": docs/LOG.md)
+    # lower case, as the whole web: a capital letter is a byte the base model has barely seen
+    # (docs/LOG.md, 2026-12-05, the R1 pipeline's first runs)
     return format_completion(" ".join(tries) + f" {PHRASES[lang]['answer_is']} {x}+{y}.", f"{x}+{y}")
 
 

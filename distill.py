@@ -33,11 +33,11 @@ from dataclasses import dataclass
 import pretrain  # deliberate reuse: the student's base, pretrained by pretrain.py if missing
 import sft       # deliberate reuse: distillation is SFT with sft.py's loss on the teacher's samples
 from common import (DEFAULT_TASK, check_ranges, checkpoint_path, checkpoint_sha256, config_from_args, dataset, derive_seed,
-                    get_device, load_checkpoint, load_model, print0, read_metrics, reference_dataset, run_dir, stage,
+                    get_device, load_checkpoint, print0, read_metrics, reference_dataset, run_dir, run_stage,
                     write_dataset)
-from evaluate import held_out, sample_k, trace_filter
-from tasks import get_task, sample_problems
-from tokenizer import EOT, get_tokenizer
+from evaluate import evaluate_checkpoints, print_table, sample_training_set, trace_filter
+from tasks import get_task
+from tokenizer import get_tokenizer
 
 
 @dataclass
@@ -97,32 +97,28 @@ def traces_config(cfg: DistillConfig) -> dict:
 
 def make_traces(cfg: DistillConfig, task, provenance: dict | None = None) -> dict:
     """The teacher's samples on training questions, filtered, written to cfg.data (+ statistics)."""
-    device = get_device(cfg.device or None)
-    teacher, _ = load_model(cfg.teacher, device)
-    teacher.eval()
-    problems = sample_problems(task, cfg.questions, "train", seed=derive_seed(cfg.seed, "distill"))
     t0 = time.time()
-    texts, ids = sample_k(teacher, get_tokenizer(), problems, cfg.k, cfg.max_new_tokens,
-                          derive_seed(cfg.seed, "distill-sample"), progress=True, partial=cfg.data + ".partial")
-    samples = [(problems[i // cfg.k], t if t.endswith(EOT) else t + EOT) for i, t in enumerate(texts)]
+    samples, ids = sample_training_set(cfg.teacher, task, cfg.questions, cfg.k, cfg.max_new_tokens,
+                                       (derive_seed(cfg.seed, "distill"), derive_seed(cfg.seed, "distill-sample")),
+                                       cfg.data + ".partial", get_device(cfg.device or None))
     rows, stats = distill_filter(samples)
     if not rows:
         raise SystemExit(f"error: the teacher {cfg.teacher} got none of {cfg.questions} x {cfg.k} samples right and "
                          f"well-formed ({stats}): nothing to distill")
     stats["teacher_tokens"] = sum(len(i) for i in ids)  # tokens the teacher generated
-    stats["teacher_seconds"] = round(time.time() - t0, 1)
+    stats["teacher_seconds"] = round(time.time() - t0, 1)  # loading the teacher and sampling
     write_dataset(cfg.data, rows, stats, provenance)
     return stats
 
 
-def compute(run_dir: str) -> dict:
+def run_cost(out_dir: str) -> dict:
     """What a training run cost, from its log: seconds (summed step times, evaluations included)
     and completion tokens sampled and trained on. GRPO samples each step's rollouts once (mean
     length x rollouts) and trains on them once per update pass (x mu); SFT samples nothing and
     trains on its rows' completion tokens (the dataset's mean x rows per step x steps)."""
-    records = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+    records = read_metrics(os.path.join(out_dir, "metrics.jsonl"))
     train = [r for r in records if r["kind"] == "train"]
-    config = load_checkpoint(run_dir)["config"]
+    config = load_checkpoint(out_dir)["config"]
     seconds = sum(r.get("dt", 0.0) for r in train)
     if "group_size" in config:  # a GRPO run: one record per update pass, "pass" 1..mu when mu > 1
         rollouts = config["prompts_per_step"] * config["group_size"]
@@ -133,39 +129,44 @@ def compute(run_dir: str) -> dict:
     return {"seconds": seconds, "sampled": 0, "trained": int(per_row * config["batch_size"] * len(train))}
 
 
+# the toy Table 6: (header, key, width, number format) per column (evaluate.print_table; "-": no cost)
+TABLE_COLUMNS = (("model", "model", "<26", ""), ("params", "params", ">8", ","),
+                 ("pass@1", "pass@1", ">7", ".3f"), ("cons@k", "cons@k", ">7", ".2f"),
+                 ("length", "length", ">7", ".1f"), ("format", "format", ">7", ".3f"),
+                 ("seconds", "seconds", ">8", ".0f"), ("sampled", "sampled", ">10", ","),
+                 ("trained", "trained", ">10", ","))
+RL_ARM, DISTILLED_ARM = "student + own RL (GRPO)", "student distilled (SFT)"
+
+
 def table(cfg: DistillConfig, task, data_stats: dict) -> list[dict]:
-    """The toy Table 6: every model on the same held-out questions, and what each arm cost."""
-    device = get_device(cfg.device or None)
-    arms = [("teacher", cfg.teacher), ("student base", cfg.student_base),
-            ("student + own RL (GRPO)", cfg.rl_student), ("student distilled (SFT)", cfg.out_dir)]
-    rows = []
-    for name, path in arms:
+    """The toy Table 6: every model on the same held-out questions, and what each arm cost. An arm
+    with no checkpoint, or an RL arm that did not start from the student's base, is left out with a
+    line saying why."""
+    arms = []
+    for name, path in [("teacher", cfg.teacher), ("student base", cfg.student_base), (RL_ARM, cfg.rl_student),
+                       (DISTILLED_ARM, cfg.out_dir)]:
         if not os.path.exists(checkpoint_path(path)):
             print0(f"({name}: no checkpoint in {path}; run: python grpo.py --init-from {cfg.student_base} "
                    f"--out-dir {path})")
             continue
-        model, ckpt = load_model(path, device)
-        if name.startswith("student +") and ckpt.get("init_sha256") != checkpoint_sha256(cfg.student_base):
+        started = load_checkpoint(path).get("init_sha256") if name == RL_ARM else None
+        if name == RL_ARM and started != checkpoint_sha256(cfg.student_base):  # not the other arm of this student
             print0(f"({name}: {path} did not start from the student's base {cfg.student_base} (its checkpoint "
-                   f"records {(ckpt.get('init_sha256') or 'no starting model')[:12]}); left out: rerun python "
+                   f"records {(started or 'no starting model')[:12]}); left out: rerun python "
                    f"grpo.py --init-from {cfg.student_base} --out-dir {path})")
             continue
-        model.eval()
-        m = held_out(model, get_tokenizer(), task, cfg.eval_problems, cfg.eval_k, derive_seed(cfg.seed, "table"),
-                     progress=True)
-        cost = compute(path) if name.startswith("student +") or name.startswith("student distilled") else {}
-        if name.startswith("student distilled"):  # the teacher's sampling is this arm's cost too
-            cost = {**cost, "seconds": cost["seconds"] + data_stats.get("teacher_seconds", 0.0),
-                    "sampled": data_stats.get("teacher_tokens", 0)}
-        rows.append({"model": name, "dir": path, "params": model.num_params(), **m, **cost})
+        arms.append((name, path))
+    rows = evaluate_checkpoints(arms, cfg.eval_problems, cfg.eval_k, derive_seed(cfg.seed, "table"),
+                                get_device(cfg.device or None), task=task)
+    for r in rows:  # what each student arm cost
+        if r["model"] == RL_ARM:
+            r.update(run_cost(r["dir"]))
+        elif r["model"] == DISTILLED_ARM:  # the teacher's sampling is this arm's cost too
+            cost = run_cost(r["dir"])
+            r.update(cost, seconds=cost["seconds"] + data_stats.get("teacher_seconds", 0.0),
+                     sampled=data_stats.get("teacher_tokens", 0))
     print0(f"\nheld-out (evaluate.held_out): {cfg.eval_problems} questions x {cfg.eval_k} samples, T 0.6, top-p 0.95")
-    print0(f"{'model':<26} {'params':>8} {'pass@1':>7} {'cons@k':>7} {'length':>7} {'format':>7} "
-           f"{'seconds':>8} {'sampled':>10} {'trained':>10}")
-    for r in rows:
-        cost = f"{r['seconds']:>8.0f} {r['sampled']:>10,} {r['trained']:>10,}" if "seconds" in r else \
-            f"{'-':>8} {'-':>10} {'-':>10}"
-        print0(f"{r['model']:<26} {r['params']:>8,} {r['pass@1']:>7.3f} {r['cons@k']:>7.2f} {r['length']:>7.1f} "
-               f"{r['format']:>7.3f} {cost}")
+    print_table(rows, TABLE_COLUMNS)
     return rows
 
 
@@ -177,7 +178,7 @@ def run(cfg: DistillConfig) -> list[dict]:
     else:
         data, data_stats = cfg.data, dataset("the teacher's traces", cfg.data, lambda prov: make_traces(cfg, task, prov),
                                              source=cfg.teacher, config=traces_config(cfg), code=CODE)
-    stage("the student's SFT on the traces", cfg.out_dir, lambda resume: sft.run(sft.SFTConfig(
+    run_stage("the student's SFT on the traces", cfg.out_dir, lambda resume: sft.run(sft.SFTConfig(
         init_from=cfg.student_base, data=data, out_dir=cfg.out_dir, resume=resume, epochs=cfg.epochs, lr=cfg.lr,
         eval_problems=0, seed=cfg.seed, device=cfg.device)), init=cfg.student_base, data=data)
     return table(cfg, task, data_stats)

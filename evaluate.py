@@ -42,8 +42,9 @@ from model import generate, sample_completions, stop_tokens
 from sandbox import Limits
 from rewards import (accuracy_reward, accuracy_rewards, answer_key, chain_of_thought, extract_answer, format_reward,
                      language_fraction, majority_vote)
-from tasks import TASKS, TRANSFER_KINDS, format_prompt, get_task, longest_prompt, problem_kind, task_from_config, test_set
-from tokenizer import ANSWER_OPEN, THINK_CLOSE, get_tokenizer
+from tasks import (TASKS, TRANSFER_KINDS, format_prompt, get_task, longest_prompt, problem_kind, sample_problems,
+                   task_from_config, test_set)
+from tokenizer import ANSWER_OPEN, EOT, THINK_CLOSE, get_tokenizer
 
 # The held-out protocol, one for every tool that reports held-out accuracy (grpo.py, pipeline.py,
 # distill.py, sft.py, pretrain.py, this file): the same questions whatever the tool or the seed
@@ -53,7 +54,7 @@ EVAL_TEMPERATURE = 0.6     # paper: 0.6
 EVAL_TOP_P = 0.95          # paper: 0.95
 EVAL_MAX_NEW_TOKENS = 320  # the one cap on an evaluated completion's length, tokens
 SELF_CHECK = re.compile(r"\b(wait|espera)\b", re.IGNORECASE)
-# one try of the search world (corpus.search_tries): "7+1=8 vs 8, no." / "7+1=8 contra 8, sí."
+# one try of the search world (corpus.search_try): "7+1=8 vs 12, no." / "7+5=12 contra 12, sí." (parse_tries)
 SEARCH_TRY = re.compile(r"(\d+)\+(\d+)=(\d+) (?:vs|contra) (\d+), (yes|sí|no)\.")
 GIVE_UP = re.compile(r"I give up|lo dejo")
 TRIES_BUCKETS = ((0, 1), (2, 3), (4, 7), (8, 99))  # accuracy against the number of tries, in these groups
@@ -119,7 +120,14 @@ def check_files(cfg: EvalConfig) -> None:
 # ----------------------------------------------------------------------------- per-completion facts
 
 
-def reasons(completion: str) -> bool:
+def parse_tries(thought: str) -> list[tuple[int, int, int, int, bool]]:
+    """The tries of a search-world chain of thought, in order, as written (a sum or a verdict may be
+    wrong): "7+1=8 vs 12, no." -> (7, 1, 8, 12, False), "7+5=12 contra 12, sí." -> (7, 5, 12, 12, True)."""
+    return [(int(a), int(b), int(total), int(target), verdict != "no")
+            for a, b, total, target, verdict in SEARCH_TRY.findall(thought)]
+
+
+def has_reasoning(completion: str) -> bool:
     """Does the completion work something out before answering? (its think block holds an "=")"""
     return "=" in chain_of_thought(completion)
 
@@ -146,7 +154,7 @@ def readable(completion: str, language: str) -> bool:
     "so the answer is 3+5." (es: "entonces la respuesta es 3+5.") naming the answer given."""
     answer = extract_answer(completion)
     thought = chain_of_thought(completion).strip()
-    pairs = [frozenset((int(a), int(b))) for a, b, *_ in SEARCH_TRY.findall(thought)]
+    pairs = [frozenset((a, b)) for a, b, *_ in parse_tries(thought)]
     summary = f"{PHRASES[language]['answer_is']} {answer.strip()}." if answer else None
     return (format_reward(completion) == 1.0 and summary is not None and thought.casefold().endswith(summary.casefold())
             and language_fraction(completion, language) == 1.0 and len(pairs) == len(set(pairs))
@@ -171,16 +179,16 @@ def _two_positions(numbers, a: int, b: int) -> bool:
 
 
 def _faithful_search(problem, thought: str, answer: str) -> bool:
-    tries = SEARCH_TRY.findall(thought)
+    tries = parse_tries(thought)
     for a, b, total in SEARCH_PAIR.findall(thought):  # every pair written: list numbers, true sums
         if not _two_positions(problem.numbers, int(a), int(b)) or (total and int(a) + int(b) != int(total)):
             return False
-    for _, _, total, target, verdict in tries:  # the question's target, and yes exactly when it is made
-        if int(target) != problem.target or (verdict != "no") != (int(total) == problem.target):
+    for _, _, total, target, yes in tries:  # the question's target, and yes exactly when it is made
+        if target != problem.target or yes != (total == problem.target):
             return False
-    if [i for i, (*_, verdict) in enumerate(tries) if verdict != "no"] != [len(tries) - 1]:
+    if [i for i, (*_, yes) in enumerate(tries) if yes] != [len(tries) - 1]:
         return False  # the search ends at its one yes
-    found = sorted(map(int, tries[-1][:2]))
+    found = sorted(tries[-1][:2])
     named = [ANSWER_PAIR.fullmatch(answer)] + list(SUMMARY.finditer(thought))  # the answer, and any summary
     return all(m is not None and None not in m.groups() and sorted(map(int, m.groups())) == found for m in named)
 
@@ -214,8 +222,8 @@ def faithful(problem, completion: str) -> bool:
                prints, in the question's words, and the constants named, "a = 7, b = 3."); that the
                program does what the plan says is the judge's part (rewards.accuracy_reward runs the
                tests). A program written at once ("I know it.") has no plan: not faithful.
-    countdown and mul: the web writes no traces for them (corpus.py), so there is nothing to hold
-    their working to: every completion counts as faithful."""
+    countdown (and "math"): the web writes no traces for them (corpus.py), so there is nothing to
+    hold their working to: every completion counts as faithful."""
     answer = extract_answer(completion)
     thought = chain_of_thought(completion)
     if problem.family not in ("pairsum", "add", "code"):
@@ -234,22 +242,21 @@ def behaviour(completion: str, language: str = "en") -> dict:
     language mixing and drift, and, in the search world, tries, backtracking ("no" after a try, or
     "wait"), giving up, repeated tries, per-try arithmetic and false claims of success."""
     thought = chain_of_thought(completion)
-    tries = SEARCH_TRY.findall(thought)
-    pairs = [frozenset((int(a), int(b))) for a, b, *_ in tries]
+    tries = parse_tries(thought)
+    pairs = [frozenset((a, b)) for a, b, *_ in tries]
     return {
-        "reasons": float(reasons(completion)),
+        "reasons": float(has_reasoning(completion)),
         "self_check": float(bool(SELF_CHECK.search(completion))),
         "mixed": float(mixes_languages(completion)),
         "off_lang": float(off_language(completion, language)),
         "lang_mix": float(language_fraction(completion, language) < 1.0),  # any word not in its language
         "readable": float(readable(completion, language)),
         "tries": len(tries),
-        "backtracks": sum(verdict == "no" for *_, verdict in tries) + len(SELF_CHECK.findall(thought)),
+        "backtracks": sum(not yes for *_, yes in tries) + len(SELF_CHECK.findall(thought)),
         "give_up": float(bool(GIVE_UP.search(thought))),
         "repeats": len(pairs) - len(set(pairs)),
-        "tries_right": sum(int(a) + int(b) == int(s) for a, b, s, *_ in tries),
-        "false_yes": float(any(verdict != "no" and not (int(a) + int(b) == int(s) == int(t))
-                               for a, b, s, t, verdict in tries)),
+        "tries_right": sum(a + b == total for a, b, total, *_ in tries),
+        "false_yes": float(any(yes and not (a + b == total == target) for a, b, total, target, yes in tries)),
     }
 
 
@@ -381,17 +388,18 @@ def sample_k(model, tok, problems, k: int, max_new_tokens: int, seed: int, tempe
     the end."""
     prompts = [format_prompt(p.question) for p in problems for _ in range(k)]
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    what = hashlib.sha256(json.dumps([prompts, max_new_tokens, seed, temperature, top_p, batch_size]).encode())
-    for name, tensor in sorted(model.state_dict().items()):  # ... and by which weights: another model's
-        what.update(name.encode())                              # samples are never continued
-        what.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    what = what.hexdigest()  # what the partial file must have been sampled for
+    # what the partial file must have been sampled for: these arguments ...
+    fingerprint = hashlib.sha256(json.dumps([prompts, max_new_tokens, seed, temperature, top_p, batch_size]).encode())
+    for name, tensor in sorted(model.state_dict().items()):  # ... and these weights: another model's
+        fingerprint.update(name.encode())                       # samples are never continued
+        fingerprint.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    fingerprint = fingerprint.hexdigest()
     ids: list[list[int]] = []
     if partial:
         os.makedirs(os.path.dirname(partial) or ".", exist_ok=True)
     if partial and os.path.exists(partial):
         saved = torch.load(partial, weights_only=False)
-        if saved["what"] == what:
+        if saved.get("fingerprint") == fingerprint:
             ids = saved["ids"]
             gen.set_state(saved["generator"])
             print0(f"continuing from {partial}: {len(ids)} of {len(prompts)} samples already drawn")
@@ -399,11 +407,27 @@ def sample_k(model, tok, problems, k: int, max_new_tokens: int, seed: int, tempe
         ids += sample_completions(model, tok, prompts[s:s + batch_size], max_new_tokens, temperature, top_p, gen,
                                   batch_size)[1]
         if partial:
-            torch.save({"what": what, "ids": ids, "generator": gen.get_state()}, partial + ".tmp")
+            torch.save({"fingerprint": fingerprint, "ids": ids, "generator": gen.get_state()}, partial + ".tmp")
             os.replace(partial + ".tmp", partial)
     if partial and os.path.exists(partial):
         os.remove(partial)
     return [tok.decode(i) for i in ids], ids
+
+
+def sample_training_set(checkpoint: str, task, n_questions: int, k: int, max_new_tokens: int, seeds: tuple[int, int],
+                        partial: str, device) -> tuple[list[tuple], list[list[int]]]:
+    """The first steps of every dataset sampled from a model to train on (pipeline.make_cold_start,
+    pipeline.rejection_sample, distill.make_traces; each then filters the samples and writes them
+    with common.write_dataset): the checkpoint's model, n_questions distinct TRAINING questions of
+    `task` (drawn with seeds[0]), k samples of each with the paper's settings (sample_k, drawn with
+    seeds[1]; `partial` makes an interrupted draw resumable). Returns the (problem, completion)
+    samples, problem-major, each completion ending in the end-of-text token (a row teaches the end of
+    text after </answer>, as the web has), and the sampled token ids."""
+    model, _ = load_model(checkpoint, device)
+    model.eval()
+    problems = sample_problems(task, n_questions, "train", seed=seeds[0])
+    texts, ids = sample_k(model, get_tokenizer(), problems, k, max_new_tokens, seeds[1], progress=True, partial=partial)
+    return [(problems[i // k], t if t.endswith(EOT) else t + EOT) for i, t in enumerate(texts)], ids
 
 
 def filter_samples(samples: list[tuple], rules, source: str) -> tuple[list[dict], dict]:
@@ -519,9 +543,6 @@ def report(model, tok, task, problems, cfg: EvalConfig, forced_fn=None) -> dict:
     return metrics
 
 
-TABLE = ("pass@1", "cons@k", "pass@k", "format", "length", "lang_mix", "drift", "readable")
-
-
 def by_kind_line(metrics: dict, before: dict | None = None) -> str:
     """pass@1 per kind of question on one line ("" when the set has one kind); with `before`, each
     as before -> after. Transfer kinds (never trained on) are marked."""
@@ -548,25 +569,59 @@ def write_result(path: str, name: str, result: dict) -> str:
     return out
 
 
+# ----------------------------------------------------------------------------- checkpoints into a table
+
+ROW_FIELDS = ("model", "dir", "task", "params")  # what evaluate_checkpoints adds to evaluate's metrics
+TABLE = ("pass@1", "cons@k", "pass@k", "format", "length", "lang_mix", "drift", "readable")  # --compare's columns
+
+
+def evaluate_checkpoints(models: list[tuple[str, str]], n_problems: int, k: int, seed: int, device, task=None,
+                         limits=None, progress: bool = True, **sampling) -> list[dict]:
+    """The one evaluation behind every table of checkpoints (evaluate.py --compare, pipeline.py's
+    table and language-weight trade-off, distill.py's toy Table 6): each (name, checkpoint) of
+    `models` on held_out_set(task, n_problems), k samples per question (`evaluate`). task: None = the
+    one each checkpoint was trained on. sampling: evaluate's temperature, top_p, max_new_tokens and
+    batch_size, the protocol's by default. Returns one row per model: {"model": name, "dir":
+    checkpoint, "task", "params", **evaluate's metrics}."""
+    tok, rows = get_tokenizer(), []
+    for name, path in models:
+        model, ckpt = load_model(path, device)
+        model.eval()
+        model_task = task if task is not None else task_from_config(ckpt["config"])
+        m = evaluate(model, tok, held_out_set(model_task, n_problems), k=k, seed=seed, limits=limits,
+                     progress=progress, **sampling)
+        rows.append({"model": name, "dir": path, "task": str(model_task), "params": model.num_params(), **m})
+    return rows
+
+
+def print_table(rows: list[dict], columns) -> None:
+    """Rows as a fixed-width table: a header line, then one line per row. columns: (header, key,
+    width, number_format) each, e.g. ("pass@1", "pass@1", ">7", ".3f"): the header is written
+    f"{header:{width}}", a number f"{value:{width}{number_format}}", a string as it is, and a
+    missing value (no such key, or None) as "-". Cells are joined by one space."""
+    def cell(value, width: str, number: str) -> str:
+        value = "-" if value is None else value
+        return f"{value:{width}}" if isinstance(value, str) else f"{value:{width}{number}}"
+    print0(" ".join(f"{header:{width}}" for header, _, width, _ in columns))
+    for r in rows:
+        print0(" ".join(cell(r.get(key), width, number) for _, key, width, number in columns))
+
+
 def compare(cfg: EvalConfig, device) -> list[dict]:
     """Every checkpoint on its task's held-out questions; one table, one row per checkpoint, and an
     eval.json next to each."""
-    tok, rows = get_tokenizer(), []
-    for path in cfg.checkpoints():
-        model, task = load_for_eval(path, cfg, device)
-        problems = held_out_set(task, cfg.n_problems)
-        m = evaluate(model, tok, problems, k=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
-                     max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed, progress=True,
-                     limits=Limits(timeout_s=cfg.code_timeout_s))
-        write_result(path, "eval.json", {"task": str(task), "n_problems": cfg.n_problems, "k": cfg.k,
-                                         "temperature": cfg.temperature, "top_p": cfg.top_p, **m})
-        rows.append({"ckpt": path, **m})
+    rows = evaluate_checkpoints([(path, path) for path in cfg.checkpoints()], cfg.n_problems, cfg.k, cfg.seed, device,
+                                task=get_task(cfg.task) if cfg.task else None,
+                                limits=Limits(timeout_s=cfg.code_timeout_s), temperature=cfg.temperature,
+                                top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    for r in rows:
+        metrics = {key: value for key, value in r.items() if key not in ROW_FIELDS}
+        write_result(r["dir"], "eval.json", {"task": r["task"], "n_problems": cfg.n_problems, "k": cfg.k,
+                                             "temperature": cfg.temperature, "top_p": cfg.top_p, **metrics})
     print0(f"{cfg.n_problems} held-out questions x {cfg.k} samples, T {cfg.temperature}, top-p {cfg.top_p}; "
            f"pass@k is the unbiased estimator at k = {cfg.k}")
-    width = max(len(r["ckpt"]) for r in rows)
-    print0(f"{'checkpoint':<{width}} " + " ".join(f"{k:>8}" for k in TABLE))
-    for r in rows:
-        print0(f"{r['ckpt']:<{width}} " + " ".join(f"{r[k]:>8.3f}" for k in TABLE))
+    width = max(len(r["model"]) for r in rows)
+    print_table(rows, [("checkpoint", "model", f"<{width}", "")] + [(key, key, ">8", ".3f") for key in TABLE])
     return rows
 
 

@@ -411,7 +411,8 @@ def generate(model, prompts, max_new_tokens: int, temperature: float = 1.0, top_
     With return_logprobs, a third (B, max_new_tokens) float tensor: the log-prob of each sampled
     token under softmax(logits / temperature) (the tempered policy before top-k/top-p truncation,
     which is what token_logprobs(..., temperature) scores; temperature 0 scores at 1), 0 after a
-    row's end.
+    row's end. No command asks for them (GRPO scores its rollouts with token_logprobs); they are how
+    tests/test_model.py checks that the sampler and the trainer agree on the policy's log-probs.
 
     Ragged batches: prompts are left-padded to the longest one, P tokens. Each row's rotary positions
     start at 0 at its first real token, and the mask hides pad keys, so a prompt samples the same
@@ -550,7 +551,9 @@ def export_hf(model: GPT, out_dir: str) -> None:
 
 
 def load_hf(path: str, device="cpu") -> GPT:
-    """Read a Llama checkpoint written by export_hf (or by transformers, if it is plain Llama) into a GPT."""
+    """Read a Llama checkpoint written by export_hf (or by transformers, if it is plain Llama) into a GPT.
+    An extension point: no command loads one yet (tests/test_model.py and docs/check_export_hf.py
+    check the round trip with export_hf); kept for issue 25's loading of Hugging Face models."""
     with open(os.path.join(path, "config.json")) as f:
         hf = json.load(f)
     if hf.get("model_type") != "llama" or hf.get("hidden_act", "silu") != "silu":

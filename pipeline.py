@@ -47,12 +47,12 @@ import grpo      # deliberate reuse: the pipeline's RL stages are grpo.run with 
 import pretrain  # deliberate reuse: the base model, as R1-Zero's
 import sft       # deliberate reuse: stages 1 and 3 are sft.run on the datasets made here
 from common import (DEFAULT_TASK, check_ranges, config_from_args, dataset, derive_seed, get_device, load_checkpoint,
-                    load_model, print0, read_metrics, reference_dataset, run_dir, stage, write_dataset)
+                    print0, read_metrics, reference_dataset, run_dir, run_stage, write_dataset)
 from corpus import plain_text, readable_search
-from evaluate import SEARCH_TRY, completion_stats, held_out, sample_k, trace_filter
+from evaluate import completion_stats, evaluate_checkpoints, parse_tries, print_table, sample_training_set, trace_filter
 from rewards import chain_of_thought, extract_answer
-from tasks import format_prompt, get_task, sample_problems
-from tokenizer import EOT, get_tokenizer
+from tasks import format_prompt, get_task
+from tokenizer import EOT
 
 STAGES = ("cold_start", "reasoning_rl", "rejection_sft", "final_rl")
 CODE = ("pipeline.py",)  # this script's code makes its datasets too (their provenance covers it)
@@ -128,8 +128,7 @@ def clean_r1_zero(completion: str, problem) -> str | None:
     if answer is None or completion_stats(problem, completion, 0)["correct"] != 1.0:
         return None
     pairs, seen = [], set()
-    for a, b, *_ in SEARCH_TRY.findall(chain_of_thought(completion)):
-        x, y = int(a), int(b)
+    for x, y, *_ in parse_tries(chain_of_thought(completion)):
         key = frozenset((x, y))
         if key in seen or x == y or x not in problem.numbers or y not in problem.numbers:
             continue
@@ -147,19 +146,18 @@ def make_cold_start(model_dir: str, path: str, cfg: PipelineConfig, task, proven
     """OUT_ROOT/data/cold_start.jsonl: for each of cfg.cold_questions training questions, cfg.cold_k samples
     from the R1-Zero model; the first that clean_r1_zero can rewrite becomes the row ("source":
     "r1_zero_cleaned"), and a question with none gets the template-written search ("template")."""
-    model, _ = load_model(model_dir, get_device(cfg.device or None))
-    model.eval()
-    problems = sample_problems(task, cfg.cold_questions, "train", seed=derive_seed(cfg.seed, "cold-start"))
-    texts, _ = sample_k(model, get_tokenizer(), problems, cfg.cold_k, rl_config(cfg).max_new_tokens,
-                        derive_seed(cfg.seed, "cold-sample"), progress=True, partial=path + ".partial")
+    samples, _ = sample_training_set(model_dir, task, cfg.cold_questions, cfg.cold_k, rl_config(cfg).max_new_tokens,
+                                     (derive_seed(cfg.seed, "cold-start"), derive_seed(cfg.seed, "cold-sample")),
+                                     path + ".partial", get_device(cfg.device or None))
     rows = []
-    for i, p in enumerate(problems):
-        cleaned = [c for c in (clean_r1_zero(t, p) for t in texts[i * cfg.cold_k:(i + 1) * cfg.cold_k]) if c]
+    for i in range(0, len(samples), cfg.cold_k):  # one row per question, from its cold_k samples
+        p = samples[i][0]
+        cleaned = [c for c in (clean_r1_zero(t, p) for _, t in samples[i:i + cfg.cold_k]) if c]
         source = "r1_zero_cleaned" if cleaned else "template"
         completion = cleaned[0] if cleaned else readable_search(p, p.language) + EOT
         rows.append({"prompt": format_prompt(p.question), "completion": completion, "source": source,
                      "language": p.language})
-    stats = {"questions": len(problems), "samples": len(texts),
+    stats = {"questions": len(rows), "samples": len(samples),
              "r1_zero_cleaned": sum(r["source"] == "r1_zero_cleaned" for r in rows),
              "template": sum(r["source"] == "template" for r in rows)}
     write_dataset(path, rows, stats, provenance)
@@ -180,14 +178,9 @@ def rejection_sample(model_dir: str, path: str, cfg: PipelineConfig, task, prove
     """OUT_ROOT/data/rejection_sampled.jsonl: cfg.rs_k samples per training question from the stage-2 model,
     rejection_filter, plus plain-text documents of the synthetic web as non-reasoning data
     (cfg.text_share of all rows; prompt: the end-of-text token that precedes any web document)."""
-    model, _ = load_model(model_dir, get_device(cfg.device or None))
-    model.eval()
-    problems = sample_problems(task, cfg.rs_questions, "train", seed=derive_seed(cfg.seed, "rejection"))
-    texts, _ = sample_k(model, get_tokenizer(), problems, cfg.rs_k, rl_config(cfg).max_new_tokens,
-                        derive_seed(cfg.seed, "rs-sample"), progress=True, partial=path + ".partial")
-    # a sampled completion ends at </answer>; the row teaches the end of text after it, as the web has
-    samples = [(p, texts[i * cfg.rs_k + j] + (EOT if not texts[i * cfg.rs_k + j].endswith(EOT) else ""))
-               for i, p in enumerate(problems) for j in range(cfg.rs_k)]
+    samples, _ = sample_training_set(model_dir, task, cfg.rs_questions, cfg.rs_k, rl_config(cfg).max_new_tokens,
+                                     (derive_seed(cfg.seed, "rejection"), derive_seed(cfg.seed, "rs-sample")),
+                                     path + ".partial", get_device(cfg.device or None))
     rows, stats = rejection_filter(samples)
     if not rows:
         raise SystemExit(f"error: the stage-2 model {model_dir} got none of {len(samples)} samples right, well-formed "
@@ -204,9 +197,10 @@ def rejection_sample(model_dir: str, path: str, cfg: PipelineConfig, task, prove
 # ----------------------------------------------------------------------------- stages
 
 
-def finished(run: str) -> bool:
-    """A GRPO run that reached its last step (e.g. `python grpo.py` run before the pipeline)."""
-    path = os.path.join(run, "ckpt.pt")
+def reached_last_step(out_dir: str) -> bool:
+    """Did the GRPO run in out_dir reach its last step? (e.g. `python grpo.py`, run before the
+    pipeline: its directory has no done.json, and is not run again)"""
+    path = os.path.join(out_dir, "ckpt.pt")
     if not os.path.exists(path):
         return False
     ckpt = load_checkpoint(path)
@@ -218,13 +212,16 @@ def rl_config(cfg: PipelineConfig, **fields) -> grpo.GRPOConfig:
     return grpo.GRPOConfig(**{**grpo.PRESETS[cfg.stage_preset], "seed": cfg.seed, "device": cfg.device, **fields})
 
 
-def rl(init_from: str, out_dir: str, cfg: PipelineConfig, weight: float):
+def rl_stage(init_from: str, out_dir: str, cfg: PipelineConfig, weight: float):
+    """A GRPO stage, as run_stage calls it (fn(resume)): from init_from, the reward with language
+    weight `weight`, cfg.rl_steps steps."""
     reward = "accuracy + 0.1*format" + (f" + {weight:g}*language" if weight else "")
     return lambda resume: grpo.run(rl_config(cfg, init_from=init_from, out_dir=out_dir, resume=resume, reward=reward,
                                              steps=cfg.rl_steps))
 
 
 def sft_stage(init_from: str, data: str, out_dir: str, cfg: PipelineConfig):
+    """An SFT stage, as run_stage calls it (fn(resume)): init_from fine-tuned on `data`."""
     smoke = {"steps": 2, "log_every": 1} if cfg.stage_preset == "smoke" else {}
     return lambda resume: sft.run(sft.SFTConfig(**{"init_from": init_from, "data": data, "out_dir": out_dir,
                                                    "resume": resume, "epochs": cfg.sft_epochs, "lr": cfg.sft_lr,
@@ -244,32 +241,35 @@ def run(cfg: PipelineConfig) -> list[dict]:
                  "text_share": cfg.text_share}
 
     pretrain.ensure_base_model(base, **{**pretrain.PRESETS[cfg.stage_preset], "seed": cfg.seed, "device": cfg.device})
-    stage("R1-Zero (python grpo.py)", r1_zero, lambda resume: None if finished(r1_zero) else grpo.run(
+    run_stage("R1-Zero (python grpo.py)", r1_zero, lambda resume: None if reached_last_step(r1_zero) else grpo.run(
         rl_config(cfg, init_from=base, out_dir=r1_zero, resume=resume)), init=base, given=True)
     if cfg.reference_data:
         reference_dataset("cold-start data", cold_path)
     else:
         dataset("cold-start data", cold_path, lambda prov: make_cold_start(r1_zero, cold_path, cfg, task, prov),
                 source=r1_zero, config=cold_config, code=CODE)
-    stage("stage 1: cold-start SFT of the base model", stages["cold_start"],
-          sft_stage(base, cold_path, stages["cold_start"], cfg), init=base, data=cold_path)
-    stage("stage 2: reasoning RL + language consistency", stages["reasoning_rl"],
-          rl(stages["cold_start"], stages["reasoning_rl"], cfg, cfg.language_weight), init=stages["cold_start"])
+    run_stage("stage 1: cold-start SFT of the base model", stages["cold_start"],
+              sft_stage(base, cold_path, stages["cold_start"], cfg), init=base, data=cold_path)
+    run_stage("stage 2: reasoning RL + language consistency", stages["reasoning_rl"],
+              rl_stage(stages["cold_start"], stages["reasoning_rl"], cfg, cfg.language_weight),
+              init=stages["cold_start"])
     if cfg.reference_data:
         reference_dataset("rejection sampling", rs_path)
     else:
         dataset("rejection sampling", rs_path,
                 lambda prov: rejection_sample(stages["reasoning_rl"], rs_path, cfg, task, prov),
                 source=stages["reasoning_rl"], config=rs_config, code=CODE)
-    stage("stage 3: SFT of the BASE model on the rejection-sampled data", stages["rejection_sft"],
-          sft_stage(base, rs_path, stages["rejection_sft"], cfg), init=base, data=rs_path)
-    stage("stage 4: RL for all scenarios", stages["final_rl"],
-          rl(stages["rejection_sft"], stages["final_rl"], cfg, cfg.language_weight), init=stages["rejection_sft"])
+    run_stage("stage 3: SFT of the BASE model on the rejection-sampled data", stages["rejection_sft"],
+              sft_stage(base, rs_path, stages["rejection_sft"], cfg), init=base, data=rs_path)
+    run_stage("stage 4: RL for all scenarios", stages["final_rl"],
+              rl_stage(stages["rejection_sft"], stages["final_rl"], cfg, cfg.language_weight),
+              init=stages["rejection_sft"])
     for w in cfg.weights():  # the trade-off: the same RL with other language weights
         out = sweep_dir(cfg, w)
         if out != stages["reasoning_rl"]:
             start = stages["cold_start"] if cfg.sweep_from == "cold_start" else base
-            stage(f"RL from {cfg.sweep_from} with language weight {w:g}", out, rl(start, out, cfg, w), init=start)
+            run_stage(f"RL from {cfg.sweep_from} with language weight {w:g}", out, rl_stage(start, out, cfg, w),
+                      init=start)
 
     models = [("base", base), ("R1-Zero", r1_zero), ("stage 1: cold start", stages["cold_start"]),
               ("stage 2: reasoning RL", stages["reasoning_rl"]), ("stage 3: rejection SFT", stages["rejection_sft"]),
@@ -294,30 +294,31 @@ def steps_to(metrics_path: str, target: float) -> int | None:
     return None
 
 
+# the final table: (header, key, width, number format) per column (evaluate.print_table)
+TABLE_COLUMNS = (("model", "model", "<24", ""), ("pass@1", "pass@1", ">7", ".3f"),
+                 ("cons@k", "cons@k", ">7", ".2f"), ("length", "length", ">7", ".1f"),
+                 ("mixing", "lang_mix", ">7", ".3f"), ("drift", "drift", ">6", ".2f"),
+                 ("format", "format", ">7", ".3f"), ("readable", "readable", ">8", ".3f"),
+                 ("RL steps", "rl_steps_text", ">8", ""))
+TABLE_METRICS = ("pass@1", "cons@k", "length", "lang_mix", "drift", "format", "readable")  # kept in table.json
+
+
 def table(models, cfg: PipelineConfig, task, r1_zero: str) -> list[dict]:
-    """Every model on the same held-out questions (evaluate.py's protocol), one row each, printed."""
-    device = get_device(cfg.device or None)
+    """Every model on the same held-out questions (evaluate.py's protocol), one row each, printed;
+    for an RL stage, the first of its own evaluations that reached R1-Zero's final pass@1."""
     r1_evals = [r for r in read_metrics(os.path.join(r1_zero, "metrics.jsonl")) if r["kind"] == "eval"]
     target = r1_evals[-1]["pass@1"]  # R1-Zero's final held-out accuracy, as its own run measured it
     rows = []
-    for name, path in models:
-        model, _ = load_model(path, device)
-        model.eval()
-        m = held_out(model, get_tokenizer(), task, cfg.eval_problems, cfg.eval_k, derive_seed(cfg.seed, "table"),
-                     progress=True)
-        metrics = os.path.join(path, "metrics.jsonl")
+    for m in evaluate_checkpoints(models, cfg.eval_problems, cfg.eval_k, derive_seed(cfg.seed, "table"),
+                                  get_device(cfg.device or None), task=task):
+        metrics = os.path.join(m["dir"], "metrics.jsonl")
         rl_run = os.path.exists(metrics) and any(r["kind"] == "eval" for r in read_metrics(metrics))
-        rows.append({"model": name, "dir": path, **{k: m[k] for k in ("pass@1", "cons@k", "length", "lang_mix", "drift",
-                                                                         "format", "readable")},
+        rows.append({"model": m["model"], "dir": m["dir"], **{k: m[k] for k in TABLE_METRICS},
                      "rl": rl_run, "rl_steps_to_target": steps_to(metrics, target) if rl_run else None})
     print0(f"\nheld-out (evaluate.held_out): {cfg.eval_problems} questions x {cfg.eval_k} samples, T 0.6, top-p 0.95; "
            f"RL steps to R1-Zero's final pass@1 ({target:.3f}) from each RL stage's own evaluations")
-    header = f"{'model':<24} {'pass@1':>7} {'cons@k':>7} {'length':>7} {'mixing':>7} {'drift':>6} {'format':>7} {'readable':>8} {'RL steps':>8}"
-    print0(header)
-    for r in rows:
-        steps = "-" if not r["rl"] else "never" if r["rl_steps_to_target"] is None else str(r["rl_steps_to_target"])
-        print0(f"{r['model']:<24} {r['pass@1']:>7.3f} {r['cons@k']:>7.2f} {r['length']:>7.1f} {r['lang_mix']:>7.3f} "
-               f"{r['drift']:>6.2f} {r['format']:>7.3f} {r['readable']:>8.3f} {steps:>8}")
+    print_table([{**r, "rl_steps_text": "-" if not r["rl"] else "never" if r["rl_steps_to_target"] is None
+                  else str(r["rl_steps_to_target"])} for r in rows], TABLE_COLUMNS)
     return rows
 
 
@@ -331,16 +332,14 @@ def sweep_dir(cfg: PipelineConfig, w: float) -> str:
 def trade_off(cfg: PipelineConfig, task) -> None:
     """Accuracy against language mixing, one point per language weight (a PNG and a JSON)."""
     from matplotlib.figure import Figure
-    device = get_device(cfg.device or None)
-    points = []
     weights = sorted(set(cfg.weights()) | ({cfg.language_weight} if cfg.sweep_from == "cold_start" else set()))
-    for w in weights:
-        model, _ = load_model(sweep_dir(cfg, w), device)
-        model.eval()
-        m = held_out(model, get_tokenizer(), task, cfg.eval_problems, cfg.eval_k, derive_seed(cfg.seed, "table"))
-        points.append({"weight": w, "pass@1": m["pass@1"], "lang_mix": m["lang_mix"], "drift": m["drift"]})
-        print0(f"language weight {w:g}: pass@1 {m['pass@1']:.3f}, language mixing {m['lang_mix']:.3f}, "
-               f"drift {m['drift']:.3f}")
+    rows = evaluate_checkpoints([(f"{w:g}", sweep_dir(cfg, w)) for w in weights], cfg.eval_problems, cfg.eval_k,
+                                derive_seed(cfg.seed, "table"), get_device(cfg.device or None), task=task,
+                                progress=False)
+    points = [{"weight": w, "pass@1": r["pass@1"], "lang_mix": r["lang_mix"], "drift": r["drift"]}
+              for w, r in zip(weights, rows)]
+    print_table(rows, (("language weight", "model", ">15", ""), ("pass@1", "pass@1", ">7", ".3f"),
+                       ("language mixing", "lang_mix", ">15", ".3f"), ("drift", "drift", ">6", ".3f")))
     fig = Figure(figsize=(5, 3.6))
     ax = fig.add_subplot()
     ax.plot([p["lang_mix"] for p in points], [p["pass@1"] for p in points], "o-")

@@ -14,14 +14,20 @@ A completion is the text the model wrote after the prompt, decoded. The prompt t
 What is here:
   1. format_reward                       R1-Zero format reward (think, then answer)
   2. extract_answer                      the last <answer> block
-  3. countdown_reward                    exact rational evaluation of an arithmetic expression
-  4. math_equal / math_reward            numeric answers (decimals, fractions, \\boxed, %, units)
+  3. countdown_reward                    exact rational evaluation of an arithmetic expression: the
+                                         judge of tasks.CountdownTask, an extension point kept for the
+                                         later issue on real models (no command here trains on it)
+  4. math_equal / math_reward            numeric answers (decimals, fractions, \\boxed, %, units): the
+                                         judge of addition; the LaTeX, percent and unit forms and the
+                                         "math" family (gold numbers of a dataset, no task here makes
+                                         them) are an extension point for the later issue on real models
   5. code_reward / code_rewards          programs run against stdin/stdout tests in sandbox.py; as
                                          the paper's judge, code ACCURACY is 1 only when all tests
                                          pass; the fraction passed is the separate reward `tests`
   6. language_consistency_reward         R1 stage 2: fraction of CoT words in the target language,
      language_fraction                   0 with no chain of thought; the plain fraction, for metrics
-  7. accuracy_reward / accuracy_rewards  a problem family's judge (one completion / a batch, code in
+  7. pairsum_reward                      the search world's judge: two numbers of the list, the target's sum
+     accuracy_reward / accuracy_rewards  a problem family's judge (one completion / a batch, code in
      answer_key                          parallel), and the meaning of an answer
      majority_vote                       cons@k: the vote over answer_keys (110 = 110.0 = 0110)
   8. parse_reward_spec / RewardSpec      "accuracy + 0.1*format + 0.2*language" -> (total, components)
@@ -412,7 +418,7 @@ register_language("es", words="""
     unidades decenas sí no suma pruebo entonces vale listo y siguiente el los las de del que en un una
     uno dos tres cuatro cinco seis siete ocho nueve diez cero más menos por para pero porque resultado
     número números primero bien mal correcto igual veces otra vez hay tengo necesito paso a""".split())
-# the search world's words (corpus.SEARCH_PHRASES): "7+1=8 vs 8, no. I give up." / "contra", "lo dejo"
+# the search world's words (corpus.SEARCH_PHRASES): "7+1=8 vs 12, no. I give up." / "contra", "lo dejo"
 register_language("en", words="vs give up easy".split())
 register_language("es", words="contra dejo fácil".split())
 
@@ -468,7 +474,7 @@ def language_consistency_reward(text: str, target_language: str) -> float:
 # ----------------------------------------------------------------------------- 7. judge and vote
 
 # A problem is a plain mapping. Keys read here: "family" (always, for accuracy), then per family
-# "numbers" + "target" (countdown), "gold" (math, add, mul), "tests" (code: [{"input", "output"}]),
+# "numbers" + "target" (pairsum, countdown), "gold" (add, math), "tests" (code: [{"input", "output"}]),
 # and the optional "language" (the language reward's target, default "en").
 # A task family is judged here and nowhere else: a new family adds a branch to accuracy_reward
 # (is it right?) and to answer_key (which answers mean the same?).
@@ -498,14 +504,14 @@ def pairsum_reward(completion: str, numbers: Iterable[int], target: int) -> floa
 def accuracy_reward(completion: str, problem: Mapping[str, Any]) -> float:
     """Dispatch on problem["family"]: "countdown" -> countdown_reward(problem["numbers"],
     problem["target"]); "pairsum" -> pairsum_reward(problem["numbers"], problem["target"]);
-    "math"/"add"/"mul" -> math_reward(problem["gold"]); "code" -> code_reward(problem["tests"],
+    "add"/"math" -> math_reward(problem["gold"]); "code" -> code_reward(problem["tests"],
     all_or_nothing=True): the judge's pass/fail. An unknown family is a config error: ValueError."""
     family = problem["family"]
     if family == "countdown":
         return countdown_reward(completion, problem["numbers"], problem["target"])
     if family == "pairsum":
         return pairsum_reward(completion, problem["numbers"], problem["target"])
-    if family in ("math", "add", "mul"):
+    if family in ("add", "math"):
         return math_reward(completion, problem["gold"])
     if family == "code":
         return code_reward(completion, problem["tests"], all_or_nothing=True)
@@ -533,7 +539,7 @@ def accuracy_rewards(completions: list[str], problems: list[Mapping[str, Any]], 
 def answer_key(completion: str, problem: Mapping[str, Any]) -> Hashable | None:
     """The meaning of the completion's final answer: what cons@k's majority vote counts, so that
     spellings of one answer pool their votes. None when there is no answer block (no vote).
-      "math"/"add"/"mul"  the number as an exact Fraction, so answers that math_equal calls equal
+      "add"/"math"        the number as an exact Fraction, so answers that math_equal calls equal
                           ("110", "110.0", "0110", "\\boxed{110}") share a key. An answer that is not
                           one number is keyed by its normalised text with all whitespace removed.
       "countdown"         the exact value of a valid expression over problem["numbers"] (see
@@ -546,7 +552,7 @@ def answer_key(completion: str, problem: Mapping[str, Any]) -> Hashable | None:
                           sandbox runs on inputs of its own). An empty program is keyed "".
     An unknown family is a config error: ValueError, as in accuracy_reward."""
     family = problem["family"]
-    if family not in ("countdown", "math", "add", "mul", "code", "pairsum"):
+    if family not in ("countdown", "math", "add", "code", "pairsum"):
         raise ValueError(f"answer key: unknown problem family {family!r}")
     answer = extract_answer(completion)
     if answer is None:

@@ -7,15 +7,11 @@ template every stage uses, and the train/test split.
 The families, each a small class with a `name`, `sample(rng) -> Problem` and a difficulty knob set
 at construction:
 
-  countdown  CountdownTask(n_numbers=(3, 4), max_number=25, target_range=(1, 100))
-             "Using the numbers [3, 7, 25, 5], make 84. Use each number once with + - * /."
-             The generator builds a random expression tree over the numbers and takes its value as
-             the target, so every problem is solvable by construction, and keeps that expression as
-             `gold` (one reference solution; any other expression that is right scores as well).
-             Generator rule (Countdown's): every intermediate value is a positive integer, so a
-             division is only used where it is exact. The reward (rewards.countdown_reward) judges
-             the final value, which can only be more permissive. Knob: how many numbers, how large.
-  add, mul   AdditionTask(min_digits=3, max_digits=5), MultiplicationTask(min_digits=1, max_digits=3)
+  pairsum    PairSumTask(n_numbers=(4, 5), max_number=9, p_second_lang=0.5): the default, the search
+             world. "Which two of 7 1 3 5 add up to 8?" (or in Spanish), gold "3+5"; any two numbers
+             of the list with the right sum are right (rewards.pairsum_reward). Knobs: how many
+             numbers, the share of questions in the second language.
+  add        AdditionTask(min_digits=3, max_digits=5)
              "What is 4725 + 385?", gold "5110". Each operand independently gets a digit count drawn
              uniformly from [min_digits, max_digits] (0 counts as a 1-digit number), then a value
              uniformly among the numbers with that many digits. Knob: the digit range.
@@ -29,6 +25,16 @@ at construction:
              (every kind takes constants, e.g. "prints 7*n + 3"). The split holds out constants
              per kind: every kind has test problems, (kind, constants) never seen in training, and
              the transfer kind ("sum plus k", TRANSFER_KINDS) is held out whole.
+  countdown  CountdownTask(n_numbers=(3, 4), max_number=25, target_range=(1, 100)): an extension
+             point. The synthetic web (corpus.py) writes no countdown documents, so no command here
+             trains on it; it is kept for the later issue on real (pretrained) models.
+             "Using the numbers [3, 7, 25, 5], make 84. Use each number once with + - * /."
+             The generator builds a random expression tree over the numbers and takes its value as
+             the target, so every problem is solvable by construction, and keeps that expression as
+             `gold` (one reference solution; any other expression that is right scores as well).
+             Generator rule (Countdown's): every intermediate value is a positive integer, so a
+             division is only used where it is exact. The reward (rewards.countdown_reward) judges
+             the final value, which can only be more permissive. Knob: how many numbers, how large.
 
 A family is only a generator. Whether a completion solves a problem is decided in one place,
 rewards.accuracy_reward(completion, problem.as_dict()), which the RL reward and evaluation both call.
@@ -36,7 +42,7 @@ Adding a family therefore takes three pieces: a class here (the generator, regis
 branch in rewards.accuracy_reward (the judge) and one in rewards.answer_key (which answers mean the
 same, for cons@k's vote).
 
-Splits: a problem's identity is `Problem.key` (("add", 385, 4725); operands of + and * are sorted, so
+Splits: a problem's identity is `Problem.key` (("add", 385, 4725); the operands of + are sorted, so
 "a + b" and "b + a" are the same problem). `split_of` hashes repr(key) with SHA-256 (not Python's
 salted hash()) to a number u in [0, 1) and puts the problem in "test" when u < test_fraction
 (default 0.1). The split is thus a fixed partition of each family's problem space: it holds for every
@@ -49,8 +55,9 @@ problem_kind). The corpus, SFT, distillation and RL only ever draw "train" probl
 
 Deliberate deviations from the paper:
 1. The prompt is the short form `<|user|>question<|assistant|>`; the paper's instruction text is
-   kept in R1_ZERO_SYSTEM and prepended only with format_prompt(question, system=True).
-2. Synthetic families (Countdown, digit arithmetic, tiny stdin/stdout programs) stand in for
+   kept in R1_ZERO_SYSTEM and prepended only with format_prompt(question, system=True), which no
+   command here passes (an extension point for the later issue on real models).
+2. Synthetic families (a pair search, addition, tiny stdin/stdout programs) stand in for
    competition math and LeetCode-style code: a small model on a CPU can learn them, and their
    answers can be checked exactly.
 """
@@ -80,7 +87,10 @@ R1_ZERO_SYSTEM = (
 
 
 def format_prompt(question: str, system: bool = False) -> str:
-    """The prompt of every stage. The model's completion is expected to start with "<think>"."""
+    """The prompt of every stage. The model's completion is expected to start with "<think>".
+    system=True prepends R1's instruction (R1_ZERO_SYSTEM): an extension point, passed by no command
+    here (our models learned the short form on the web); kept for the later issue on real models,
+    which have never seen it."""
     return (R1_ZERO_SYSTEM if system else "") + USER + question + ASSISTANT
 
 
@@ -94,13 +104,13 @@ def format_completion(think: str, answer: str) -> str:
 
 @dataclass(frozen=True)
 class Problem:
-    family: str                              # task name: "countdown", "add", "mul" or "code"
+    family: str                              # task name: "pairsum", "add", "code" or "countdown"
     question: str                            # the user's turn, goes inside format_prompt
     gold: str                                # reference answer: an integer, an expression or a program
-    numbers: tuple[int, ...] | None = None   # countdown: the numbers, each to be used exactly once
-    target: int | None = None                # countdown: the value to make
-    operands: tuple[int, ...] | None = None  # add/mul: (a, b) in the order the question shows them
-    op: str | None = None                    # add/mul: "+" or "*"
+    numbers: tuple[int, ...] | None = None   # pairsum, countdown: the list (countdown: each used exactly once)
+    target: int | None = None                # pairsum, countdown: the value to make
+    operands: tuple[int, ...] | None = None  # add: (a, b) in the order the question shows them
+    op: str | None = None                    # add: "+"
     tests: tuple[dict, ...] | None = None    # code: ({"input": stdin, "output": expected stdout}, ...)
     spec: tuple | None = None                # code: (kind, *params), the program asked for
     language: str = "en"                     # the question's language (the language reward's target)
@@ -111,7 +121,7 @@ class Problem:
         if self.numbers is not None:
             return (self.family, tuple(sorted(self.numbers)), self.target)
         if self.operands is not None:
-            operands = sorted(self.operands) if self.op in ("+", "*") else self.operands  # a+b == b+a
+            operands = sorted(self.operands) if self.op == "+" else self.operands  # a+b == b+a
             return (self.family, *operands)
         if self.spec is not None:
             return (self.family, *self.spec)
@@ -157,7 +167,10 @@ def _random_expression(numbers: list[int], rng: random.Random) -> tuple[int, str
 
 @dataclass
 class CountdownTask:
-    """Make a target from 3-4 numbers with + - * /, each number used exactly once."""
+    """Make a target from 3-4 numbers with + - * /, each number used exactly once. An extension
+    point: the web writes no countdown documents (pretrain.py makes no base for it), so no command
+    here trains on it; kept, with its judge rewards.countdown_reward, for the later issue on real
+    (pretrained) models. `python tasks.py` prints a few."""
     n_numbers: tuple[int, int] = (3, 4)        # fewest and most numbers given (inclusive)
     max_number: int = 25                       # numbers are drawn from 1..max_number (repeats allowed)
     target_range: tuple[int, int] = (1, 100)   # the target lies in this range (inclusive)
@@ -184,19 +197,19 @@ class CountdownTask:
         return Problem(self.name, question, solution, numbers=tuple(numbers), target=target)
 
 
-# ----------------------------------------------------------------------------- arithmetic
+# ----------------------------------------------------------------------------- addition
 
 
 def _random_int_with_digits(rng: random.Random, digits: int) -> int:
     return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10 ** digits - 1)
 
 
-class _ArithmeticTask:
-    """'What is a <op> b?' with each operand's digit count uniform in [min_digits, max_digits]."""
-    min_digits: int
-    max_digits: int
-    name: ClassVar[str]
-    op: ClassVar[str]
+@dataclass
+class AdditionTask:
+    """'What is a + b?' with each operand's digit count uniform in [min_digits, max_digits]."""
+    min_digits: int = 3   # fewest digits of an operand (difficulty knob)
+    max_digits: int = 5   # most digits of an operand (difficulty knob)
+    name: ClassVar[str] = "add"
 
     def __post_init__(self):
         if not 1 <= self.min_digits <= self.max_digits:
@@ -204,24 +217,7 @@ class _ArithmeticTask:
 
     def sample(self, rng: random.Random) -> Problem:
         a, b = (_random_int_with_digits(rng, rng.randint(self.min_digits, self.max_digits)) for _ in range(2))
-        answer = a + b if self.op == "+" else a * b
-        return Problem(self.name, f"What is {a} {self.op} {b}?", str(answer), operands=(a, b), op=self.op)
-
-
-@dataclass
-class AdditionTask(_ArithmeticTask):
-    min_digits: int = 3   # fewest digits of an operand (difficulty knob)
-    max_digits: int = 5   # most digits of an operand (difficulty knob)
-    name: ClassVar[str] = "add"
-    op: ClassVar[str] = "+"
-
-
-@dataclass
-class MultiplicationTask(_ArithmeticTask):
-    min_digits: int = 1   # fewest digits of an operand (difficulty knob)
-    max_digits: int = 3   # most digits of an operand (difficulty knob)
-    name: ClassVar[str] = "mul"
-    op: ClassVar[str] = "*"
+        return Problem(self.name, f"What is {a} + {b}?", str(a + b), operands=(a, b), op="+")
 
 
 # ----------------------------------------------------------------------------- pair-sum search
@@ -384,8 +380,7 @@ class CodeTask:
 
 # ----------------------------------------------------------------------------- registry and splits
 
-TASKS = {"countdown": CountdownTask, "add": AdditionTask, "mul": MultiplicationTask, "code": CodeTask,
-         "pairsum": PairSumTask}
+TASKS = {"countdown": CountdownTask, "add": AdditionTask, "code": CodeTask, "pairsum": PairSumTask}
 TEST_FRACTION = 0.1  # share of each family's problem space held out for evaluation
 
 
@@ -401,7 +396,7 @@ _KNOBS = ("min_digits", "max_digits")  # the difficulty knobs a stage's config m
 
 def task_from_config(cfg):
     """The task a stage's config names: `cfg.task` plus the difficulty knobs it carries
-    (min_digits, max_digits for the arithmetic families). `cfg` is a config dataclass or a dict (a
+    (min_digits, max_digits for addition). `cfg` is a config dataclass or a dict (a
     checkpoint's saved config), so evaluation can rebuild the exact task a model was trained on."""
     values = cfg if isinstance(cfg, dict) else vars(cfg)
     name = values.get("task", "add")
@@ -411,7 +406,7 @@ def task_from_config(cfg):
         ignored = [k for k in _KNOBS if k in values and k not in has and values[k] != getattr(type(cfg), k, values[k])]
         if ignored and family is not None:
             flags = " and ".join("--" + k.replace("_", "-") for k in ignored)
-            raise ValueError(f"{flags}: --task {name} has no such knob (only add and mul have operand digits)")
+            raise ValueError(f"{flags}: --task {name} has no such knob (only add has operand digits)")
     return get_task(name, **{k: values[k] for k in _KNOBS if k in has and k in values})
 
 

@@ -9,10 +9,11 @@ Why byte-level?
 3. Any UTF-8 string round-trips (non-ASCII text and emoji are just several bytes each).
 The cost is longer sequences (one token per byte), which is fine for our short synthetic tasks.
 
-Optional: `get_tokenizer(merges_file)` adds BPE merges from a file in tiktoken's format
+Extension point: `get_tokenizer(merges_file)` adds BPE merges from a file in tiktoken's format
 (one "<base64 token> <rank>" per line, ranks 256, 257, ... after the 256 bytes), e.g. one under
 `data/`. The pre-tokenizer pattern splits every digit into its own piece, so no merge can ever join
-digits. Byte-level (no file) is the default and what every script uses.
+digits. No command passes a merges file: byte-level (no file) is the default and what every script
+uses; the merges are kept for the BPE tokenizer of issue 23.
 
 Special tokens (ids right after the mergeable ranks, so 256..263 for the byte-level tokenizer) are
 the constants EOT, PAD, USER, ASSISTANT, THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE below.
@@ -60,7 +61,9 @@ def load_merges(path: str) -> dict[bytes, int]:
 
 
 class Tokenizer:
-    """A tiktoken Encoding with our special tokens, and the few helpers the scripts use."""
+    """A tiktoken Encoding with our special tokens, and the few helpers the scripts use.
+    merges_file: extra BPE merges (the module docstring), an extension point for issue 23's BPE
+    tokenizer; every command uses the byte-level tokenizer (None)."""
 
     def __init__(self, merges_file: str | None = None):
         ranks = byte_ranks()
@@ -96,5 +99,6 @@ class Tokenizer:
 
 @functools.lru_cache(maxsize=None)
 def get_tokenizer(merges_file: str | None = None) -> Tokenizer:
-    """The project's tokenizer (cached). Byte-level unless a merges file is given."""
+    """The project's tokenizer (cached). Byte-level unless a merges file is given (no command gives
+    one: an extension point for issue 23)."""
     return Tokenizer(merges_file)

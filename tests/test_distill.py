@@ -22,6 +22,27 @@ def test_distill_filter_keeps_the_correct_well_formed_unique_traces():
                       "unfaithful": 0, "duplicate": 1, "kept": 2}
 
 
+def test_the_table_prints_as_its_own_f_strings_did(capsys):
+    """distill.TABLE_COLUMNS through evaluate.print_table: the lines table() printed before the
+    shared helper (its f-strings copied here), arms with a cost and arms without one."""
+    from distill import DISTILLED_ARM, RL_ARM, TABLE_COLUMNS
+    from evaluate import print_table
+    rows = [{"model": "teacher", "params": 772224, "pass@1": 0.75, "cons@k": 0.8, "length": 80.25, "format": 1.0},
+            {"model": RL_ARM, "params": 330144, "pass@1": 0.618, "cons@k": 0.705, "length": 70.5, "format": 0.995,
+             "seconds": 131.4, "sampled": 380000, "trained": 380000},
+            {"model": DISTILLED_ARM, "params": 330144, "pass@1": 0.765, "cons@k": 0.8, "length": 77.0, "format": 1.0,
+             "seconds": 255.6, "sampled": 830123, "trained": 1740000}]
+    print_table(rows, TABLE_COLUMNS)
+    old = [f"{'model':<26} {'params':>8} {'pass@1':>7} {'cons@k':>7} {'length':>7} {'format':>7} "
+           f"{'seconds':>8} {'sampled':>10} {'trained':>10}"]
+    for r in rows:
+        cost = f"{r['seconds']:>8.0f} {r['sampled']:>10,} {r['trained']:>10,}" if "seconds" in r else \
+            f"{'-':>8} {'-':>10} {'-':>10}"
+        old.append(f"{r['model']:<26} {r['params']:>8,} {r['pass@1']:>7.3f} {r['cons@k']:>7.2f} {r['length']:>7.1f} "
+                   f"{r['format']:>7.3f} {cost}")
+    assert capsys.readouterr().out.splitlines() == old
+
+
 def test_distill_script_on_smoke_models(tmp_path):
     """A random teacher gets nothing right: one clear error. Given traces (--reference-data), the
     student is fine-tuned on them and the table printed; an RL arm that did not start from the
@@ -96,5 +117,5 @@ def test_rl_cost_counts_each_sampled_token_once_and_each_trained_token_per_pass(
     records = [{"kind": "train", "step": s, "pass": p, "len": length, "dt": 1.0}
                for s, length in ((1, 10.0), (2, 20.0)) for p in (1, 2)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    cost = distill.compute(str(tmp_path))
+    cost = distill.run_cost(str(tmp_path))
     assert cost == {"seconds": 4.0, "sampled": (10 + 20) * 8, "trained": 2 * (10 + 20) * 8}

@@ -5,16 +5,16 @@ import math
 import pytest
 import torch
 
-from evaluate import completion_stats, evaluate, mixes_languages, reasons, summarize
+from evaluate import completion_stats, evaluate, has_reasoning, mixes_languages, summarize
 from model import GPT, GPTConfig
 from tasks import Problem, format_completion
 from tokenizer import get_tokenizer
 
 
-def stat(correct, key, reasons_=0.0, length=10):
+def stat(correct, key, reasons=0.0, length=10):
     no_search = {"off_lang": 0.0, "lang_mix": 0.0, "readable": 0.0, "tries": 0, "backtracks": 0, "give_up": 0.0, "repeats": 0, "tries_right": 0,
                  "false_yes": 0.0}
-    return {"correct": correct, "format": 1.0, "length": length, "language": "en", "reasons": reasons_,
+    return {"correct": correct, "format": 1.0, "length": length, "language": "en", "reasons": reasons,
             "self_check": 0.0, "mixed": 0.0, **no_search, "key": key}
 
 
@@ -73,7 +73,7 @@ def test_cons_at_k_ties_and_rows_without_answers():
 def test_behaviour_detectors():
     traced = format_completion("472+385, carry 0: 2+5+0=07, so far 7.", "857")
     quick = format_completion("I know it.", "857")
-    assert reasons(traced) and not reasons(quick)
+    assert has_reasoning(traced) and not has_reasoning(quick)
     assert not mixes_languages(traced)
     assert mixes_languages(format_completion("472+385, llevo 0: 2+5+0=07, so far 7.", "857"))
 
@@ -129,6 +129,13 @@ def test_search_behaviour_on_hand_made_completions():
     wrong_target = format_completion("7+1=8 vs 9, yes.", "7+1")     # right sum, but not the target
     assert behaviour(wrong_target)["false_yes"] == 1.0
     assert behaviour(format_completion("I know it.", "7+1"))["tries"] == 0
+
+
+def test_parse_tries_reads_every_try_as_written():
+    from evaluate import parse_tries
+    thought = "7+1=8 vs 12, no. 7+3=11 vs 12, no. wait 7+5=12 contra 12, sí. so the answer is 7+5."
+    assert parse_tries(thought) == [(7, 1, 8, 12, False), (7, 3, 11, 12, False), (7, 5, 12, 12, True)]
+    assert parse_tries("I know it.") == [] and parse_tries("7+1=8 vs 12") == []  # a try ends with its verdict
 
 
 def test_language_drift_counts_second_language_questions_reasoned_in_the_first():
@@ -265,7 +272,7 @@ def test_sample_k_continues_an_interrupted_dataset_exactly(tmp_path, monkeypatch
     assert f"continuing from {partial}: 2 of 6 samples already drawn" in capsys.readouterr().out
     assert not partial.exists()
     ev.sample_k(*args, batch_size=3, partial=str(partial))   # other arguments: a stale file is not used
-    torch.save({"what": "another dataset", "ids": [[1]], "generator": None}, partial)
+    torch.save({"fingerprint": "another dataset", "ids": [[1]], "generator": None}, partial)
     assert ev.sample_k(*args, batch_size=2, partial=str(partial)) == expected
     # the same arguments but other weights (the model was trained on since): a fresh draw, not a continuation
     monkeypatch.setattr(ev, "sample_completions", raising_on_call(real, 2, KeyboardInterrupt()))
@@ -434,7 +441,7 @@ def test_no_tool_draws_its_own_held_out_set():
         assert len(own.findall(f.read())) == 1                   # held_out_set's one call
     for name in ("grpo.py", "pipeline.py", "distill.py", "sft.py", "pretrain.py"):
         with open(os.path.join(root, name), encoding="utf-8") as f:
-            assert re.search(r"\bheld_out(_set)?\(", f.read()), name
+            assert re.search(r"\b(held_out(_set)?|evaluate_checkpoints)\(", f.read()), name
 
 
 def test_the_held_out_set_is_the_same_for_every_seed_and_a_prefix_for_fewer_questions():
@@ -443,3 +450,67 @@ def test_the_held_out_set_is_the_same_for_every_seed_and_a_prefix_for_fewer_ques
     for name in ("pairsum", "add", "code"):
         task = get_task(name)
         assert held_out_set(task, 20) == held_out_set(task, 50)[:20]
+
+
+# ----------------------------------------------------------------------------- checkpoints into a table
+
+def test_print_table_writes_the_compare_table_as_before(capsys):
+    """evaluate.print_table with --compare's columns prints what compare's own f-strings printed."""
+    from evaluate import TABLE, print_table
+    rows = [{"model": "out/base", "pass@1": 0.25, "cons@k": 0.2, "pass@k": 0.5, "format": 1.0, "length": 41.25,
+             "lang_mix": 0.0, "drift": float("nan"), "readable": 0.125},
+            {"model": "out/r1/final_rl", "pass@1": 0.755, "cons@k": 0.91, "pass@k": 0.98, "format": 0.995,
+             "length": 87.5, "lang_mix": 0.01, "drift": 0.04, "readable": 0.9}]
+    width = max(len(r["model"]) for r in rows)
+    print_table(rows, [("checkpoint", "model", f"<{width}", "")] + [(key, key, ">8", ".3f") for key in TABLE])
+    old = [f"{'checkpoint':<{width}} " + " ".join(f"{k:>8}" for k in TABLE)]  # compare's format before the helper
+    old += [f"{r['model']:<{width}} " + " ".join(f"{r[k]:>8.3f}" for k in TABLE) for r in rows]
+    assert capsys.readouterr().out.splitlines() == old
+
+
+def test_print_table_writes_missing_values_and_strings():
+    from evaluate import print_table
+    import contextlib
+    import io
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        print_table([{"name": "a", "n": 1234, "x": 0.5}, {"name": "bb", "n": None}],
+                    [("name", "name", "<4", ""), ("n", "n", ">6", ","), ("x", "x", ">5", ".2f")])
+    assert out.getvalue().splitlines() == ["name      n     x", "a     1,234  0.50", "bb        -     -"]
+
+
+def test_evaluate_checkpoints_is_the_held_out_protocol(tmp_path):
+    """A row of evaluate_checkpoints holds exactly evaluate.held_out's metrics for that checkpoint,
+    on the task it was trained on (or the one given)."""
+    import common
+    from evaluate import evaluate_checkpoints, held_out
+    from tasks import AdditionTask, get_task
+    torch.manual_seed(0)
+    tok = get_tokenizer()
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=1, n_embd=16, max_seq_len=384))
+    common.save_checkpoint(str(tmp_path), model, step=1, config={"task": "add", "min_digits": 1, "max_digits": 1})
+    rows = evaluate_checkpoints([("tiny", str(tmp_path))], 2, 2, 5, "cpu", progress=False)
+    expected = held_out(model.eval(), tok, AdditionTask(1, 1), 2, 2, 5)
+    same = {"model": "tiny", "dir": str(tmp_path), "task": str(AdditionTask(1, 1)), "params": model.num_params(),
+            **expected}
+    assert json.dumps(rows[0], sort_keys=True) == json.dumps(same, sort_keys=True)  # NaN == NaN as text
+    given = evaluate_checkpoints([("tiny", str(tmp_path))], 2, 1, 5, "cpu", task=get_task("pairsum"), progress=False)
+    assert given[0]["task"] == str(get_task("pairsum"))
+
+
+def test_sample_training_set_is_sample_k_on_training_questions_ending_in_eot(tmp_path):
+    import common
+    from evaluate import sample_k, sample_training_set
+    from tasks import PairSumTask, sample_problems, split_of
+    from tokenizer import EOT
+    torch.manual_seed(0)
+    tok = get_tokenizer()
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=1, n_embd=16, max_seq_len=64))
+    common.save_checkpoint(str(tmp_path), model, step=1, config={"task": "pairsum"})
+    samples, ids = sample_training_set(str(tmp_path), PairSumTask(), 3, 2, 6, (11, 12), str(tmp_path / "d.partial"),
+                                       "cpu")
+    problems = sample_problems(PairSumTask(), 3, "train", seed=11)
+    texts, expected_ids = sample_k(model.eval(), tok, problems, 2, 6, 12)
+    assert ids == expected_ids and [p for p, _ in samples] == [p for p in problems for _ in range(2)]
+    assert [t for _, t in samples] == [t if t.endswith(EOT) else t + EOT for t in texts]
+    assert all(split_of(p) == "train" for p, _ in samples) and not (tmp_path / "d.partial").exists()

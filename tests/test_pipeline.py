@@ -66,6 +66,28 @@ def test_rejection_filter_keeps_exactly_the_clean_samples():
                       "unfaithful": 0, "duplicate": 1, "kept": 3}
 
 
+def test_the_table_prints_as_its_own_f_strings_did(capsys):
+    """pipeline.TABLE_COLUMNS through evaluate.print_table: the lines table() printed before the
+    shared helper (its f-strings copied here), for an RL stage that reached R1-Zero, one that
+    never did, and a model that is not an RL run."""
+    from evaluate import print_table
+    from pipeline import TABLE_COLUMNS
+    rows = [{"model": "base", "pass@1": 0.224, "cons@k": 0.22, "length": 41.37, "lang_mix": 0.0, "drift": 0.5,
+             "format": 0.99, "readable": 0.0, "rl": False, "rl_steps_to_target": None},
+            {"model": "stage 2: reasoning RL", "pass@1": 0.7555, "cons@k": 0.905, "length": 88.25, "lang_mix": 0.025,
+             "drift": 0.0, "format": 1.0, "readable": 0.93, "rl": True, "rl_steps_to_target": 15},
+            {"model": "stage 4: final RL", "pass@1": 0.5, "cons@k": 0.5, "length": 60.0, "lang_mix": 0.125,
+             "drift": float("nan"), "format": 1.0, "readable": 0.5, "rl": True, "rl_steps_to_target": None}]
+    steps = {id(r): "-" if not r["rl"] else "never" if r["rl_steps_to_target"] is None else str(r["rl_steps_to_target"])
+             for r in rows}
+    print_table([{**r, "rl_steps_text": steps[id(r)]} for r in rows], TABLE_COLUMNS)
+    old = [f"{'model':<24} {'pass@1':>7} {'cons@k':>7} {'length':>7} {'mixing':>7} {'drift':>6} {'format':>7} "
+           f"{'readable':>8} {'RL steps':>8}"]
+    old += [f"{r['model']:<24} {r['pass@1']:>7.3f} {r['cons@k']:>7.2f} {r['length']:>7.1f} {r['lang_mix']:>7.3f} "
+            f"{r['drift']:>6.2f} {r['format']:>7.3f} {r['readable']:>8.3f} {steps[id(r)]:>8}" for r in rows]
+    assert capsys.readouterr().out.splitlines() == old
+
+
 def test_bad_flags():
     for kwargs, message in [({"language_weights": "0,x"}, "--language-weights"),
                             ({"text_share": 1.5}, "--text-share"), ({"stage_preset": "huge"}, "--stage-preset")]:
@@ -128,20 +150,20 @@ def test_a_stage_that_started_from_another_model_or_data_is_redone(tmp_path, cap
                                init_sha256=common.checkpoint_sha256(str(init)), data_sha256=common.file_sha256(str(data)))
         return {}
 
-    common.stage("s", str(out), fn, init=str(init), data=str(data))
-    common.stage("s", str(out), fn, init=str(init), data=str(data))
+    common.run_stage("s", str(out), fn, init=str(init), data=str(data))
+    common.run_stage("s", str(out), fn, init=str(init), data=str(data))
     assert runs == [False]                                                 # done, same inputs: skipped
     data.write_text('{"prompt": "p", "completion": "other"}\n')
-    common.stage("s", str(out), fn, init=str(init), data=str(data))
+    common.run_stage("s", str(out), fn, init=str(init), data=str(data))
     assert runs == [False, False] and "another starting data" in capsys.readouterr().out
     assert len(list(tmp_path.glob("stage.stale-*"))) == 1               # the old stage is moved aside, not deleted
     tiny_checkpoint(init, seed=3)
-    common.stage("s", str(out), fn, init=str(init), data=str(data))
+    common.run_stage("s", str(out), fn, init=str(init), data=str(data))
     assert runs == [False, False, False] and json.loads((out / "done.json").read_text())["result"] == {}
     # a directory the user named (R1-Zero's) is never moved: the run stops with one line
     tiny_checkpoint(init, seed=4)
     with pytest.raises(SystemExit, match="records another starting model"):
-        common.stage("s", str(out), fn, init=str(init), data=str(data), given=True)
+        common.run_stage("s", str(out), fn, init=str(init), data=str(data), given=True)
     assert (out / "done.json").exists()
 
 

@@ -74,7 +74,7 @@ def test_curriculum_phase_1_runs_until_mastery_then_phase_2_and_resumes(tmp_path
 
 def test_bad_flags_exit_2_in_one_line_before_any_work(tmp_path, capsys):
     for argv, message in [(["--steps", "-1"], "--steps must be > 0"), (["--p-quick", "1.5"], "--p-quick must lie in [0, 1]"),
-                          (["--model", "huge"], "--model must be one of"), (["--task", "mul"], "--task must be one of add, pairsum"),
+                          (["--model", "huge"], "--model must be one of"), (["--task", "countdown"], "--task must be one of add, pairsum"),
                           (["--seq-len", "1024"], "--seq-len 1024 > --max-seq-len 512"),
                           (["--max-seq-len", "300", "--seq-len", "256"], "the evaluation budget 320 + the longest prompt"),
                           (["--max-warm-steps", "0"], "--max-warm-steps must be > 0"),   # it used to loop forever

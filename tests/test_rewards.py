@@ -338,7 +338,6 @@ def test_reward_spec_weights_and_components():
     ({"family": "countdown", "numbers": [3, 5], "target": 15}, "3*5"),
     ({"family": "math", "gold": "1/2"}, "0.5"),
     ({"family": "add", "gold": 1234}, "1,234"),
-    ({"family": "mul", "gold": 56}, "56"),
     ({"family": "code", "tests": [{"input": "", "output": "hi"}]}, "print('hi')"),
 ])
 def test_accuracy_dispatches_on_family(problem, answer):
@@ -393,7 +392,7 @@ def test_a_new_reward_by_name_and_unknown_family():
 
 # ----------------------------------------------------------------------------- voting (cons@k)
 
-@pytest.mark.parametrize("family", ["add", "mul", "math"])
+@pytest.mark.parametrize("family", ["add", "math"])
 def test_answer_key_one_number_however_spelled(family):
     problem = {"family": family, "gold": "110"}
     spellings = ["110", "110.0", "0110", " 110 ", "\\boxed{110}", "220/2", "110 apples"]

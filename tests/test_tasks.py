@@ -12,8 +12,8 @@ from fractions import Fraction
 import pytest
 
 import tasks
-from tasks import (CODE_KINDS, CODE_SPECS, TASKS, AdditionTask, CodeTask, CountdownTask, MultiplicationTask,
-                   Problem, format_completion, format_prompt, get_task, sample_problems, split_of)
+from tasks import (CODE_KINDS, CODE_SPECS, TASKS, AdditionTask, CodeTask, CountdownTask, Problem, format_completion,
+                   format_prompt, get_task, sample_problems, split_of)
 from rewards import accuracy_reward  # the one judge of every family
 from tokenizer import EOT
 
@@ -45,8 +45,8 @@ def test_problem_is_hashable_and_as_dict_has_the_registry_fields(name):
     assert hash(p) == hash(p.key) and len({p, p}) == 1
     d = p.as_dict()
     assert {"family", "question", "gold"} <= set(d) and d["family"] == name and d["gold"] == p.gold
-    extra = {"countdown": {"numbers", "target"}, "add": {"operands", "op"}, "mul": {"operands", "op"},
-             "code": {"tests", "spec"}, "pairsum": {"numbers", "target"}}[name]
+    extra = {"countdown": {"numbers", "target"}, "add": {"operands", "op"}, "code": {"tests", "spec"},
+             "pairsum": {"numbers", "target"}}[name]
     assert set(d) == {"family", "question", "gold", "language"} | extra
     if name == "code":
         assert all(set(t) == {"input", "output"} for t in d["tests"]) and 3 <= len(d["tests"]) <= 5
@@ -57,7 +57,7 @@ def test_problem_is_hashable_and_as_dict_has_the_registry_fields(name):
 
 def wrong_answer(p: Problem) -> str:
     """An answer of the right kind that is wrong: gold+1, a different expression, a wrong program."""
-    if p.family in ("add", "mul"):
+    if p.family == "add":
         return str(int(p.gold) + 1)
     if p.family == "countdown":
         for op in ("+", "*", "-"):
@@ -68,7 +68,7 @@ def wrong_answer(p: Problem) -> str:
     return "print('wrong')"
 
 
-@pytest.mark.parametrize("name", ["countdown", "add", "mul"])
+@pytest.mark.parametrize("name", ["countdown", "add"])
 def test_gold_scores_one_and_a_wrong_answer_zero(name):
 
     for p in problems_of(name, n=25):
@@ -196,18 +196,17 @@ def test_countdown_knobs():
 # ----------------------------------------------------------------------------- difficulty knobs
 
 
-@pytest.mark.parametrize("cls", [AdditionTask, MultiplicationTask])
-def test_arithmetic_digit_counts_in_range(cls):
-    task = cls(min_digits=2, max_digits=4)
+def test_addition_digit_counts_in_range():
+    task = AdditionTask(min_digits=2, max_digits=4)
     problems = sample_problems(task, 400, "train", seed=0)
     digits = [len(str(x)) for p in problems for x in p.operands]
     assert min(digits) == 2 and max(digits) == 4 and set(digits) == {2, 3, 4}
     for p in problems:
         a, b = p.operands
-        assert p.question == f"What is {a} {task.op} {b}?"
-        assert int(p.gold) == (a + b if task.op == "+" else a * b)
+        assert p.question == f"What is {a} + {b}?"
+        assert int(p.gold) == a + b
     with pytest.raises(ValueError):
-        cls(min_digits=3, max_digits=2)
+        AdditionTask(min_digits=3, max_digits=2)
 
 
 def test_code_kinds_knob():
@@ -217,7 +216,7 @@ def test_code_kinds_knob():
 
 
 def test_unknown_task_name_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="countdown, add, mul, code"):
+    with pytest.raises(ValueError, match="countdown, add, code, pairsum"):
         get_task("gsm8k")
 
 
@@ -232,8 +231,7 @@ def test_task_from_config_takes_the_family_and_its_knobs_from_a_config_or_a_chec
         lr: float = 1e-3
 
     assert tasks.task_from_config(StageConfig()) == AdditionTask(2, 4)
-    assert tasks.task_from_config({"task": "mul", "min_digits": 1, "max_digits": 1, "steps": 3}) == \
-        MultiplicationTask(1, 1)
+    assert tasks.task_from_config({"task": "add", "min_digits": 1, "max_digits": 1, "steps": 3}) == AdditionTask(1, 1)
     assert tasks.task_from_config({"task": "countdown", "min_digits": 3}) == CountdownTask()  # no digit knobs
     with pytest.raises(ValueError, match="valid names"):
         tasks.task_from_config({"task": "gsm8k"})
