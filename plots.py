@@ -25,8 +25,8 @@ FIGURES = {  # figure -> (metrics log, title[, the reasons panel])
 
 def plot_aha(metrics_path: str, out_png: str, title: str = "R1-Zero on a CPU", reasons: bool = False) -> str:
     """The aha figure (R1 paper, Figures 2 and 3): held-out pass@1 and cons@k, the mean response
-    length of the training rollouts, and reflection (backtracking markers per completion: a "no"
-    after a failed try, or a "wait") with the search's tries and give-ups, against RL step.
+    length of the training rollouts, and persistence in the search (failed tries per completion: a try
+    answered "no", or a "wait"; the logs' `backtracks`) with the tries and give-ups, against RL step.
     reasons: a third panel with the share of completions that reason first (the code world's plans)."""
     records = read_metrics(metrics_path)
     evals = [r for r in records if r["kind"] == "eval"]
@@ -61,11 +61,12 @@ def plot_aha(metrics_path: str, out_png: str, title: str = "R1-Zero on a CPU", r
 
 
 def draw_reflection(ax, train_rows) -> None:
-    """Backtracking markers and tries per completion, and the give-up rate, against RL step."""
+    """Failed tries (the logs' `backtracks`: about tries - 1) and tries per completion, and the give-up
+    rate, against RL step: persistence in a search, not R1's re-evaluation of a step."""
     steps = [r["step"] for r in train_rows]
-    ax.plot(steps, [r.get("backtracks", 0.0) for r in train_rows], color="tab:green", label="backtracking markers")
+    ax.plot(steps, [r.get("backtracks", 0.0) for r in train_rows], color="tab:green", label="failed tries (\"no\")")
     ax.plot(steps, [r.get("tries", 0.0) for r in train_rows], color="tab:blue", alpha=0.6, label="tries")
-    ax.set(xlabel="RL step", ylabel="per completion (training rollouts)", title="reflection (cf. R1 section 2.2.4)")
+    ax.set(xlabel="RL step", ylabel="per completion (training rollouts)", title="persistence in the search")
     twin = ax.twinx()
     twin.plot(steps, [r.get("give_up", 0.0) for r in train_rows], color="tab:gray", ls=":", label="give-up rate")
     twin.set(ylim=(0, 1), ylabel="give-up rate")
