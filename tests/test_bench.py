@@ -5,6 +5,7 @@ import pytest
 import bench
 
 
+@pytest.mark.slow
 def test_train_memory_and_compile_sections_print_their_tables(capsys):
     bench.main(["--sections", "train,memory", "--presets", "nano", "--batch-size", "2", "--seq-len", "32",
                 "--train-steps", "1", "--matmul-size", "64"])
@@ -19,6 +20,7 @@ def test_rollout_and_step_sections_skip_without_checkpoints(capsys, tmp_path):
     assert out.count("skipped, no checkpoint") == 3
 
 
+@pytest.mark.slow
 def test_rollout_section_on_a_real_checkpoint(capsys, tmp_path):
     """A smoke-pretrained base stands in for both policies: the table says the two paths sampled
     the same tokens."""

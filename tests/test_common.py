@@ -257,6 +257,7 @@ DDP_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one_process(tmp_path):
     """Each of 2 gloo ranks sees half the global batch; DDP's averaged gradients, and the parameters
     after 3 steps of the shared loop, equal one process on the whole batch (as 2 micro-batches)."""
@@ -313,6 +314,7 @@ def test_check_ranges_names_the_flag():
                                 fraction=("mastery",), choices={"task": ("add", "mul")})
 
 
+@pytest.mark.slow
 def test_wrap_compiles_only_when_asked_and_unwrap_finds_the_model():
     """--compile wraps the training model in torch.compile (lazily: nothing compiles until it runs);
     checkpoints and sampling reach the raw model through unwrap. One process: no DDP."""
@@ -479,6 +481,7 @@ TEARDOWN_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+@pytest.mark.slow
 def test_teardown_joins_gloo_threads_while_wrapped_model_is_alive(tmp_path):
     """After teardown_ddp no gloo worker thread is left, even with the DDP wrapper still referenced:
     a worker that outlives it can drop a tensor during interpreter shutdown, where taking the GIL

@@ -181,6 +181,7 @@ def code_problems(n=60, seed=0):
     return sample_problems(CodeTask(), n, "train", seed=seed)
 
 
+@pytest.mark.slow
 def test_code_documents_score_as_designed_in_the_sandbox():
     """Plans and checks are right; a quick program with quick_correct 0 is a near miss, which the judge
     fails almost always (a near miss may pass every test by accident: max and min agree on one number)."""

@@ -43,6 +43,7 @@ def test_the_table_prints_as_its_own_f_strings_did(capsys):
     assert capsys.readouterr().out.splitlines() == old
 
 
+@pytest.mark.slow
 def test_distill_script_on_smoke_models(tmp_path):
     """A random teacher gets nothing right: one clear error. Given traces (--reference-data), the
     student is fine-tuned on them and the table printed; an RL arm that did not start from the
@@ -71,6 +72,7 @@ def test_distill_script_on_smoke_models(tmp_path):
     assert (tmp_path / "dist" / "ckpt.pt").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_the_students_sft_saves_and_a_rerun_resumes_exactly(tmp_path, monkeypatch, capsys):
     """Ctrl-C at the student's third SFT step: a checkpoint is saved, the message says how to go on,
     and running the same command again finishes with the log of an uninterrupted run (timings aside)."""

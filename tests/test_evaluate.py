@@ -78,6 +78,7 @@ def test_behaviour_detectors():
     assert mixes_languages(format_completion("472+385, llevo 0: 2+5+0=07, so far 7.", "857"))
 
 
+@pytest.mark.slow
 def test_evaluate_end_to_end_on_a_random_model():
     torch.manual_seed(0)
     tok = get_tokenizer()
@@ -92,6 +93,7 @@ def test_evaluate_end_to_end_on_a_random_model():
     assert forced["pass@1"] == 1.0 or math.isclose(forced["pass@1"], 1.0)
 
 
+@pytest.mark.slow
 def test_cli_evaluates_the_task_the_checkpoint_was_trained_on(tmp_path):
     from conftest import ROOT, run_script
 
@@ -210,6 +212,7 @@ def test_force_answer_closes_the_thought_where_the_budget_ends():
     assert force_answer("<think>x</think><answer>7+") == ""
 
 
+@pytest.mark.slow
 def test_budget_completions_cut_at_the_budget_and_force_the_answer():
     """A random model never closes its thought: every completion is its first B sampled tokens,
     then the forced tags, then at most FORCED_ANSWER_TOKENS of answer."""
@@ -235,6 +238,7 @@ def test_budget_completions_cut_at_the_budget_and_force_the_answer():
             assert len(tok.encode(t, allow_special=True)) <= budget + 2 + FORCED_ANSWER_TOKENS
 
 
+@pytest.mark.slow
 def test_compare_and_scaling_cli_on_smoke_models(tmp_path):
     from conftest import ROOT, run_script
     for name in ("a", "b"):
@@ -249,6 +253,7 @@ def test_compare_and_scaling_cli_on_smoke_models(tmp_path):
     assert result[str(tmp_path / "a")]["k"] == [1, 2, 4] and len(result[str(tmp_path / "a")]["budget_pass@1"]) == 2
 
 
+@pytest.mark.slow
 def test_sample_k_continues_an_interrupted_dataset_exactly(tmp_path, monkeypatch, capsys):
     """Ctrl-C in the middle of a dataset's sampling: the batches done are in the partial file, and the
     same call again draws only the rest and returns what an uninterrupted call returns."""

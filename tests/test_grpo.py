@@ -236,6 +236,7 @@ def packed_rl_batch(B=10, seed=2):
 @pytest.mark.parametrize("make_batch", [random_rl_batch, packed_rl_batch])
 @pytest.mark.parametrize("agg", ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"])
 @pytest.mark.parametrize("size", [5, 4, 3])   # 10 rows as 5/5, 4/4/2 (uneven), 3/3/3/1 (uneven)
+@pytest.mark.slow
 def test_accumulated_gradient_equals_full_batch_gradient(make_batch, agg, size):
     """Normalising by whole-batch counts makes micro-batching exact for every loss aggregation:
     the one-shot gradient of grpo_loss on all 10 rows equals the sum of the micro-batch shares'.
@@ -307,6 +308,7 @@ def tiny_policy(seed=0):
     return GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=1, n_embd=32, max_seq_len=64))
 
 
+@pytest.mark.slow
 def test_rl_batch_shapes_advantages_and_log_probs():
     """The one-step function on its own: N questions x G samples -> a batch whose advantages are
     the group advantages of its rewards, and whose pi_old / pi_ref log-probs are the trainer's, at
@@ -329,6 +331,7 @@ def test_rl_batch_shapes_advantages_and_log_probs():
     assert info["reward"] == pytest.approx(sum(batch["rewards"]) / B)
 
 
+@pytest.mark.slow
 def test_rl_batch_diagnostics_truncation_and_lengths_of_right_and_wrong():
     """The numbers that show a run learning nothing, against a count by hand: the share of rollouts
     cut at the cap (no stop token at the end), and the mean length of right and wrong completions."""
@@ -352,6 +355,7 @@ def test_rl_batch_diagnostics_truncation_and_lengths_of_right_and_wrong():
     assert info["len_wrong"] == pytest.approx(sum(n for n, r in zip(lengths, right) if not r) / (12 - sum(right)))
 
 
+@pytest.mark.slow
 def test_update_reports_the_policy_entropy_over_completion_tokens():
     """optimizer_step's "entropy" is the mean over completion tokens of H(pi_theta) at each position,
     whatever the micro-batching: against torch.distributions.Categorical row by row."""
@@ -389,6 +393,7 @@ def run_tiny_grpo(steps=30, reward=sevens, **overrides):
     return records
 
 
+@pytest.mark.slow
 def test_seeded_short_run_raises_reward():
     records = run_tiny_grpo()
     first = sum(r["reward"] for r in records[:5]) / 5
@@ -397,6 +402,7 @@ def test_seeded_short_run_raises_reward():
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.slow
 def test_mu_2_first_pass_has_ratio_exactly_one_and_second_moves(temperature):
     """pi_old's log-probs are computed like pi_theta's (same temperature, same micro-batches), so
     on the first pass over a batch pi_theta / pi_old is exactly 1, token by token; on the second
@@ -444,6 +450,7 @@ def grpo_cmd(*args):
     return [sys.executable, f"{ROOT}/grpo.py", *map(str, args)]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path, tmp_path_factory):
     """Kill a seeded run with SIGKILL right after its first checkpoint, resume it, and compare
     its metrics log with an uninterrupted run's: bit-identical on CPU (same thread count), because
@@ -470,6 +477,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path, tmp_path_
     assert sum(moved) >= len(moved) // 2   # the policy really moves (a step whose groups all tie moves nothing)
 
 
+@pytest.mark.slow
 def test_ctrl_c_between_update_passes_resumes_exactly(tmp_path, tmp_path_factory, monkeypatch):
     """Ctrl-C after the first of mu = 2 passes of RL step 5: the checkpoint keeps the rollout batch
     and the pass, so the resumed run does the second pass on the same rollouts, and the reference
@@ -505,6 +513,7 @@ def test_ctrl_c_between_update_passes_resumes_exactly(tmp_path, tmp_path_factory
     assert without_timings(tmp_path / "cut" / "metrics.jsonl") == without_timings(tmp_path / "full" / "metrics.jsonl")
 
 
+@pytest.mark.slow
 def test_ctrl_c_right_after_an_update_saves_that_update_with_its_step(tmp_path, tmp_path_factory, monkeypatch):
     """A Ctrl-C (a real SIGINT) that lands just after optimizer.step(), before the loop has counted
     the step: the checkpoint saved on the way out must hold the updated weights under the NEW step
@@ -568,6 +577,7 @@ common.teardown_ddp()
 """
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_same_loss_and_gradients(tmp_path):
     """2 gloo ranks, each with half the rows in uneven micro-batches, give exactly one process's
     full-batch loss, metrics and gradient, for every loss aggregation."""
@@ -585,6 +595,7 @@ def test_ddp_two_processes_same_loss_and_gradients(tmp_path):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_cli_help_and_two_step_run(tmp_path, tmp_path_factory):
     from conftest import run_script
 
@@ -628,6 +639,7 @@ def test_bad_input_fails_before_any_work_in_one_line(flags, message, tmp_path, c
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_bad_input_on_the_real_command_line_exits_2_without_a_traceback(tmp_path):
     result = subprocess.run(grpo_cmd("--steps", "-1", "--out-dir", tmp_path / "run"), capture_output=True,
                             text=True, cwd=tmp_path, timeout=60)
@@ -635,6 +647,7 @@ def test_bad_input_on_the_real_command_line_exits_2_without_a_traceback(tmp_path
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_settings_than_the_checkpoints(tmp_path, tmp_path_factory, capsys):
     from conftest import run_script
     base = smoke_base(tmp_path_factory)
@@ -652,6 +665,7 @@ def test_default_directories_follow_the_seed():
     assert (GRPOConfig(seed=2).init_from, GRPOConfig(seed=2).out_dir) == ("out/base-s2", "out/grpo-s2")
 
 
+@pytest.mark.slow
 def test_search_world_two_step_run(tmp_path):
     """`--task pairsum` end to end on the smoke preset: pretraining writes the search web, GRPO logs
     the behaviour counts for every batch and evaluation, the summary reports them."""
@@ -666,6 +680,7 @@ def test_search_world_two_step_run(tmp_path):
         assert all(key in r for r in records), key
 
 
+@pytest.mark.slow
 def test_code_world_two_step_run(tmp_path):
     """`--task code` end to end on the smoke preset: pretraining writes the code web, GRPO runs with the
     code reward (a smoke model's programs all fail; test_code_timeout_reaches_the_sandbox and
@@ -682,6 +697,7 @@ def test_code_world_two_step_run(tmp_path):
     assert len(train) == 2 and all(r["r_accuracy"] in (0.0, 0.25, 0.5, 0.75, 1.0) and r["t_reward"] > 0 for r in train)
 
 
+@pytest.mark.slow
 def test_code_timeout_reaches_the_sandbox():
     """--code-timeout-s is the wall clock per test of the RL reward's programs: a right program that
     takes 0.8 s passes at the default 2 s and fails at 0.3 s."""
@@ -692,6 +708,7 @@ def test_code_timeout_reaches_the_sandbox():
     assert scores == [1.0, 0.0]
 
 
+@pytest.mark.slow
 def test_held_out_code_is_judged_with_the_runs_timeout(tmp_path, tmp_path_factory, monkeypatch):
     """The held-out evaluation judges code under the run's --code-timeout-s, as its rewards do:
     grpo.run hands its limit to evaluate.held_out, and held_out to the judge of every sample."""
@@ -715,6 +732,7 @@ def test_held_out_code_is_judged_with_the_runs_timeout(tmp_path, tmp_path_factor
     assert seen == {"judge": [0.7, 0.7], "held_out": [0.7, 0.7]}   # before RL and after it
 
 
+@pytest.mark.slow
 def test_grpo_runs_under_torchrun_with_two_processes(tmp_path, tmp_path_factory):
     """The whole loop on 2 gloo ranks: each samples half the questions, checkpoints gather every
     rank's rollouts (mu = 2, a checkpoint after every step), rank 0 writes."""
@@ -729,6 +747,7 @@ def test_grpo_runs_under_torchrun_with_two_processes(tmp_path, tmp_path_factory)
     assert len([r for r in common.read_metrics(str(tmp_path / "run" / "metrics.jsonl")) if r["kind"] == "train"]) == 6
 
 
+@pytest.mark.slow
 def test_a_nan_log_prob_stops_the_run_naming_it_and_keeps_the_last_good_checkpoint(tmp_path, tmp_path_factory,
                                                                                      monkeypatch):
     """NaN injected into the policy's log-probs at RL step 3: the run exits with one line naming the

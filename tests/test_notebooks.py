@@ -46,6 +46,7 @@ def test_the_notebooks_are_there():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+@pytest.mark.slow
 def test_notebook_runs_in_smoke_mode(path, monkeypatch):
     monkeypatch.setenv("R1_SMOKE", "1")
     cwd = os.getcwd()
@@ -55,6 +56,7 @@ def test_notebook_runs_in_smoke_mode(path, monkeypatch):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+@pytest.mark.slow
 def test_notebook_imports_the_project_and_redefines_none_of_it(path):
     nb, owned = load(path), project_names()
     trees = [ast.parse(source) for source in code_cells(nb)]

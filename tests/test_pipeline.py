@@ -167,6 +167,7 @@ def test_a_stage_that_started_from_another_model_or_data_is_redone(tmp_path, cap
     assert (out / "done.json").exists()
 
 
+@pytest.mark.slow
 def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
     """Smoke models get nothing right, so rejection sampling stops the first run with one clear
     error; given datasets (--reference-data) the pipeline runs to its table, each stage from the

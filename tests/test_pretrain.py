@@ -16,6 +16,7 @@ def smoke_cfg(tmp_path, **kw):
     return pretrain.PretrainConfig(**{**pretrain.PRESETS["smoke"], "out_dir": str(tmp_path), **kw})
 
 
+@pytest.mark.slow
 def test_help_lists_every_field():
     out = run_script(f"{ROOT}/pretrain.py", "--help").stdout
     for f in dataclasses.fields(pretrain.PretrainConfig):
@@ -23,6 +24,7 @@ def test_help_lists_every_field():
     assert "--preset" in out and "share of task documents that answer at once" in out
 
 
+@pytest.mark.slow
 def test_two_step_run_writes_a_loadable_checkpoint(tmp_path):
     pretrain.run(smoke_cfg(tmp_path))
     model, ckpt = common.load_model(str(tmp_path))
@@ -48,6 +50,7 @@ def test_batches_are_a_pure_function_of_the_step():
     assert not torch.equal(other_rank, x[:1])
 
 
+@pytest.mark.slow
 def test_short_seeded_run_learns(tmp_path):
     cfg = smoke_cfg(tmp_path, steps=40, batch_size=8, seq_len=64, lr=1e-2, warmup_steps=5, log_every=100)
     pretrain.run(cfg)
@@ -55,6 +58,7 @@ def test_short_seeded_run_learns(tmp_path):
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
 
 
+@pytest.mark.slow
 def test_curriculum_phase_1_runs_until_mastery_then_phase_2_and_resumes(tmp_path, capsys):
     """An unreachable mastery bar: phase 1 stops at max_warm_steps with a warning, phase 2 follows
     with the lr on a cosine from its peak; a resumed run continues phase 2 and skips phase 1."""
@@ -94,6 +98,7 @@ def test_default_out_dir_follows_the_seed():
     assert pretrain.PretrainConfig().out_dir == "out/base" and pretrain.PretrainConfig(seed=3).out_dir == "out/base-s3"
 
 
+@pytest.mark.slow
 def test_resume_falls_back_to_the_previous_checkpoint_when_the_latest_is_corrupt(tmp_path, capsys, monkeypatch):
     """Checkpoints every step; a run that crashes in step 5 (as under SIGKILL: nothing saved) has its
     latest checkpoint (step 4) damaged: --resume names it, falls back to step 3's, drops the log

@@ -220,6 +220,7 @@ ADD = "a, b = map(int, input().split())\nprint(a + b)"
     ("this is not python", 0.0),
     ("__import__('os')", 0.0),
 ])
+@pytest.mark.slow
 def test_code_reward(answer, expected):
     limits = __import__("sandbox").Limits(timeout_s=0.5, cpu_s=1)
     assert code_reward(wrap(answer), ADD_TESTS, limits=limits) == pytest.approx(expected)
@@ -488,6 +489,7 @@ def timed(fn, *args):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(texts, texts)
+@pytest.mark.slow
 def test_pure_rewards_are_total_bounded_and_fast(text, other):
     assert timed(format_reward, text) in (0.0, 1.0)
     answer = timed(extract_answer, text)

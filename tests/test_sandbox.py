@@ -75,6 +75,7 @@ def test_large_stdin_is_fed_without_deadlock():
     assert run1("print('ignores stdin')", big).ok  # exits without reading: no EPIPE trouble
 
 
+@pytest.mark.slow
 def test_batch_runs_in_parallel_and_keeps_order():
     programs = [f"print({i} * int(input()))" for i in range(12)] + ["while True: pass"]
     stdins = [["2", "3"]] * 13
@@ -88,6 +89,7 @@ def test_batch_runs_in_parallel_and_keeps_order():
 # ----------------------------------------------------------------------------- hostile programs
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_infinite_loop_times_out(mode):
     t0 = time.monotonic()
     result = run1("while True: pass", mode=mode)
@@ -96,6 +98,7 @@ def test_infinite_loop_times_out(mode):
 
 
 @pytest.mark.parametrize("skip", [True, False])
+@pytest.mark.slow
 def test_tests_after_a_timeout_are_skipped_unless_asked(skip):
     """A program that loops on one input costs one timeout: its later tests are reported like the
     one that timed out, without running (stop_after_failure, what code_rewards uses); with it off
@@ -111,6 +114,7 @@ def test_tests_after_a_timeout_are_skipped_unless_asked(skip):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_fork_bomb_is_bounded_and_reaped(mode):
     bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
     assert not run1(bomb, mode=mode).ok
@@ -124,6 +128,7 @@ def test_memory_bomb(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_giant_output_is_capped_while_read(mode):
     t0 = time.monotonic()
     result = run1("while True:\n    print('x' * 10000)", mode=mode, limits=Limits(timeout_s=5, stdout_kb=64))
@@ -134,6 +139,7 @@ def test_giant_output_is_capped_while_read(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_deep_recursion(mode):
     python_level = "import sys\nsys.setrecursionlimit(10**6)\ndef f(n): return f(n + 1)\nf(0)"
     c_level = "import sys\nsys.setrecursionlimit(10**6)\ndef f(n): return list(map(f, [n + 1]))\nf(0)"
@@ -320,6 +326,7 @@ def test_sandbox_failure_is_reported_not_raised(monkeypatch):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_caller_deadline_tears_down_the_whole_sandbox(mode):
     # startup_s < 0 makes the caller give up long before the driver's own per-test timeout, so the
     # caller must kill the driver, the program and the program's setsid'd daemon itself
@@ -355,6 +362,7 @@ def private_tempdir(monkeypatch, tmp_path_factory):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shared", SHARED_DIRS)
+@pytest.mark.slow
 def test_a_program_that_writes_outside_its_directory_scores_0(mode, shared, private_tempdir):
     """Writable by everyone on the host, so a fresh uid could write there too; in the fallback the
     write is refused (Landlock), under bubblewrap everything but the working directory is read-only.
@@ -494,6 +502,7 @@ def test_cpu_budget_stops_a_busy_loop_long_before_its_wall_clock(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_cpu_budget_counts_every_process_of_a_fork_bomb(mode):
     """16 spinning processes: each alone stays under RLIMIT_CPU (1 s), their sum is stopped at the budget.
     Measured as CPU time of the whole sandbox (reaped into this process's children), not wall time."""
@@ -544,6 +553,7 @@ NASTY = [
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_code_rewards_never_raise_on_nasty_programs(mode, private_tempdir):
     """Each program scores 0 (none prints "2") and leaves nothing behind, in one parallel batch."""
     tests = [{"input": "1", "output": "2"}, {"input": "1", "output": "2"}]

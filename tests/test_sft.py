@@ -68,6 +68,7 @@ def test_prompt_tokens_are_never_targets():
     assert abs(sft_loss(model, all_tokens)[0].item() - sft_loss(model, all_tokens_b)[0].item()) > 1e-3
 
 
+@pytest.mark.slow
 def test_micro_batches_give_the_full_batch_gradient():
     grads = []
     for micro in (4, 2, 3, 1):
@@ -89,6 +90,7 @@ def test_epochs_visit_every_row_once_and_resume_sees_the_same_rows():
     assert [row[2].item() for row in next(resumed)[0][0]["tokens"]] == seen[10:15]
 
 
+@pytest.mark.slow
 def test_a_few_steps_overfit_a_tiny_set():
     model = tiny_gpt()
     opt = common.make_optimizer(model, 3e-2)
@@ -128,6 +130,7 @@ def write_rows(path, n=6):
     return path
 
 
+@pytest.mark.slow
 def test_script_two_steps_then_resume_and_bad_flags(tmp_path, smoke_base):
     data = write_rows(tmp_path / "d.jsonl")
     out = run_script(f"{ROOT}/sft.py", "--init-from", smoke_base, "--data", data, "--out-dir", tmp_path / "s",
@@ -148,6 +151,7 @@ def test_script_two_steps_then_resume_and_bad_flags(tmp_path, smoke_base):
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_resume_continues_exactly(tmp_path, smoke_base, monkeypatch):
     """Ctrl-C during step 3 of 4 saves the step-2 state; --resume then ends with the same weights
     and the same log (timings aside) as an uninterrupted run."""
@@ -176,6 +180,7 @@ def test_ctrl_c_saves_and_resume_continues_exactly(tmp_path, smoke_base, monkeyp
     assert logs[0] == logs[1] and len(logs[0]) == 4
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_like_one(tmp_path, smoke_base):
     """torchrun with 2 processes (each half of every batch, gradients all-reduced) ends with the
     weights of one process on the whole batch."""

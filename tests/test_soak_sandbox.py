@@ -35,6 +35,7 @@ def restore_isolation(monkeypatch):
         os.geteuid() != 0 and not sandbox.landlock_abi(),
         reason="without bubblewrap, Landlock or root's fallback (an unprivileged uid) keeps the file writer out")),
 ])
+@pytest.mark.slow
 def test_hostile_batch_scores_zero_and_leaves_nothing_behind(flags, capsys, restore_isolation):
     kinds = len(soak_sandbox.hostile_programs("/nonexistent"))
     r = soak_sandbox.main(["--steps", "1", "--batch", str(2 * kinds), "--hostile", "0.5", "--timeout-s", "0.5",
