@@ -484,6 +484,7 @@ def test_print_table_writes_missing_values_and_strings():
     assert out.getvalue().splitlines() == ["name      n     x", "a     1,234  0.50", "bb        -     -"]
 
 
+@pytest.mark.slow
 def test_evaluate_checkpoints_is_the_held_out_protocol(tmp_path):
     """A row of evaluate_checkpoints holds exactly evaluate.held_out's metrics for that checkpoint,
     on the task it was trained on (or the one given)."""
