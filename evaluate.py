@@ -33,10 +33,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
-from tqdm import tqdm
 
 from common import (check_fits, check_ranges, checkpoint_path, config_from_args, get_device, load_checkpoint, load_model,
-                    print0)
+                    print0, progress as progress_bar)
 from corpus import PHRASES, WEB_TASKS, addition_trace, code_plan, forced_prefixes
 from model import generate, sample_completions, stop_tokens
 from sandbox import Limits
@@ -403,7 +402,8 @@ def sample_k(model, tok, problems, k: int, max_new_tokens: int, seed: int, tempe
             ids = saved["ids"]
             gen.set_state(saved["generator"])
             print0(f"continuing from {partial}: {len(ids)} of {len(prompts)} samples already drawn")
-    for s in tqdm(range(len(ids), len(prompts), batch_size), desc="sampling", disable=not progress, leave=False):
+    for s in progress_bar(range(len(ids), len(prompts), batch_size), desc=f"sampling {len(prompts)} completions",
+                          unit="batch", disable=not progress):  # rank 0, on a terminal: rate and time left
         ids += sample_completions(model, tok, prompts[s:s + batch_size], max_new_tokens, temperature, top_p, gen,
                                   batch_size)[1]
         if partial:
