@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from common import config_from_args, get_device, load_checkpoint, load_model, make_optimizer, optimizer_step
+from common import config_from_args, get_device, load_checkpoint, load_model, make_optimizer
 from model import GPT, GPTConfig, export_hf, generate, stop_tokens
 
 SECTIONS = ("hf", "rollout", "step", "train", "memory", "compile")
@@ -228,12 +228,11 @@ def bench_step(cfg: BenchConfig, device) -> None:
     model, _ = load_model(cfg.late, device)
     ref = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = make_optimizer(model, gcfg.lr, gcfg.weight_decay, betas=(0.9, 0.99))
+    state = grpo.RunState(gcfg, get_tokenizer(), model, ref, optimizer, parse_reward_spec(gcfg.reward).score_batch)
     problems, gen = grpo.step_inputs(gcfg, task_from_config(gcfg), 0, 0, device)
-    batch, info = grpo.rl_batch(model, ref, get_tokenizer(), problems, gcfg, parse_reward_spec(gcfg.reward).score_batch, gen)
-    _, t_update = timed(lambda: optimizer_step(model, optimizer, grpo.micro_batches(batch, gcfg.micro_batch_size),
-                                               grpo.make_loss_fn(gcfg), gcfg.grad_clip), device)
+    _, (info,) = grpo.grpo_step(state, 0, problems, gen)   # its record: the step's info and the update's timings
     parts = {"rollout": info["t_rollout"], "reward": info["t_reward"], "log-probs (pi_ref)": info["t_logprobs"],
-             "update": t_update}
+             "update": info["t_update"]}
     total = sum(parts.values())
     print(f"step: one GRPO step of the default run ({gcfg.prompts_per_step} x {gcfg.group_size}, task {task}) "
           f"from {cfg.late}; mean completion {info['len']:.0f} tokens")

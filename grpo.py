@@ -6,9 +6,10 @@ Paper map (docs/PAPER.md has the equations and a worked example of each):
   grpo_loss         DeepSeekMath eq. 3 (per-token ratio, 1/|o_i| mean; R1 eq. 1 writes it per
                     sequence: --seq-ratio): min(rho A, clip(rho, 1-eps, 1+eps) A) - beta KL, with
                     the k3 KL estimator of R1 eq. 2 / DeepSeekMath eq. 4: pi_ref/pi - log(pi_ref/pi) - 1
-  rl_batch          one RL step's data: questions -> G rollouts each -> rule rewards -> advantages
-  run               the R1-Zero loop: evaluation, reference reset, rl_batch, mu update passes,
-                    logging and checkpoints, each a visible line
+  grpo_step         one RL step, top to bottom: questions -> G completions each from pi_old -> rule
+                    rewards -> group advantages -> log-probs -> mu updates of grpo_loss (read this first)
+  run               the R1-Zero loop: evaluation, reference reset, grpo_step, samples, checkpoints,
+                    each a visible line; RunState holds what goes from step to step
 
     python grpo.py                          # the whole R1-Zero experiment on a CPU, the search world:
                                             # pretrains a base model into out/base/ if none, 40 RL
@@ -38,31 +39,33 @@ import dataclasses
 import functools
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
 import pretrain  # deliberate reuse: `python grpo.py` on a fresh clone pretrains its base model first
 import sandbox
-from common import (DEFAULT_TASK, MetricsLogger, NonFiniteError, all_reduce, check_fits, check_processes, check_ranges, check_resume, checkpoint_path,
-                    checkpoint_sha256, config_from_args, derive_seed, diverged_message, get_device, interrupts_deferred,
-                    load_checkpoint, load_model, lr_at, make_optimizer,
-                    optimizer_step, pack, print0, read_metrics,
-                    restore, run_dir, save_checkpoint, seed_everything, set_lr, setup_ddp, start_fresh, sum_over_ranks,
-                    teardown_ddp, world_size, wrap)
+from common import (DEFAULT_TASK, DistInfo, MetricsLogger, NonFiniteError, all_reduce, check_fits, check_processes,
+                    check_ranges, check_resume, checkpoint_path, checkpoint_sha256, config_from_args, derive_seed,
+                    diverged_message, get_device, interrupts_deferred, load_checkpoint, load_model, lr_at,
+                    make_optimizer, optimizer_step, pack, print0, progress, read_metrics, restore, run_dir,
+                    save_checkpoint, seed_everything, set_lr, setup_ddp, start_fresh, sum_over_ranks, teardown_ddp,
+                    world_size, wrap)
 from corpus import WEB_TASKS
 from evaluate import EVAL_MAX_NEW_TOKENS, behaviour, by_kind_line, held_out, summarize_behaviour
 from model import sample_completions, stop_tokens, token_logprobs
 from plots import plot_aha
 from rewards import parse_reward_spec
 from tasks import TASKS, format_prompt, longest_prompt, sample_problems, task_from_config
-from tokenizer import get_tokenizer
+from tokenizer import Tokenizer, get_tokenizer
 
 LOSS_AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 
 
-# RL steps when --steps is not given: the search world's length keeps rising for ~40 steps; addition is
-# solved by step 10-15; code's held-out pass@1 still rises at 30 (README results)
+# RL steps when --steps is not given, per world: long enough for the held-out curves to show what RL
+# does there (search: the length rises for ~40 steps; addition: solved by step 10-15; code: pass@1
+# still rising at 30, at ~35 s a step)
 TASK_STEPS = {"pairsum": 40, "add": 25, "code": 30}
 
 
@@ -100,7 +103,7 @@ class GRPOConfig:
     eval_k: int = 4                     # samples per question (pass@1 over k, cons@k)
     show_every: int = 20                # print sampled completions every N steps (0 = never)
     ckpt_every: int = 5                 # checkpoint every N RL steps (0 = only at the end; Ctrl-C saves too):
-                                        # 5 keeps a SIGKILL's loss under a minute in every world (code: ~35 s)
+                                        # 5 bounds what a SIGKILL loses to under a minute in every world
     seed: int = 0                       # seed for questions, sampling and (if pretraining) the base model
     device: str = ""                    # "" = auto (cuda, mps, cpu)
     compile: bool = False               # torch.compile the training forward/backward (opt-in; bench.py measures it)
@@ -245,65 +248,87 @@ def grpo_loss(logp, logp_old, logp_ref, advantages, mask, clip_eps: float = 0.2,
 # ----------------------------------------------------------------------------- one RL step
 
 
-def rl_batch(policy, ref_model, tok, problems, cfg: GRPOConfig, score_batch, generator=None):
-    """One RL step's data (R1-Zero, before the update); no evaluation, no printing.
-    score_batch(texts, problem_dicts) -> [(reward, {component: value})], e.g.
-    rewards.parse_reward_spec("accuracy + 0.1*format").score_batch.
-    Returns (batch, info): batch holds the (B, ...) tensors the loss needs plus the prompts, texts
-    and rewards; info holds step-level scalars (mean reward and components, length, timings)."""
-    t0 = time.time()
-    # 1. each question G times, in the R1-Zero template
-    prompts = [format_prompt(p.question) for p in problems for _ in range(cfg.group_size)]
-    # 2. G completions per question from pi_old (the current policy) at the sampling temperature
-    prompt_ids, completion_ids, texts = sample_completions(policy, tok, prompts, cfg.max_new_tokens,
-                                                           cfg.temperature, None, generator, len(prompts))
-    t1 = time.time()
-    # 3. rule-based rewards (accuracy + format; no length term)
-    scored = score_batch(texts, [problems[i // cfg.group_size].as_dict() for i in range(len(texts))])
-    rewards = torch.tensor([total for total, _ in scored])               # (B,)
-    t2 = time.time()
-    # 4. group-relative advantages, R1 eq. 3: every token of completion i gets A_i
-    advantages = group_advantages(rewards, cfg.group_size, cfg.scale_std)  # (B,)
-    # 5. prompt + completion, and the mask of completion tokens
-    tokens, mask = pack(prompt_ids, completion_ids, tok.pad_id)          # (B, T), (B, T-1)
-    # 6. log-probs under pi_old (needed only for mu > 1: at mu = 1 pi_old = pi_theta) and pi_ref,
-    #    at the temperature the rollouts were sampled at, in the update's micro-batches
-    logp_old = batch_logprobs(policy, tokens, mask, cfg) if cfg.num_iterations > 1 else None  # (B, T-1)
-    logp_ref = batch_logprobs(ref_model, tokens, mask, cfg) if cfg.kl_beta > 0 else None      # (B, T-1)
-    for name, logp in (("pi_old", logp_old), ("pi_ref", logp_ref)):  # summed over ranks: all stop together
-        if logp is not None and sum_over_ranks((~logp[mask > 0].isfinite()).sum().item()) > 0:
-            raise NonFiniteError(f"non-finite {name} log-probs")
-    t3 = time.time()
-    # 7. what shows a run learning nothing: rollouts cut at the token cap, and the lengths of right
-    #    and wrong completions (a length rise that is only wrong completions growing is not reasoning)
-    #    (sums and counts over all ranks, so every rank logs the batch's value and none is NaN alone)
+def grpo_step(state: RunState, step: int, problems: list, generator=None) -> tuple[dict, list[dict]]:
+    """RL step `step` of R1-Zero on this rank's questions: GRPO top to bottom (R1 section 2.2.1,
+    eqs. 1-3; DeepSeekMath section 4.1.2, Algorithm 1). Returns the step's rollout batch and one
+    record per update pass. What keeps the step exact and resumable sits behind the calls at its
+    edges: batch_logprobs and micro_batches (the update's micro-batches; each one's loss is its
+    exact share of the batch's), optimizer_step (gradients summed over micro-batches and DDP ranks,
+    the NaN guard, gradient clipping), state.record_update (the record, and the checkpoint position
+    moved past the update), state.rollouts (a run resumed after pass i of this step goes on with
+    pass i + 1 on the checkpoint's rollouts)."""
+    cfg, tok, G, mu = state.cfg, state.tok, state.cfg.group_size, state.cfg.num_iterations
+    pi_theta, pi_ref = state.policy, state.pi_ref
+    rollouts = state.rollouts  # None, unless resumed in the middle of this step
+    if rollouts is None:
+        t0 = time.time()
+        # 1. each question G times, in the R1-Zero template
+        prompts = [format_prompt(p.question) for p in problems for _ in range(G)]
+        # 2. G completions per question from pi_old (the policy as it is now), at the sampling temperature
+        prompt_ids, completion_ids, texts = sample_completions(pi_theta, tok, prompts, cfg.max_new_tokens,
+                                                               cfg.temperature, None, generator, len(prompts))
+        t1 = time.time()
+        # 3. rule-based rewards (accuracy + format; no length term, no reward model)
+        scored = state.score_batch(texts, [problems[i // G].as_dict() for i in range(len(texts))])
+        rewards = torch.tensor([total for total, _ in scored])                    # (B,)
+        t2 = time.time()
+        # 4. group-relative advantages, R1 eq. 3: every token of completion i gets A_i
+        advantages = group_advantages(rewards, G, cfg.scale_std)                  # (B,)
+        # 5. prompt + completion, the mask of completion tokens, and their log-probs under pi_old
+        #    (only for mu > 1: at mu = 1 pi_old = pi_theta) and pi_ref, at the sampling temperature
+        tokens, mask = pack(prompt_ids, completion_ids, tok.pad_id)               # (B, T), (B, T-1)
+        logp_old = batch_logprobs(pi_theta, tokens, mask, cfg, "pi_old") if mu > 1 else None         # (B, T-1)
+        logp_ref = batch_logprobs(pi_ref, tokens, mask, cfg, "pi_ref") if cfg.kl_beta > 0 else None  # (B, T-1)
+        t3 = time.time()
+        batch = {"tokens": tokens, "mask": mask, "advantages": advantages, "logp_old": logp_old,
+                 "logp_ref": logp_ref, "prompts": prompts, "texts": texts, "rewards": rewards.tolist()}
+        info = {**rollout_info(problems, completion_ids, texts, scored, rewards, cfg, tok),
+                "t_rollout": t1 - t0, "t_reward": t2 - t1, "t_logprobs": t3 - t2}
+        rollouts = {"batch": batch, "info": info, "pass": 0}
+    # 6. the objective of R1 eq. 1 as a loss (grpo_loss): per completion token -min(rho A_i,
+    #    clip(rho, 1 - eps, 1 + eps) A_i), rho = pi_theta / pi_old, plus beta times the k3 KL to pi_ref;
+    #    each micro-batch's loss is its exact share of the batch's
+    loss_fn, micro = make_loss_fn(cfg), micro_batches(rollouts["batch"], cfg.micro_batch_size)
+    # 7. mu optimizer steps on the same rollouts (pi_old stays the policy that sampled them)
+    records = []
+    for i in range(rollouts["pass"], mu):
+        lr = set_lr(state.optimizer, lr_at(step * mu + i, cfg.lr, cfg.warmup_steps, cfg.steps * mu, cfg.min_lr_ratio))
+        t_update = time.time()
+        with interrupts_deferred():  # a Ctrl-C waits until the update, its record and the position agree
+            metrics = optimizer_step(state.wrapped, state.optimizer, micro, loss_fn, cfg.grad_clip)
+            records.append(state.record_update(step, i, rollouts, metrics, lr, t_update))
+    return rollouts["batch"], records
+
+
+def rollout_info(problems, completion_ids, texts, scored, rewards, cfg: GRPOConfig, tok) -> dict:
+    """A rollout batch's step-level numbers: the mean reward and its components, the length, and
+    what shows a run learning nothing: the share of rollouts cut at the token cap, the lengths of
+    right and wrong completions (a length rise that is only wrong completions growing is not
+    reasoning), the behaviour counts of evaluate.behaviour. The right and wrong lengths are sums and
+    counts over all ranks, so every rank logs the batch's value and none is NaN alone."""
     stop = stop_tokens(tok)
     cut = [len(ids) >= cfg.max_new_tokens and ids[-1] not in stop for ids in completion_ids]
     right = [c.get("accuracy", 0.0) == 1.0 for _, c in scored]
     lengths = [len(ids) for ids in completion_ids]
 
-    def mean_len(keep):  # mean length of the kept completions over all ranks; NaN if there are none
-        n = sum_over_ranks(sum(keep))
-        return sum_over_ranks(sum(n_i for n_i, k in zip(lengths, keep) if k)) / n if n else float("nan")
+    def mean_len(selected):  # mean length of the selected completions over all ranks; NaN if there are none
+        n = sum_over_ranks(sum(selected))
+        return sum_over_ranks(sum(n_i for n_i, s in zip(lengths, selected) if s)) / n if n else float("nan")
 
     components = {k: sum(c[k] for _, c in scored) / len(scored) for k in scored[0][1]}
     languages = [problems[i // cfg.group_size].language for i in range(len(texts))]
     shown = summarize_behaviour([{**behaviour(t, lang), "language": lang} for t, lang in zip(texts, languages)])
-    info = {"reward": rewards.mean().item(), **{f"r_{k}": v for k, v in components.items()},
+    return {"reward": rewards.mean().item(), **{f"r_{k}": v for k, v in components.items()},
             "len": sum(lengths) / len(lengths), "truncated": sum(cut) / len(cut),
-            "len_right": mean_len(right), "len_wrong": mean_len([not r for r in right]), **shown,
-            "t_rollout": t1 - t0, "t_reward": t2 - t1, "t_logprobs": t3 - t2}
-    batch = {"tokens": tokens, "mask": mask, "advantages": advantages, "logp_old": logp_old, "logp_ref": logp_ref,
-             "prompts": prompts, "texts": texts, "rewards": rewards.tolist()}
-    return batch, info
+            "len_right": mean_len(right), "len_wrong": mean_len([not r for r in right]), **shown}
 
 
-def chunks(mask, size: int) -> list[tuple[torch.Tensor, int]]:
-    """The micro-batches of a batch, as (row indices, tokens kept): rows sorted by length (where
-    their last completion token is), `size` at a time, each chunk cut after its own longest row.
-    Rollouts run from 20 to 250 tokens; padded to the longest row of the whole batch, half of the
-    positions would be padding. The loss is a sum of per-row shares, so the order of the rows
-    changes nothing but float rounding. mask (B, T-1) -> [(indices (b,), T_chunk)]."""
+def micro_batch_plan(mask, size: int) -> list[tuple[torch.Tensor, int]]:
+    """Which rows form each micro-batch, and where it is cut, as (row indices, tokens kept): rows
+    sorted by length (where their last completion token is), `size` at a time, each micro-batch cut
+    after its own longest row. Rollouts run from 20 to 250 tokens; padded to the longest row of the
+    whole batch, half of the positions would be padding. The loss is a sum of per-row shares, so
+    the order of the rows changes nothing but float rounding. mask (B, T-1) -> [(indices (b,), T_mb)]."""
     col = torch.arange(mask.size(1))                                      # (T-1,)
     last = torch.where(mask > 0, col, -1).max(dim=1).values              # (B,) last completion position
     ends = (last + 2).clamp(min=2)                                        # (B,) tokens each row needs
@@ -312,24 +337,28 @@ def chunks(mask, size: int) -> list[tuple[torch.Tensor, int]]:
 
 
 @torch.no_grad()
-def batch_logprobs(model, tokens, mask, cfg: GRPOConfig):
-    """token_logprobs under `model` (pi_old or pi_ref) without autograd, in the micro-batches the
-    update uses (chunks), so pi_old's numbers are bit-identical to pi_theta's on the first update
-    pass (ratio exactly 1). (B, T-1), 0 after each row's end."""
+def batch_logprobs(model, tokens, mask, cfg: GRPOConfig, name: str = "pi_ref"):
+    """token_logprobs under `model` (pi_old or pi_ref: `name`) without autograd, in the micro-batches
+    the update uses (micro_batch_plan), so pi_old's numbers are bit-identical to pi_theta's on the
+    first update pass (ratio exactly 1). (B, T-1), 0 after each row's end. A non-finite log-prob of
+    a completion token on any rank raises NonFiniteError on every rank (the count is summed over
+    ranks, so all stop together)."""
     device = next(model.parameters()).device
     out = torch.zeros(mask.shape)                                         # (B, T-1)
-    for rows, T in chunks(mask, cfg.micro_batch_size):
+    for rows, T in micro_batch_plan(mask, cfg.micro_batch_size):
         out[rows, :T - 1] = token_logprobs(model, tokens[rows, :T].to(device), cfg.temperature).cpu()
+    if sum_over_ranks((~out[mask > 0].isfinite()).sum().item()) > 0:
+        raise NonFiniteError(f"non-finite {name} log-probs")
     return out
 
 
 def micro_batches(batch: dict, size: int) -> list[dict]:
-    """The batch's tensors in the chunks above, each carrying the whole batch's row and
-    completion-token counts over all ranks, so each micro-batch's loss is its exact share."""
+    """The batch's tensors cut as micro_batch_plan says, each micro-batch carrying the whole batch's
+    row and completion-token counts over all ranks, so each micro-batch's loss is its exact share."""
     n_rows = sum_over_ranks(len(batch["tokens"]))
     n_tokens = sum_over_ranks(batch["mask"].sum().item())
     out = []
-    for rows, T in chunks(batch["mask"], size):
+    for rows, T in micro_batch_plan(batch["mask"], size):
         mb = {"tokens": batch["tokens"][rows, :T], "mask": batch["mask"][rows, :T - 1],
               "advantages": batch["advantages"][rows]}
         for k in ("logp_old", "logp_ref"):
@@ -339,7 +368,8 @@ def micro_batches(batch: dict, size: int) -> list[dict]:
 
 
 def make_loss_fn(cfg: GRPOConfig):
-    """loss_fn(model, micro_batch) -> (loss share, stats), as common.optimizer_step wants it."""
+    """loss_fn(model, micro_batch) -> (loss share, stats), as common.optimizer_step wants it: the
+    policy's log-probs (pi_theta, with autograd) and entropy, then grpo_loss."""
     def loss_fn(model, mb):
         device = next(model.parameters()).device
         tokens, mask = mb["tokens"].to(device), mb["mask"].to(device)
@@ -359,6 +389,169 @@ def make_loss_fn(cfg: GRPOConfig):
 # ----------------------------------------------------------------------------- the R1-Zero loop
 
 
+def run(cfg: GRPOConfig, score_batch=None) -> dict:
+    """R1-Zero: GRPO from the base model with rule rewards, one grpo_step per RL step, and around it
+    every other thing a step does as a line of the loop. Returns held-out metrics before/after.
+    score_batch: grpo_step's reward function, default reward_fn(cfg) (soak_sandbox.py --grpo-steps
+    wraps that in one that swaps a share of the rollouts for hostile programs)."""
+    t_start = time.time()
+    state = start_run(cfg, score_batch)  # fresh, or from out_dir/ckpt.pt with --resume (mid-step too)
+    print0(f"GRPO: {cfg.steps} steps x {cfg.prompts_per_step} questions x {cfg.group_size} samples, "
+           f"{state.dist.world_size} process(es) on {state.dist.device}")
+    if not cfg.resume:  # the base model's held-out score (the figure's step 0), in every checkpoint's log
+        state.evaluate(0)
+        state.n_records = state.logger.n_records
+    bar = progress(total=cfg.steps, initial=state.step, desc="RL", unit="step")  # rate, time left (on a terminal)
+    state.t_last = time.time()  # the first record's dt counts from here
+    try:
+        for step in range(state.step, cfg.steps):
+            if state.rollouts is None:  # else resumed after update pass i of this step: on with pass i + 1
+                # a. held-out evaluation (R1 Figure 2), every eval_every steps
+                if cfg.eval_every and step > 0 and step % cfg.eval_every == 0:
+                    state.evaluate(step)
+                # b. R1-Zero replaces pi_ref by the current policy every ref_reset_every steps
+                if state.pi_ref is not None and cfg.ref_reset_every and step > 0 and step % cfg.ref_reset_every == 0:
+                    state.pi_ref.load_state_dict(state.policy.state_dict())
+            # c. this rank's questions (TRAIN split), and one RL step on them
+            problems, generator = step_inputs(cfg, state.task, step, state.dist.rank, state.dist.device)
+            batch, _ = grpo_step(state, step, problems, generator)
+            # d. a few sampled completions now and then
+            if cfg.show_every and step % cfg.show_every == 0:
+                print_samples(batch, step, cfg.group_size)
+            # e. checkpoint every ckpt_every steps
+            if cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps:
+                state.save()
+            bar.update(1)
+    except KeyboardInterrupt:
+        print0(f"\ninterrupted: saving the state after RL step {state.step} to {cfg.out_dir}; continue with --resume")
+        state.save()
+        raise
+    except NonFiniteError as e:  # nothing is saved: the last checkpoint stays the last good one
+        raise SystemExit(diverged_message(e, step + 1, cfg.out_dir)) from e
+    finally:  # draw what the run has so far, Ctrl-C too
+        bar.close()
+        state.draw_figure()
+    state.save()
+    after = state.evaluate(cfg.steps)
+    before = print_summary(state.logger.path, after, state.figure, time.time() - t_start) if state.dist.is_main else {}
+    teardown_ddp()
+    return {"before": before, "after": after}
+
+
+@dataclass
+class RunState:
+    """A GRPO run between two updates: what grpo_step reads and advances, and the machinery that
+    keeps the run exact and resumable (metrics log, checkpoints, held-out evaluation). start_run
+    builds one for run(); a test can build one from its own models (it logs nowhere then).
+    The checkpoint position (step, rollouts, n_records) is what ckpt.pt would hold now; it moves
+    only with an update (record_update), so a checkpoint never holds updated weights under an
+    older position, and a resumed run redoes exactly what came after it."""
+    cfg: GRPOConfig
+    tok: Tokenizer
+    policy: torch.nn.Module                # pi_theta itself: sampling, log-probs, checkpoints
+    pi_ref: torch.nn.Module | None         # the KL's reference policy; None when kl_beta = 0
+    optimizer: torch.optim.Optimizer
+    score_batch: Callable                  # (texts, problem dicts) -> [(reward, {component: value})]
+    wrapped: torch.nn.Module | None = None  # pi_theta as the update calls it (common.wrap: DDP, compile); None = policy
+    logger: MetricsLogger = field(default_factory=lambda: MetricsLogger(None))
+    step: int = 0                          # checkpoint position: RL steps whose update passes are all done,
+    rollouts: dict | None = None           # step `step`'s rollouts ({batch, info, pass}) while passes remain,
+    n_records: int = 0                     # and the metrics records written by then
+    t_last: float = field(default_factory=time.time)  # when the last update ended (a record's dt)
+    task: object = None                    # for held-out evaluation and checkpoints (start_run sets these)
+    dist: DistInfo = field(default_factory=lambda: DistInfo(0, 0, 1, torch.device("cpu")))
+    init_sha256: str | None = None         # the checkpoint the run started from, saved with every checkpoint
+
+    def __post_init__(self):
+        if self.wrapped is None:
+            self.wrapped = self.policy
+
+    @property
+    def figure(self) -> str:
+        return os.path.join(self.cfg.out_dir, "aha.png")
+
+    def record_update(self, step: int, i: int, rollouts: dict, metrics: dict, lr: float, t_update: float) -> dict:
+        """Update pass i of RL step `step` is done: log its record (the rollouts' info averaged over
+        ranks, the update's metrics), move the checkpoint position past it, print its line."""
+        mu, now = self.cfg.num_iterations, time.time()
+        record = {"kind": "train", "step": step + 1, **({"pass": i + 1} if mu > 1 else {}), **all_reduce(rollouts["info"]),
+                  **metrics, "lr": lr, "t_update": now - t_update, "dt": now - self.t_last}
+        self.t_last = now
+        self.logger.log(record)
+        self.rollouts = {**rollouts, "pass": i + 1} if i + 1 < mu else None
+        self.step = step + 1 if self.rollouts is None else step
+        self.n_records = self.logger.n_records
+        print0(MetricsLogger.format_line({"step": f"{step + 1}/{self.cfg.steps}",
+                                          **{k: v for k, v in record.items() if k not in ("kind", "step")}}))
+        return record
+
+    def evaluate(self, step: int) -> dict:
+        """Held-out pass@1 / cons@k with the paper's sampling settings, code judged under the run's
+        --code-timeout-s (rank 0; {} elsewhere): logged, printed, the figure redrawn."""
+        if not self.dist.is_main:
+            return {}
+        cfg = self.cfg
+        m = held_out(self.policy, self.tok, self.task, cfg.eval_problems, cfg.eval_k,
+                     derive_seed(cfg.seed, "eval", step), sandbox.Limits(timeout_s=cfg.code_timeout_s))
+        self.logger.log({"kind": "eval", "step": step, **m})
+        print0(f"eval @ step {step} | " + MetricsLogger.format_line({k: v for k, v in m.items() if k != "by_kind"}))
+        if "by_kind" in m:
+            print0(by_kind_line(m))
+        self.draw_figure()
+        return m
+
+    def draw_figure(self) -> None:
+        """out_dir/aha.png from the metrics log so far (rank 0)."""
+        if self.dist.is_main and self.logger.path and os.path.exists(self.logger.path):
+            plot_aha(self.logger.path, self.figure, reasons=self.cfg.task == "code")
+
+    def save(self) -> None:
+        """Checkpoint the position: the weights and optimizer after `step` RL steps, every rank's
+        rollouts if passes of them remain, the reference once it may differ from the base model,
+        and how many log records belong before it. Called on every rank (the rollouts are
+        gathered); rank 0 writes."""
+        cfg, rollouts = self.cfg, [self.rollouts]
+        if self.dist.is_ddp:
+            rollouts = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(rollouts, self.rollouts)
+        reset = self.pi_ref is not None and cfg.ref_reset_every and self.step >= cfg.ref_reset_every
+        save_checkpoint(cfg.out_dir, self.policy, self.optimizer, self.step, dataclasses.asdict(cfg), rollouts=rollouts,
+                        keep=self.n_records, ref_model=self.pi_ref.state_dict() if reset else None,
+                        init_sha256=self.init_sha256)
+
+
+def start_run(cfg: GRPOConfig, score_batch=None) -> RunState:
+    """A run's state at its start: the base model (pretrained first when the default base directory
+    has none), DDP, seeds, pi_ref, the optimizer; with --resume, all a checkpoint holds: weights,
+    optimizer, RNG, reference, and where in the step it stopped."""
+    # `python grpo.py` on a fresh clone: pretrain the base model first (check_files has refused any
+    # other missing --init-from than the default base directory)
+    pretrain.ensure_base_model(cfg.init_from, seed=cfg.seed, device=cfg.device, task=cfg.task,
+                               min_digits=cfg.min_digits, max_digits=cfg.max_digits)
+    dist = setup_ddp(cfg.device or None)
+    seed_everything(cfg.seed, dist.rank)
+    tok, task = get_tokenizer(), task_from_config(cfg)
+    score_batch = score_batch or reward_fn(cfg)
+    policy, _ = load_model(cfg.init_from, dist.device)
+    init_sha256 = checkpoint_sha256(cfg.init_from)
+    pi_ref = copy.deepcopy(policy).eval().requires_grad_(False) if cfg.kl_beta > 0 else None
+    optimizer = make_optimizer(policy, cfg.lr, cfg.weight_decay, betas=(0.9, 0.99))
+    step, rollouts, n_records = 0, None, None
+    if cfg.resume:
+        ckpt = load_checkpoint(cfg.out_dir, map_location=dist.device, fallback=True)
+        step, rollouts, n_records = restore(policy, optimizer, ckpt), ckpt["rollouts"][dist.rank], ckpt["keep"]
+        if ckpt.get("ref_model") is not None:
+            pi_ref.load_state_dict(ckpt["ref_model"])
+        print0(f"resumed from {cfg.out_dir} at RL step {step}" +
+               (f", update pass {rollouts['pass'] + 1} of {cfg.num_iterations}" if rollouts else ""))
+    else:
+        start_fresh(cfg.out_dir)
+    wrapped = wrap(policy, dist, cfg.compile)
+    logger = MetricsLogger(cfg.out_dir, keep=n_records)  # a resumed log keeps the records before its checkpoint
+    return RunState(cfg, tok, policy, pi_ref, optimizer, score_batch, wrapped=wrapped, logger=logger, step=step,
+                    rollouts=rollouts, n_records=logger.n_records, task=task, dist=dist, init_sha256=init_sha256)
+
+
 def step_inputs(cfg: GRPOConfig, task, step: int, rank: int, device):
     """RL step `step`'s questions (this rank's share, TRAIN split) and its sampling generator, each
     from its own seed stream: what makes a run, and a resumed run, reproducible."""
@@ -369,158 +562,48 @@ def step_inputs(cfg: GRPOConfig, task, step: int, rank: int, device):
 
 
 def reward_fn(cfg: GRPOConfig):
-    """rl_batch's score_batch: the reward spec, its code programs judged under cfg.code_timeout_s."""
+    """grpo_step's score_batch: the reward spec, its code programs judged under cfg.code_timeout_s."""
     limits = sandbox.Limits(timeout_s=cfg.code_timeout_s)
     return functools.partial(parse_reward_spec(cfg.reward).score_batch, limits=limits)
 
 
-def run(cfg: GRPOConfig, score_batch=None) -> dict:
-    """R1-Zero: GRPO from the base model with rule rewards. Returns held-out metrics before/after.
-    score_batch: rl_batch's reward function, default reward_fn(cfg) (soak_sandbox.py --grpo-steps wraps
-    that in one that swaps a share of the rollouts for hostile programs)."""
-    t_start = time.time()
-    # `python grpo.py` on a fresh clone: pretrain the base model first (check_files has refused any
-    # other missing --init-from than the default base directory)
-    pretrain.ensure_base_model(cfg.init_from, seed=cfg.seed, device=cfg.device, task=cfg.task,
-                               min_digits=cfg.min_digits, max_digits=cfg.max_digits)
-    dist = setup_ddp(cfg.device or None)
-    seed_everything(cfg.seed, dist.rank)
-    tok, task = get_tokenizer(), task_from_config(cfg)
-    score_batch = score_batch or reward_fn(cfg)
-    model, _ = load_model(cfg.init_from, dist.device)
-    init_sha256 = checkpoint_sha256(cfg.init_from)  # saved with every checkpoint: which model this run started from
-    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_beta > 0 else None  # pi_ref
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, betas=(0.9, 0.99))
-    start_step, rollout, keep = 0, None, None
-    if cfg.resume:  # weights, optimizer, RNG, reference, and where in the step it stopped
-        ckpt = load_checkpoint(cfg.out_dir, map_location=dist.device, fallback=True)
-        start_step, rollout, keep = restore(model, optimizer, ckpt), ckpt["rollouts"][dist.rank], ckpt["keep"]
-        if ckpt.get("ref_model") is not None:
-            ref_model.load_state_dict(ckpt["ref_model"])
-        print0(f"resumed from {cfg.out_dir} at RL step {start_step}" +
-               (f", update pass {rollout['pass'] + 1} of {cfg.num_iterations}" if rollout else ""))
-    else:
-        start_fresh(cfg.out_dir)
-    wrapped = wrap(model, dist, cfg.compile)
-    logger = MetricsLogger(cfg.out_dir, keep=keep)
-    limits = sandbox.Limits(timeout_s=cfg.code_timeout_s)  # held-out code is judged as the rewards judge it
-    figure = os.path.join(cfg.out_dir, "aha.png")
-    loss_fn = make_loss_fn(cfg)
-    mu = cfg.num_iterations
+def print_samples(batch: dict, step: int, group_size: int) -> None:
+    """The first completion of this rank's first two questions, with its reward (rank 0 prints)."""
+    for j in (0, group_size):
+        if j < len(batch["texts"]):
+            print0(f"--- step {step + 1} sample {j} reward {batch['rewards'][j]:.2f}: "
+                   f"{batch['prompts'][j]}{batch['texts'][j]}")
 
-    def evaluate_held_out(step):
-        """Held-out pass@1 / cons@k with the paper's sampling settings (rank 0); redraws the figure."""
-        if not dist.is_main:
-            return {}
-        m = held_out(model, tok, task, cfg.eval_problems, cfg.eval_k, derive_seed(cfg.seed, "eval", step), limits)
-        logger.log({"kind": "eval", "step": step, **m})
-        print0(f"eval @ step {step} | " + MetricsLogger.format_line({k: v for k, v in m.items() if k != "by_kind"}))
-        if "by_kind" in m:
-            print0(by_kind_line(m))
-        plot_aha(logger.path, figure, reasons=cfg.task == "code")
-        return m
 
-    def save(position):
-        """Checkpoint at a finished update: RL step, every rank's rollout batch if passes of it
-        remain, the reference once it may differ from the base model, and how many log records
-        belong before it. Called on every rank (the rollouts are gathered); rank 0 writes."""
-        rollouts = [position["rollout"]]
-        if dist.is_ddp:
-            rollouts = [None] * dist.world_size
-            torch.distributed.all_gather_object(rollouts, position["rollout"])
-        ref_state = ref_model.state_dict() if ref_model is not None and cfg.ref_reset_every and \
-            position["step"] >= cfg.ref_reset_every else None
-        save_checkpoint(cfg.out_dir, model, optimizer, position["step"], dataclasses.asdict(cfg),
-                        rollouts=rollouts, keep=position["keep"], ref_model=ref_state, init_sha256=init_sha256)
-
-    print0(f"GRPO: {cfg.steps} steps x {cfg.prompts_per_step} questions x {cfg.group_size} samples, "
-           f"{dist.world_size} process(es) on {dist.device}")
-    if not cfg.resume:
-        evaluate_held_out(0)
-    position = {"step": start_step, "rollout": rollout, "keep": logger.n_records}  # last finished update
-    t_last = time.time()
-    try:
-        for step in range(start_step, cfg.steps):
-            if rollout is None:
-                # a. held-out evaluation (R1 Figure 2), every eval_every steps
-                if cfg.eval_every and step > 0 and step % cfg.eval_every == 0:
-                    evaluate_held_out(step)
-                # b. R1-Zero replaces pi_ref by the current policy every ref_reset_every steps
-                if ref_model is not None and cfg.ref_reset_every and step > 0 and step % cfg.ref_reset_every == 0:
-                    ref_model.load_state_dict(model.state_dict())
-                # c. this rank's questions (TRAIN split), and one RL step's data from them
-                problems, gen = step_inputs(cfg, task, step, dist.rank, dist.device)
-                batch, info = rl_batch(model, ref_model, tok, problems, cfg, score_batch, gen)
-                rollout = {"batch": batch, "info": info, "pass": 0}
-            batch, info = rollout["batch"], rollout["info"]
-            # d. mu optimizer steps on the same rollouts (pi_old stays the policy that sampled them)
-            for i in range(rollout["pass"], mu):
-                lr = set_lr(optimizer, lr_at(step * mu + i, cfg.lr, cfg.warmup_steps, cfg.steps * mu, cfg.min_lr_ratio))
-                t_update = time.time()
-                # e. the update, its record and the new position (what a checkpoint would hold now) change
-                #    together: a Ctrl-C in between waits until all three are done
-                with interrupts_deferred():
-                    metrics = optimizer_step(wrapped, optimizer, micro_batches(batch, cfg.micro_batch_size), loss_fn,
-                                             cfg.grad_clip)
-                    now = time.time()
-                    record = {"kind": "train", "step": step + 1, **({"pass": i + 1} if mu > 1 else {}),
-                              **all_reduce(info), **metrics, "lr": lr, "t_update": now - t_update, "dt": now - t_last}
-                    t_last = now
-                    logger.log(record)
-                    rollout = {**rollout, "pass": i + 1} if i + 1 < mu else None
-                    position = {"step": step + 1 if rollout is None else step, "rollout": rollout,
-                                "keep": logger.n_records}
-                print0(MetricsLogger.format_line({"step": f"{step + 1}/{cfg.steps}",
-                                                  **{k: v for k, v in record.items() if k not in ("kind", "step")}}))
-            # f. a few sampled completions now and then
-            if cfg.show_every and step % cfg.show_every == 0:
-                for j in (0, cfg.group_size):
-                    if j < len(batch["texts"]):
-                        print0(f"--- step {step + 1} sample {j} reward {batch['rewards'][j]:.2f}: "
-                               f"{batch['prompts'][j]}{batch['texts'][j]}")
-            # g. checkpoint every ckpt_every steps
-            if cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps:
-                save(position)
-    except KeyboardInterrupt:
-        print0(f"\ninterrupted: saving the state after RL step {position['step']} to {cfg.out_dir}; "
-               f"continue with --resume")
-        save(position)
-        raise
-    except NonFiniteError as e:  # nothing is saved: the last checkpoint stays the last good one
-        raise SystemExit(diverged_message(e, step + 1, cfg.out_dir)) from e
-    finally:  # draw what the run has so far, Ctrl-C too
-        if dist.is_main and os.path.exists(logger.path):
-            plot_aha(logger.path, figure, reasons=cfg.task == "code")
-    save(position)
-    after = evaluate_held_out(cfg.steps)
-    if dist.is_main:
-        records = read_metrics(logger.path)
-        before = next(r for r in records if r["kind"] == "eval")
-        train = [r for r in records if r["kind"] == "train"]
-        print0(f"\nR1-Zero summary ({time.time() - t_start:.0f} s wall clock, figure: {figure})")
-        # held-out, before -> after; acc_formatted (accuracy among well-formed completions) splits a
-        # pass@1 gain into answering better and merely formatting better
-        nan = float("nan")  # a metric a run's first records lack (a run resumed across versions of this file)
-        for key in ("pass@1", "cons@k", "format", "acc_formatted", "length", "reasons", "self_check", "mixed", "tries",
-                    "backtracks", "give_up", "drift"):
-            print0(f"  {key:<13} {before.get(key, nan):.3f} -> {after.get(key, nan):.3f}")
-        if "by_kind" in after:
-            print0(by_kind_line(after, before))
-        # the rollouts, first RL step -> last: what a run that learns nothing shows (cut at the cap,
-        # groups with no reward spread, a collapsing entropy, wrong completions growing)
-        for key, unit in (("len", " tokens"), ("len_right", " tokens"), ("len_wrong", " tokens"), ("truncated", ""),
-                          ("zero_adv_frac", ""), ("entropy", " nats")):
-            print0(f"  train {key:<13} {train[0].get(key, nan):.3f} -> {train[-1].get(key, nan):.3f}{unit}")
-        # where the RL loop's time went: a rollout batch's parts once (its first pass), every update pass;
-        # "other" is the rest: held-out evaluations, checkpoints, logging
-        total = sum(r["dt"] for r in train)
-        parts = {name: sum(r[key] for r in train if r.get("pass", 1) == 1) for name, key in
-                 (("rollouts", "t_rollout"), ("rewards", "t_reward"), ("log-probs", "t_logprobs"))}
-        parts["update"] = sum(r["t_update"] for r in train)
-        parts["other"] = total - sum(parts.values())
-        print0(f"  loop time    {total:.0f} s: " + ", ".join(f"{k} {v / total:.0%}" for k, v in parts.items()))
-    teardown_ddp()
-    return {"before": before if dist.is_main else {}, "after": after}
+def print_summary(metrics_path: str, after: dict, figure: str, seconds: float) -> dict:
+    """The run's summary from its metrics log: held-out before -> after, the rollouts' first -> last
+    step, where the loop's time went. Returns the first evaluation (before RL)."""
+    records = read_metrics(metrics_path)
+    before = next(r for r in records if r["kind"] == "eval")
+    train = [r for r in records if r["kind"] == "train"]
+    print0(f"\nR1-Zero summary ({seconds:.0f} s wall clock, figure: {figure})")
+    # held-out, before -> after; acc_formatted (accuracy among well-formed completions) splits a
+    # pass@1 gain into answering better and merely formatting better
+    nan = float("nan")  # a metric a run's first records lack (a run resumed across versions of this file)
+    for key in ("pass@1", "cons@k", "format", "acc_formatted", "length", "reasons", "self_check", "mixed", "tries",
+                "backtracks", "give_up", "drift"):
+        print0(f"  {key:<13} {before.get(key, nan):.3f} -> {after.get(key, nan):.3f}")
+    if "by_kind" in after:
+        print0(by_kind_line(after, before))
+    # the rollouts, first RL step -> last: what a run that learns nothing shows (cut at the cap,
+    # groups with no reward spread, a collapsing entropy, wrong completions growing)
+    for key, unit in (("len", " tokens"), ("len_right", " tokens"), ("len_wrong", " tokens"), ("truncated", ""),
+                      ("zero_adv_frac", ""), ("entropy", " nats")):
+        print0(f"  train {key:<13} {train[0].get(key, nan):.3f} -> {train[-1].get(key, nan):.3f}{unit}")
+    # where the RL loop's time went: a rollout batch's parts once (its first pass), every update pass;
+    # "other" is the rest: held-out evaluations, checkpoints, logging
+    total = sum(r["dt"] for r in train)
+    parts = {name: sum(r[key] for r in train if r.get("pass", 1) == 1) for name, key in
+             (("rollouts", "t_rollout"), ("rewards", "t_reward"), ("log-probs", "t_logprobs"))}
+    parts["update"] = sum(r["t_update"] for r in train)
+    parts["other"] = total - sum(parts.values())
+    print0(f"  loop time    {total:.0f} s: " + ", ".join(f"{k} {v / total:.0%}" for k, v in parts.items()))
+    return before
 
 
 def main(argv=None):

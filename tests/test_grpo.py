@@ -1,5 +1,7 @@
 """grpo.py: advantages and the loss against slow per-sample loops, exact gradient accumulation,
 log-probs at the sampling temperature, the one-step function, learning, exact resume, DDP, CLI."""
+import copy
+import io
 import math
 import os
 import re
@@ -14,7 +16,8 @@ import torch
 import common
 import grpo
 from common import pack
-from grpo import GRPOConfig, chunks, group_advantages, grpo_loss, make_loss_fn, micro_batches, rl_batch
+from grpo import (GRPOConfig, RunState, group_advantages, grpo_loss, grpo_step, make_loss_fn, micro_batch_plan,
+                  micro_batches)
 from model import GPT, GPTConfig
 from tokenizer import get_tokenizer
 
@@ -222,7 +225,7 @@ def accumulated_grads(model, batch, cfg, size):
 
 
 def packed_rl_batch(B=10, seed=2):
-    """A GRPO batch laid out as rl_batch lays it out (common.pack): prompt + completion, right-padded,
+    """A GRPO batch laid out as grpo_step lays it out (common.pack): prompt + completion, right-padded,
     rows of very different lengths."""
     g = torch.Generator().manual_seed(seed)
     prompts = [torch.randint(0, 64, (int(n),), generator=g).tolist() for n in torch.randint(2, 6, (B,), generator=g)]
@@ -242,7 +245,7 @@ def test_accumulated_gradient_equals_full_batch_gradient(make_batch, agg, size):
     the one-shot gradient of grpo_loss on all 10 rows equals the sum of the micro-batch shares'.
     (Dividing each micro-batch's mean by the number of micro-batches, as before, is off by a third
     on the 4/4/2 split and is never exact for token-mean.) On a ragged, right-padded batch as
-    rl_batch makes it (packed_rl_batch), micro_batches also sorts the rows and cuts the padding:
+    grpo_step makes it (packed_rl_batch), micro_batches also sorts the rows and cuts the padding:
     that changes nothing beyond float rounding either."""
     cfg = GRPOConfig(loss_agg=agg, kl_beta=0.04, num_iterations=2, max_new_tokens=19, temperature=0.7)
     batch = make_batch()
@@ -266,7 +269,7 @@ def test_micro_batches_sort_rows_by_length_and_cut_each_after_its_longest_row(si
     ends = [int(m.nonzero().max()) + 2 for m in batch["mask"]]          # tokens row b needs
     parts, seen = micro_batches(batch, size), []
     assert [len(p["tokens"]) for p in parts] == [len(r) for r in torch.arange(10).split(size)]
-    for part, (rows, T) in zip(parts, chunks(batch["mask"], size)):
+    for part, (rows, T) in zip(parts, micro_batch_plan(batch["mask"], size)):
         seen += rows.tolist()
         assert T == max(ends[r] for r in rows) and part["tokens"].shape[1] == T
         assert part["n_rows"] == 10 and part["n_tokens"] == batch["mask"].sum().item()
@@ -308,8 +311,18 @@ def tiny_policy(seed=0):
     return GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=1, n_embd=32, max_seq_len=64))
 
 
+def one_step(model, ref, problems, cfg, score_batch, seed=0):
+    """grpo_step on its own, on a copy of `model`: the copy samples exactly as `model` would and takes
+    the update, `model` stays the policy that sampled (pi_old). Returns the batch and the first
+    pass's record (the step-level info and the update's metrics)."""
+    policy = copy.deepcopy(model)
+    state = RunState(cfg, get_tokenizer(), policy, ref, common.make_optimizer(policy, cfg.lr), score_batch)
+    batch, records = grpo_step(state, 0, problems, torch.Generator().manual_seed(seed))
+    return batch, records[0]
+
+
 @pytest.mark.slow
-def test_rl_batch_shapes_advantages_and_log_probs():
+def test_grpo_step_batch_shapes_advantages_and_log_probs():
     """The one-step function on its own: N questions x G samples -> a batch whose advantages are
     the group advantages of its rewards, and whose pi_old / pi_ref log-probs are the trainer's, at
     the sampling temperature."""
@@ -318,7 +331,7 @@ def test_rl_batch_shapes_advantages_and_log_probs():
     tok, model = get_tokenizer(), tiny_policy()
     cfg = GRPOConfig(prompts_per_step=3, group_size=4, max_new_tokens=8, temperature=0.7, num_iterations=2)
     problems = sample_problems(SevenTask(), 3, "train", seed=0)
-    batch, info = rl_batch(model, model, tok, problems, cfg, sevens, torch.Generator().manual_seed(0))
+    batch, info = one_step(model, model, problems, cfg, sevens)
     B = 12
     assert batch["tokens"].shape[0] == B and batch["mask"].shape == (B, batch["tokens"].shape[1] - 1)
     assert batch["prompts"][:4] == [batch["prompts"][0]] * 4 and len(batch["texts"]) == B
@@ -332,7 +345,7 @@ def test_rl_batch_shapes_advantages_and_log_probs():
 
 
 @pytest.mark.slow
-def test_rl_batch_diagnostics_truncation_and_lengths_of_right_and_wrong():
+def test_grpo_step_diagnostics_truncation_and_lengths_of_right_and_wrong():
     """The numbers that show a run learning nothing, against a count by hand: the share of rollouts
     cut at the cap (no stop token at the end), and the mean length of right and wrong completions."""
     tok, model = get_tokenizer(), tiny_policy()
@@ -344,7 +357,7 @@ def test_rl_batch_diagnostics_truncation_and_lengths_of_right_and_wrong():
     def judge(texts, problems):  # "right" = an even number of characters: some are, some are not
         return [(float(len(t) % 2 == 0), {"accuracy": float(len(t) % 2 == 0)}) for t in texts]
 
-    batch, info = rl_batch(model, None, tok, problems, cfg, judge, torch.Generator().manual_seed(0))
+    batch, info = one_step(model, None, problems, cfg, judge)
     lengths = batch["mask"].sum(1).tolist()
     ends = [batch["tokens"][i, int(batch["mask"][i].nonzero().max()) + 1].item() for i in range(12)]
     cut = [n == 6 and e not in stop_tokens(tok) for n, e in zip(lengths, ends)]
@@ -363,7 +376,7 @@ def test_update_reports_the_policy_entropy_over_completion_tokens():
     cfg = GRPOConfig(prompts_per_step=3, group_size=4, max_new_tokens=6, temperature=0.7, kl_beta=0.0)
     from tasks import sample_problems
     problems = sample_problems(SevenTask(), 3, "train", seed=0)
-    batch, _ = rl_batch(model, None, tok, problems, cfg, varied, torch.Generator().manual_seed(0))
+    batch, _ = one_step(model, None, problems, cfg, varied)
     with torch.no_grad():
         logits = model(batch["tokens"][:, :-1]).float() / 0.7                    # (B, T-1, V)
         H = torch.distributions.Categorical(logits=logits).entropy()             # (B, T-1)
@@ -375,21 +388,18 @@ def test_update_reports_the_policy_entropy_over_completion_tokens():
 
 
 def run_tiny_grpo(steps=30, reward=sevens, **overrides):
-    """A few RL steps on SevenTask through the same pieces grpo.run uses: rl_batch, then mu
-    optimizer_steps on its micro-batches. Returns one metrics dict per update."""
+    """A few RL steps on SevenTask through grpo_step, the step grpo.run takes. Returns one metrics
+    record per update."""
     from tasks import sample_problems
     tok, model = get_tokenizer(), tiny_policy()
     cfg = GRPOConfig(**{"steps": steps, "prompts_per_step": 8, "group_size": 4, "max_new_tokens": 6, "lr": 1e-2,
                         "kl_beta": 0.0, "micro_batch_size": 12, **overrides})
     ref = tiny_policy() if cfg.kl_beta > 0 else None
-    opt = common.make_optimizer(model, cfg.lr)
+    state = RunState(cfg, tok, model, ref, common.make_optimizer(model, cfg.lr), reward)
     records = []
     for step in range(cfg.steps):
         problems = sample_problems(SevenTask(), cfg.prompts_per_step, "train", seed=step)
-        batch, info = rl_batch(model, ref, tok, problems, cfg, reward, torch.Generator().manual_seed(step))
-        for _ in range(cfg.num_iterations):
-            records.append({**info, **common.optimizer_step(model, opt, micro_batches(batch, cfg.micro_batch_size),
-                                                            make_loss_fn(cfg), cfg.grad_clip)})
+        records += grpo_step(state, step, problems, torch.Generator().manual_seed(step))[1]
     return records
 
 
@@ -413,7 +423,7 @@ def test_mu_2_first_pass_has_ratio_exactly_one_and_second_moves(temperature):
     cfg = GRPOConfig(prompts_per_step=8, group_size=4, max_new_tokens=6, temperature=temperature,
                      num_iterations=2, micro_batch_size=12, lr=1e-2)
     problems = sample_problems(SevenTask(), 8, "train", seed=0)
-    batch, _ = rl_batch(model, model, tok, problems, cfg, sevens, torch.Generator().manual_seed(0))
+    batch, _ = one_step(model, model, problems, cfg, sevens)
     for mb in micro_batches(batch, cfg.micro_batch_size):   # what the first pass's loss_fn computes
         logp = token_logprobs(model, mb["tokens"], temperature)
         assert logp.requires_grad and torch.equal(logp.detach(), mb["logp_old"])
@@ -593,6 +603,39 @@ def test_ddp_two_processes_same_loss_and_gradients(tmp_path):
             assert one[agg]["metrics"][key] == pytest.approx(two[agg]["metrics"][key], rel=1e-5, abs=1e-7), (agg, key)
         for a, b in zip(one[agg]["grads"], two[agg]["grads"]):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def without_timing_fields(text: str) -> list[str]:
+    """The printed step, eval and sample lines, their timing fields (t_*, dt) cut out."""
+    return [re.sub(r"\| (t_\w+|dt) [^ ]+ ?", "", line) for line in text.splitlines()
+            if line.startswith(("step ", "eval @ ", "--- step "))]
+
+
+@pytest.mark.slow
+def test_progress_bar_leaves_the_metrics_log_and_the_printed_lines_as_they_are(tmp_path, tmp_path_factory,
+                                                                                  monkeypatch, capsys):
+    """On a terminal, run() shows a bar over the RL steps on stderr, with the rate and the time left;
+    the metrics log and the lines printed to stdout are a run's without the bar (timings aside)."""
+    base = smoke_base(tmp_path_factory)
+    config = lambda out: common.config_from_args(  # noqa: E731
+        GRPOConfig, ["--preset", "smoke", "--steps", "3", "--init-from", str(base), "--out-dir", str(tmp_path / out)],
+        presets=grpo.PRESETS)
+    grpo.run(config("plain"))
+    plain = capsys.readouterr()
+    assert "RL" not in plain.err                                  # not a terminal: no bar
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    grpo.run(config("bar"))
+    shown = capsys.readouterr().out
+    assert re.search(r"RL: +\d+%.*\| 3/3 \[[\d:]+<[\d:]+, +[\d.]+(s/step|step/s)\]", terminal.getvalue())
+    assert "RL:" not in shown and len(without_timing_fields(shown)) == 3 + 2 + 3 * 2   # steps, evals, samples
+    assert without_timing_fields(shown) == without_timing_fields(plain.out)
+    assert without_timings(tmp_path / "bar" / "metrics.jsonl") == without_timings(tmp_path / "plain" / "metrics.jsonl")
 
 
 @pytest.mark.slow
