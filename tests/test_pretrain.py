@@ -8,6 +8,7 @@ import torch
 import common
 import pretrain
 from conftest import ROOT, raising_on_call, run_script
+from model import GPT, GPTConfig
 from tasks import task_from_config
 from tokenizer import get_tokenizer
 
@@ -48,6 +49,20 @@ def test_batches_are_a_pure_function_of_the_step():
     assert (x[:, 0] == tok.special_ids["<|user|>"]).sum() + (x[:, 0] < 256).sum() == len(x)  # rows start a document
     other_rank = next(pretrain.batches(cfg, tok, task, rank=1, world_size=2))[0][0]["x"][0]
     assert not torch.equal(other_rank, x[:1])
+
+
+def test_loss_shares_add_up_to_the_batch_mean_cross_entropy():
+    """Each micro-batch's loss is its share: summed over micro-batches, the whole batch's mean
+    next-token cross-entropy over its targets (-1 = none), as a per-token loop computes it."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("pico", vocab_size=50, max_seq_len=32))
+    x, y = torch.randint(0, 50, (4, 12)), torch.randint(0, 50, (4, 12))   # (B, T), (B, T)
+    y[1, 7:], y[3, :5] = -1, -1
+    n = int((y != -1).sum())
+    shares = [pretrain.loss_fn(model, {"x": x[i:i + 2], "y": y[i:i + 2], "n_targets": n})[0] for i in (0, 2)]
+    logits = model(x)                                                        # (B, T, V)
+    terms = [-torch.log_softmax(logits[b, t], -1)[y[b, t]] for b in range(4) for t in range(12) if y[b, t] != -1]
+    assert len(terms) == n and sum(shares).item() == pytest.approx((sum(terms) / n).item(), rel=1e-5)
 
 
 @pytest.mark.slow
