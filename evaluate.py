@@ -18,7 +18,8 @@ prefix from corpus.forced_prefixes) and compares accuracy: the gap RL can exploi
 pass@k (Chen et al. 2021) from n samples of which c are correct: the unbiased estimator
 1 - C(n-c, k) / C(n, k) (`pass_at_k`). Inference-time scaling (--scaling), two ways: more samples
 (cons@k and pass@k as k grows, from n = --scaling-n samples per question) and a thinking budget (the
-chain of thought cut at B tokens and the answer forced right there, `budget_completions`, B swept).
+chain of thought cut at B tokens and the answer forced right there, `budget_completions`, B swept:
+s1's budget forcing (Muennighoff et al. 2025, arXiv 2501.19393), the cutting half only; R1 reports no such curve).
 
 Deliberate deviations: none in the metrics; the k and question counts are small for CPU time.
 """
@@ -238,8 +239,8 @@ def faithful(problem, completion: str) -> bool:
 
 def behaviour(completion: str, language: str = "en") -> dict:
     """What a completion does, as counts the R1-Zero story is about: reasoning, self-checks,
-    language mixing and drift, and, in the search world, tries, backtracking ("no" after a try, or
-    "wait"), giving up, repeated tries, per-try arithmetic and false claims of success."""
+    language mixing and drift, and, in the search world, tries, failed tries (`backtracks`: "no" after a try, or
+    "wait"; persistence in a search, about tries - 1, not R1's re-evaluation of a step), giving up, repeated tries, per-try arithmetic and false claims of success."""
     thought = chain_of_thought(completion)
     tries = parse_tries(thought)
     pairs = [frozenset((a, b)) for a, b, *_ in tries]

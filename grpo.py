@@ -5,7 +5,10 @@ Paper map (docs/PAPER.md has the equations and a worked example of each):
   group_advantages  R1 eq. 3: A_i = (r_i - mean(r)) / std(r), per group of G samples
   grpo_loss         DeepSeekMath eq. 3 (per-token ratio, 1/|o_i| mean; R1 eq. 1 writes it per
                     sequence: --seq-ratio): min(rho A, clip(rho, 1-eps, 1+eps) A) - beta KL, with
-                    the k3 KL estimator of R1 eq. 2 / DeepSeekMath eq. 4: pi_ref/pi - log(pi_ref/pi) - 1
+                    the k3 KL estimator of R1 eq. 2 / DeepSeekMath eq. 4: pi_ref/pi - log(pi_ref/pi) - 1,
+                    on tokens sampled from pi_old (its value estimates KL(pi_theta||pi_ref) only while
+                    pi_theta = pi_old; as a loss term its expected gradient is that of KL(pi_ref||pi_theta):
+                    docs/PAPER.md section 1.3)
   grpo_step         one RL step, top to bottom: questions -> G completions each from pi_old -> rule
                     rewards -> group advantages -> log-probs -> mu updates of grpo_loss (read this first)
   run               the R1-Zero loop: evaluation, reference reset, grpo_step, samples, checkpoints,
@@ -23,14 +26,16 @@ Paper map (docs/PAPER.md has the equations and a worked example of each):
 Shapes: N questions per step, G group size, B = N*G sequences, T tokens, V vocab.
 
 Deliberate deviations from the paper:
-1. Scale: 16 questions x 8 samples per step (paper: 32 x 16), tens of steps (paper: thousands),
-   a ~1M-parameter model pretrained here on a synthetic web (paper: DeepSeek-V3-Base).
+1. Scale: 16 questions x 8 samples per step (paper: 32 x 16), 40 steps (25 add, 30 code; paper:
+   10,400), a 0.77M-parameter model pretrained here on a synthetic web (paper: DeepSeek-V3-Base).
 2. The KL coefficient is 0.04 (DeepSeekMath's value) rather than R1-Zero's 0.001: with few, large
    steps on a tiny model, a tighter leash keeps the policy from collapsing.
 3. The prompt template is the short `<|user|>question<|assistant|>` form (tasks.format_prompt), not
    the paper's full instruction: the base model learned the format in pretraining.
 4. The reference model is the initial policy and is never reset by default (R1-Zero reset it every
-   400 steps; our runs are shorter than that). --ref-reset-every sets it.
+   400 steps; our runs are 25-40 steps). --ref-reset-every sets it.
+5. The reward is accuracy + 0.1 x format (the journal version adds the two rules with equal weight):
+   the format term is a small bonus beside accuracy (--reward sets the spec).
 """
 from __future__ import annotations
 

@@ -33,7 +33,8 @@ R1-Zero's own correct samples by a program instead of human annotators (question
 sample get a template-written search, and each row says which it is); stage 3's non-reasoning data
 is the synthetic web's plain text (paper: ~200K writing, QA, translation samples); stage 4 uses the
 rule rewards of stage 2 (the paper adds reward models for helpfulness and harmlessness on general
-prompts: there are none here).
+prompts: there are none here); stage 2 weighs the language-consistency reward 0.5 (the paper adds
+it to accuracy directly: `--language-weights` sweeps it).
 """
 from __future__ import annotations
 
