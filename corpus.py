@@ -295,7 +295,7 @@ def readable_search(problem, lang: str, pairs=None) -> str:
     answer) in the search world: the tries in ONE language, no pair twice, no giving up, ending at
     the pair that works, then a summary sentence naming it, `<think>7+1=8 vs 12, no. 7+5=12 vs 12,
     yes. so the answer is 7+5.</think><answer>7+5</answer>`. `pairs`: the tries to write (a cleaned R1-Zero
-    sample's own, ending with the right pair); default the systematic search (search_tries)."""
+    sample's own, ending with the right pair); default the systematic search (search_pairs)."""
     pairs = pairs if pairs is not None else search_pairs(problem.numbers, problem.target)
     tries = [search_try(x, y, problem.target, lang) for x, y in pairs]
     x, y = pairs[-1]

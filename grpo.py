@@ -322,10 +322,10 @@ def rollout_info(problems, completion_ids, texts, scored, rewards, cfg: GRPOConf
 
     components = {k: sum(c[k] for _, c in scored) / len(scored) for k in scored[0][1]}
     languages = [problems[i // cfg.group_size].language for i in range(len(texts))]
-    shown = summarize_behaviour([{**behaviour(t, lang), "language": lang} for t, lang in zip(texts, languages)])
+    behaviour_means = summarize_behaviour([{**behaviour(t, lang), "language": lang} for t, lang in zip(texts, languages)])
     return {"reward": rewards.mean().item(), **{f"r_{k}": v for k, v in components.items()},
             "len": sum(lengths) / len(lengths), "truncated": sum(cut) / len(cut),
-            "len_right": mean_len(right), "len_wrong": mean_len([not r for r in right]), **shown}
+            "len_right": mean_len(right), "len_wrong": mean_len([not r for r in right]), **behaviour_means}
 
 
 def micro_batch_plan(mask, size: int) -> list[tuple[torch.Tensor, int]]:

@@ -137,11 +137,11 @@ def batches(examples, cfg: SFTConfig, pad_id: int, rank: int, world_size: int, s
         return examples[perms[epoch][position % n]]
 
     for step in itertools.count(start_step):
-        mine = [row(step * cfg.batch_size + j) for j in range(rank, cfg.batch_size, world_size)]
-        n_tokens = sum_over_ranks(sum(len(c) for _, c in mine))
+        this_rank_rows = [row(step * cfg.batch_size + j) for j in range(rank, cfg.batch_size, world_size)]
+        n_tokens = sum_over_ranks(sum(len(c) for _, c in this_rank_rows))
         micro = []
-        for s in range(0, len(mine), cfg.micro_batch_size):
-            chunk = mine[s:s + cfg.micro_batch_size]
+        for s in range(0, len(this_rank_rows), cfg.micro_batch_size):
+            chunk = this_rank_rows[s:s + cfg.micro_batch_size]
             tokens, mask = pack([p for p, _ in chunk], [c for _, c in chunk], pad_id)
             micro.append({"tokens": tokens, "mask": mask, "n_tokens": n_tokens})
         yield micro, {}

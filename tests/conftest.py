@@ -1,28 +1,12 @@
-"""Shared test helpers: put the repo root on sys.path, run a script under torchrun on gloo, and
-check that the fast suite (pytest -m "not slow") still tests every source file."""
+"""Shared test helpers: put the repo root on sys.path, run a script under torchrun on gloo."""
 import os
 import socket
 import subprocess
 import sys
 
-import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-SOURCES = sorted(f for f in os.listdir(ROOT) if f.endswith(".py"))  # bench.py ... tokenizer.py
-
-
-@pytest.hookimpl(tryfirst=True)  # before -m and -k deselect anything
-def pytest_collection_modifyitems(config, items):
-    """Every source file X.py keeps at least one test in tests/test_X.py that is not marked slow,
-    so `pytest -m "not slow"` (about a minute) covers every module. Checked when the whole suite
-    is collected (a plain `pytest`, with or without -m / -k)."""
-    if config.args_source != pytest.Config.ArgsSource.TESTPATHS:
-        return
-    fast = {item.path.name.removeprefix("test_") for item in items if item.get_closest_marker("slow") is None}
-    missing = [f for f in SOURCES if f not in fast]
-    if missing:
-        raise pytest.UsageError(f"no fast test (one not marked slow) in tests/test_X.py for: {', '.join(missing)}")
 
 
 def _free_port() -> int:

@@ -1,5 +1,6 @@
 """common.py: LR schedule, flags from a dataclass, checkpoints, the training loop, and DDP on gloo."""
 import io
+import ast
 import math
 import os
 import re
@@ -513,3 +514,25 @@ def test_progress_shows_on_a_terminal_on_rank_0_only_and_print0_goes_above_it(mo
         common.print0("step 1 | loss 2.0")                     # cleared, printed above, redrawn
         assert terminal.getvalue().count("steps") > drawn
     assert capsys.readouterr().out == "step 1 | loss 2.0\n"      # the line itself is unchanged
+
+
+def _is_slow(node) -> bool:
+    """A decorator list or `pytestmark` value that holds pytest.mark.slow."""
+    return any(isinstance(n, ast.Attribute) and n.attr == "slow" for n in ast.walk(node))
+
+
+def test_every_source_file_has_a_fast_test():
+    """`pytest -m "not slow"` covers every module: each X.py at the root keeps at least one test in
+    tests/test_X.py that is not marked slow (read from the source, so it holds for any selection)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    missing = []
+    for source in sorted(f for f in os.listdir(root) if f.endswith(".py")):
+        path = os.path.join(root, "tests", f"test_{source}")
+        tree = ast.parse(open(path).read()) if os.path.exists(path) else ast.Module(body=[], type_ignores=[])
+        module_slow = any(isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "pytestmark" for t in n.targets)
+                          and _is_slow(n.value) for n in tree.body)
+        fast = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")
+                and not any(_is_slow(d) for d in n.decorator_list)]
+        if module_slow or not fast:
+            missing.append(source)
+    assert not missing, f"no fast test (one not marked slow) in tests/test_X.py for: {missing}"
