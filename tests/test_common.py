@@ -477,7 +477,7 @@ TEARDOWN_SCRIPT = textwrap.dedent("""
     wrapped(torch.ones(3, 4)).sum().backward()              # DDP's gradient all-reduce
     common.all_reduce({{"x": 1.0}})                          # a collective on a tensor Python has seen
     common.teardown_ddp()
-    print("threads", info.rank, before, threads(), flush=True)
+    os.write(1, f"threads {{info.rank}} {{before}} {{threads()}}\\n".encode())  # one write: ranks share the pipe
 """)
 
 
