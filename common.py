@@ -46,6 +46,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from model import GPT, GPTConfig
+from tokenizer import get_tokenizer
 
 # ----------------------------------------------------------------------------- devices and DDP
 
@@ -270,6 +271,7 @@ def save_checkpoint(out_dir: str, model, optimizer=None, step: int = 0, config: 
         "step": step,
         "config": config or {},
         "rng": rng_state(),
+        "tokenizer": get_tokenizer().name,  # load_checkpoint refuses a checkpoint made with another one
         **extra,
     }
     tmp = path + ".tmp"
@@ -502,6 +504,22 @@ def read_checkpoint_file(p: str, map_location="cpu") -> dict:
                               f"{str(e).splitlines()[0][:120]})") from e
 
 
+class TokenizerMismatch(ValueError):
+    """A checkpoint made with another tokenizer than this code's (its token ids mean other text)."""
+
+
+def check_tokenizer(ckpt: dict, p: str) -> dict:
+    """ckpt itself if it was made with this code's tokenizer, else TokenizerMismatch in one line
+    saying what to run. Checkpoints from before the BPE tokenizer carry no name: byte-level."""
+    made_with, ours = ckpt.get("tokenizer", "bytes"), get_tokenizer().name
+    if made_with != ours:
+        raise TokenizerMismatch(
+            f"checkpoint {p} was made with the tokenizer {made_with!r}, this code uses {ours!r} "
+            f"(data/merges.tiktoken): its token ids mean other text. Move its run directory aside and "
+            f"make it again (e.g. `python pretrain.py`, then the stage that wrote it)")
+    return ckpt
+
+
 def load_checkpoint(path: str, map_location="cpu", fallback: bool = False, quiet: bool = False) -> dict:
     """The checkpoint of a run directory (or a checkpoint file), verified. With fallback (what
     --resume uses), a latest checkpoint that fails verification is reported (unless quiet) and the
@@ -510,12 +528,12 @@ def load_checkpoint(path: str, map_location="cpu", fallback: bool = False, quiet
     if not os.path.exists(p) and not (fallback and os.path.exists(os.path.join(os.path.dirname(p), PREV_NAME))):
         raise FileNotFoundError(f"no checkpoint at {p}")
     try:
-        return read_checkpoint_file(p, map_location)
+        return check_tokenizer(read_checkpoint_file(p, map_location), p)
     except (CheckpointError, FileNotFoundError) as e:
         prev = os.path.join(os.path.dirname(p), PREV_NAME)
         if not fallback or not os.path.exists(prev):
             raise
-        ckpt = read_checkpoint_file(prev, map_location)
+        ckpt = check_tokenizer(read_checkpoint_file(prev, map_location), prev)
         if not quiet:  # the run goes on from prev: set the bad file aside, so no save rotates it into prev
             print0(f"WARNING: {e}; falling back to the previous checkpoint {prev} (step {ckpt['step']})")
             if is_main_process() and os.path.exists(p):
@@ -693,6 +711,7 @@ def config_from_args(cls, argv: list[str] | None = None, presets: dict[str, dict
     args = parser.parse_args(argv)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
     try:
+        get_tokenizer()  # a missing or corrupt data/merges.tiktoken: one line here, before any work
         cfg = cls(**values)
         if check is not None:
             check(cfg)
@@ -842,8 +861,9 @@ def diverged_message(error: NonFiniteError, step: int, out_dir: str) -> str:
 
 
 def set_lr(optimizer, lr: float) -> float:
+    """Set every group's lr to lr times the group's lr_scale (Muon's matrices run at a larger lr)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     return lr
 
 
@@ -923,9 +943,76 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: i
     return tokens, mask
 
 
-def make_optimizer(model, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.95)):
-    """AdamW with weight decay on matrices only (not on norms' gains), as in nanoGPT."""
+def newton_schulz(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """The nearest semi-orthogonal matrix to G (U V^T of its SVD, approximately), by the quintic
+    Newton-Schulz iteration of Muon (Keller Jordan 2024; nanochat, modded-nanogpt), in float32:
+    torch.optim.Muon's bfloat16 version is ~300x slower on a CPU without fast bfloat16. G may be a
+    stack of matrices (..., rows, cols), each orthogonalised on its own."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G.float()
+    tall = X.size(-2) > X.size(-1)
+    if tall:
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # spectral norm <= Frobenius norm = 1
+    for _ in range(steps):
+        A = X @ X.mT
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.mT if tall else X
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for the hidden matrices: SGD-momentum (Nesterov) whose update is orthogonalised by
+    newton_schulz and scaled by sqrt(max(1, rows / cols)); matrices of one shape are orthogonalised
+    in one batched call. Groups with "adamw": True are AdamW (torch.optim.AdamW's update)."""
+
+    def __init__(self, groups, lr: float, momentum: float = 0.95, betas=(0.9, 0.95), eps: float = 1e-8):
+        super().__init__(groups, dict(lr=lr, momentum=momentum, betas=betas, eps=eps, weight_decay=0.0, adamw=False))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if group["adamw"]:
+                for p in params:
+                    state = self.state[p]
+                    if not state:
+                        state.update(step=0, m=torch.zeros_like(p), v=torch.zeros_like(p))
+                    state["step"] += 1
+                    b1, b2 = group["betas"]
+                    state["m"].lerp_(p.grad, 1 - b1)
+                    state["v"].lerp_(p.grad * p.grad, 1 - b2)
+                    m_hat = state["m"] / (1 - b1 ** state["step"])
+                    v_hat = state["v"] / (1 - b2 ** state["step"])
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                    p.addcdiv_(m_hat, v_hat.sqrt().add_(group["eps"]), value=-group["lr"])
+                continue
+            by_shape: dict[tuple, list] = {}
+            for p in params:
+                by_shape.setdefault(tuple(p.shape), []).append(p)
+            for shape, same in by_shape.items():
+                updates = []
+                for p in same:
+                    buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
+                    buf.lerp_(p.grad, 1 - group["momentum"])
+                    updates.append(p.grad.lerp(buf, group["momentum"]))  # Nesterov
+                orthogonal = newton_schulz(torch.stack(updates))
+                for p, u in zip(same, orthogonal):
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                    p.add_(u, alpha=-group["lr"] * max(1.0, shape[0] / shape[1]) ** 0.5)
+
+
+def make_optimizer(model, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.95), muon_lr: float = 0.0):
+    """AdamW with weight decay on matrices only (not on norms' gains), as in nanoGPT. muon_lr > 0:
+    Muon (above) at that lr for the blocks' matrices, AdamW at lr for the embeddings and gains."""
     params = [p for p in model.parameters() if p.requires_grad]
+    if muon_lr > 0:
+        embed = {id(p) for name, p in unwrap(model).named_parameters() if "embed" in name or "lm_head" in name}
+        hidden = [p for p in params if p.dim() >= 2 and id(p) not in embed]
+        rest_decay = [p for p in params if p.dim() >= 2 and id(p) in embed]
+        rest = [p for p in params if p.dim() < 2]
+        return Muon([{"params": hidden, "lr_scale": muon_lr / lr, "weight_decay": 0.0},
+                     {"params": rest_decay, "adamw": True, "weight_decay": weight_decay},
+                     {"params": rest, "adamw": True, "weight_decay": 0.0}], lr=lr, betas=betas)
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

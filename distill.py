@@ -74,6 +74,7 @@ CODE = ("distill.py",)  # this script's code makes its traces too (their provena
 
 
 def check_files(cfg: DistillConfig) -> None:
+    pretrain.check_base(cfg.student_base)  # pretrained here when missing: never reused from another recipe
     if cfg.reference_data and not os.path.exists(cfg.reference_data):
         raise ValueError(f"--reference-data {cfg.reference_data}: no such file")
     if not cfg.reference_data and not os.path.exists(checkpoint_path(cfg.teacher)):

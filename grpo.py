@@ -134,6 +134,8 @@ def check_files(cfg: GRPOConfig) -> None:
     run), --resume has a checkpoint of the same run, the longest prompt + --max-new-tokens fits the
     model, --device exists, and the questions split evenly over the torchrun processes."""
     check_resume(cfg.out_dir, cfg.resume, dataclasses.asdict(cfg), RESUME_MUST_MATCH)
+    if cfg.init_from == run_dir("out/base", cfg.seed, cfg.task):
+        pretrain.check_base(cfg.init_from)  # the default base: made by this code's pretraining recipe
     if os.path.exists(checkpoint_path(cfg.init_from)):
         max_seq_len = load_checkpoint(cfg.init_from)["model_config"]["max_seq_len"]
     elif cfg.init_from == run_dir("out/base", cfg.seed, cfg.task):

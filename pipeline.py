@@ -109,6 +109,7 @@ DATASETS = ("cold_start.jsonl", "rejection_sampled.jsonl")  # the files of a --d
 
 
 def check_files(cfg: PipelineConfig) -> None:
+    pretrain.check_base(cfg.base)  # pretrained here when missing: never reused from another recipe
     if cfg.device:
         get_device(cfg.device)
     for name in DATASETS if cfg.reference_data else ():

@@ -62,14 +62,16 @@ class PretrainConfig(CorpusConfig):
     task: str = DEFAULT_TASK        # task family the web's problems come from (corpus.WEB_TASKS: pairsum, add, code)
     min_digits: int = 3             # fewest digits of an operand (difficulty knob)
     max_digits: int = 3             # most digits of an operand (difficulty knob)
-    mastery: float = 0.6            # phase 1 (traces only) ends at this greedy accuracy on train problems (0 = no phase 1)
+    mastery: float = 0.8            # phase 1 (traces only) ends at this greedy accuracy on train problems (0 = no phase 1)
+    mastery_problems: int = 64      # training problems each mastery check answers greedily
     mastery_every: int = 50         # check mastery every N steps of phase 1
     mastery_checks: int = 2         # phase 1 ends after this many consecutive checks at or above --mastery
     max_warm_steps: int = 1500      # phase 1 ends here even without mastery (with a warning)
-    steps: int = 300                # phase 2: optimizer steps on the web's real mix
+    steps: int = 100                # phase 2: optimizer steps on the web's real mix
     batch_size: int = 16            # rows per step (summed over ranks)
     seq_len: int = 256              # tokens per row
-    lr: float = 3e-3                # peak learning rate (AdamW)
+    lr: float = 3e-3                # peak learning rate (AdamW: embeddings and gains; everything with --muon-lr 0)
+    muon_lr: float = 0.02           # Muon's peak lr for the blocks' matrices (common.Muon; AdamW at --lr for the rest); 0 = AdamW only
     warmup_steps: int = 30          # linear warmup steps
     min_lr_ratio: float = 0.1       # final lr / peak lr (cosine decay)
     weight_decay: float = 0.1       # AdamW weight decay on matrices
@@ -90,9 +92,9 @@ class PretrainConfig(CorpusConfig):
             raise ValueError(f"--task must be one of {', '.join(WEB_TASKS)} (got {self.task!r}): the "
                              f"synthetic web of corpus.py is written for these; other families are for RL "
                              f"and evaluation")
-        check_ranges(self, positive=("max_seq_len", "mastery_every", "mastery_checks", "max_warm_steps", "steps",
+        check_ranges(self, positive=("max_seq_len", "mastery_problems", "mastery_every", "mastery_checks", "max_warm_steps", "steps",
                                      "batch_size", "seq_len", "lr", "log_every", "eval_k"),
-                     non_negative=("warmup_steps", "weight_decay", "grad_clip", "ckpt_every", "eval_problems"),
+                     non_negative=("muon_lr", "warmup_steps", "weight_decay", "grad_clip", "ckpt_every", "eval_problems"),
                      fraction=("mastery", "min_lr_ratio", "p_quick", "p_trace", "p_check", "p_bare", "p_text",
                                "quick_correct", "p_second_lang", "p_mixed", "p_search_quick", "give_up",
                                "give_up_second", "p_search_second", "p_search_mixed"),
@@ -106,8 +108,12 @@ class PretrainConfig(CorpusConfig):
                    what="the evaluation budget")  # a bad difficulty knob fails here too, before any work
 
 
+# The recipe's name, saved in every base checkpoint: bumped whenever a default above changes what a
+# base model is, so ensure_base_model never silently reuses a base made by another recipe.
+RECIPE = "bpe256-muon-mastery0.8x64-phase2x100"
+
 # what an exact --resume depends on: the checkpoint's values must equal the command line's
-RESUME_MUST_MATCH = ("task", "seed", "model", "max_seq_len", "batch_size", "seq_len", "mastery", "mastery_every",
+RESUME_MUST_MATCH = ("task", "seed", "model", "max_seq_len", "batch_size", "seq_len", "mastery", "mastery_problems", "mastery_every",
                      "mastery_checks", "max_warm_steps")
 
 
@@ -169,7 +175,7 @@ def run(cfg: PretrainConfig):
     torch.manual_seed(cfg.seed)  # same init on every rank
     model = GPT(GPTConfig.from_preset(cfg.model, vocab_size=tok.vocab_size, max_seq_len=cfg.max_seq_len))
     model.to(dist.device)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, muon_lr=cfg.muon_lr)
     step, mastered_at, streak, keep = 0, None if cfg.mastery > 0 else 0, 0, None
     if cfg.resume:
         ckpt = load_checkpoint(cfg.out_dir, map_location=dist.device, fallback=True)
@@ -186,8 +192,8 @@ def run(cfg: PretrainConfig):
     logger = MetricsLogger(cfg.out_dir, keep=keep)
     t0 = time.time()
     # Phase 1: worked traces only, at a constant lr after warmup, until greedy answers are right at
-    # cfg.mastery_checks consecutive checks (one check is noisy: 32 problems, and accuracy swings)
-    probe = sample_problems(task, 32, "train", seed=derive_seed(cfg.seed, "mastery-probe"))
+    # cfg.mastery_checks consecutive checks (one check is noisy: a few dozen problems, and accuracy swings)
+    probe = sample_problems(task, cfg.mastery_problems, "train", seed=derive_seed(cfg.seed, "mastery-probe"))
     bar = progress(total=cfg.max_warm_steps, initial=step, desc="phase 1 (to mastery, at most)", unit="step",
                    disable=mastered_at is not None)  # its length is unknown until mastery: bounded by the cap
     while mastered_at is None:
@@ -208,7 +214,7 @@ def run(cfg: PretrainConfig):
         train(wrapped, optimizer, dataclasses.replace(loop_cfg, steps=end, min_lr_ratio=1.0),
               batches(cfg, tok, task, dist.rank, dist.world_size, step, traces_only=True), loss_fn,
               start_step=step, logger=logger,
-              config_dict={**dataclasses.asdict(cfg), "mastered_at": None, "mastery_streak": streak}, bar=bar)
+              config_dict={**dataclasses.asdict(cfg), "recipe": RECIPE, "mastered_at": None, "mastery_streak": streak}, bar=bar)
         step = end
     bar.close()  # early, at mastery
     # Phase 2: the web's real mix for cfg.steps steps, lr on a cosine from where phase 1 left it
@@ -218,7 +224,8 @@ def run(cfg: PretrainConfig):
     with progress(total=phase2.steps, initial=step, desc="phase 2 (web mix)", unit="step") as bar:
         train(wrapped, optimizer, phase2, batches(cfg, tok, task, dist.rank, dist.world_size, step), loss_fn,
               start_step=step, logger=logger,
-              config_dict={**dataclasses.asdict(cfg), "mastered_at": mastered_at, "mastery_streak": streak},
+              config_dict={**dataclasses.asdict(cfg), "recipe": RECIPE, "mastered_at": mastered_at,
+                           "mastery_streak": streak},
               bar=bar)
     print0(f"pretraining took {time.time() - t0:.0f} s ({mastered_at} steps of traces, then {cfg.steps} "
            f"of the web's mix); checkpoint in {cfg.out_dir}/")
@@ -232,9 +239,23 @@ def run(cfg: PretrainConfig):
     return metrics
 
 
+def check_base(out_dir: str) -> None:
+    """A ValueError in one line if out_dir holds a base model of another pretraining recipe (RECIPE):
+    the scripts that pretrain a missing default base call it before any work, so an old base is
+    never silently reused."""
+    if os.path.exists(checkpoint_path(out_dir)):
+        config = load_checkpoint(out_dir)["config"]
+        made_by = config.get("recipe", "from before issue 23")
+        if "max_warm_steps" in config and made_by != RECIPE:  # a pretrain.py checkpoint (not an SFT or RL one)
+            raise ValueError(f"{out_dir}/ holds a base model of another pretraining recipe ({made_by}; this code's "
+                             f"is {RECIPE}): move it aside (mv {out_dir} {out_dir}.old) and run again")
+
+
 def ensure_base_model(out_dir: str, **overrides) -> None:
     """Pretrain a base model into out_dir unless it already holds one (PretrainConfig's defaults,
-    with `overrides`, no final report): what `python grpo.py` and the notebooks do on a fresh clone."""
+    with `overrides`, no final report): what `python grpo.py` and the notebooks do on a fresh clone.
+    A base there from another recipe is refused (check_base), never reused."""
+    check_base(out_dir)
     if os.path.exists(checkpoint_path(out_dir)):
         return
     flags = " ".join(f"{flag(k)} {v}" for k, v in overrides.items() if v != getattr(PretrainConfig, k))

@@ -400,6 +400,34 @@ def test_checkpoints_are_verified_and_the_previous_one_is_kept(tmp_path):
     assert common.load_checkpoint(str(tmp_path))["step"] == 2
 
 
+def test_a_checkpoint_of_another_tokenizer_is_refused_in_one_line(tmp_path, capsys):
+    """Old byte-level checkpoints (no "tokenizer" key) and ones made with other merges mean other text."""
+    model = tiny_gpt()
+    common.save_checkpoint(str(tmp_path), model, step=1)
+    ckpt = common.load_checkpoint(str(tmp_path))
+    assert ckpt["tokenizer"] == common.get_tokenizer().name
+    for made_with in (None, "bpe7-0123456789ab"):
+        old = {k: v for k, v in ckpt.items() if k != "tokenizer"}
+        if made_with:
+            old["tokenizer"] = made_with
+        torch.save(old, tmp_path / "ckpt.pt")
+        (tmp_path / "ckpt.pt.sha256").unlink(missing_ok=True)
+        for fallback in (False, True):  # never "falls back" to a previous checkpoint: that is no fix
+            with pytest.raises(common.TokenizerMismatch, match=f"'{made_with or 'bytes'}'.*python pretrain.py") as e:
+                common.load_checkpoint(str(tmp_path), fallback=fallback)
+            assert "\n" not in str(e.value)
+    assert "falling back" not in capsys.readouterr().out
+
+
+def test_a_missing_merges_file_is_a_one_line_usage_error(tmp_path, monkeypatch, capsys):
+    import tokenizer
+    monkeypatch.setattr(common, "get_tokenizer", lambda: tokenizer.Tokenizer(str(tmp_path / "merges.tiktoken")))
+    with pytest.raises(SystemExit) as e:
+        config_from_args(LoopConfig, [])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and "merges file not found" in err and "Traceback" not in err
+
+
 def test_fallback_warning_names_both_files(tmp_path, capsys):
     model = tiny_gpt()
     common.save_checkpoint(str(tmp_path), model, step=1)
@@ -536,3 +564,51 @@ def test_every_source_file_has_a_fast_test():
         if module_slow or not fast:
             missing.append(source)
     assert not missing, f"no fast test (one not marked slow) in tests/test_X.py for: {missing}"
+
+
+# ----------------------------------------------------------------------------- Muon
+
+
+def test_newton_schulz_is_close_to_the_orthogonal_factor():
+    torch.manual_seed(0)
+    for shape in ((32, 96), (96, 32), (48, 48)):
+        G = torch.randn(shape)
+        U, _, Vh = torch.linalg.svd(G, full_matrices=False)
+        X = common.newton_schulz(G)
+        s = torch.linalg.svdvals(X)
+        assert s.max() < 1.25 and (s.min() > 0.5 or shape[0] == shape[1])  # near 1, not exactly: Muon's
+        # quintic trades exactness for speed; a square Gaussian's tiniest singular values stay lower
+        cos = (X * (U @ Vh)).sum() / (X.norm() * (U @ Vh).norm())
+        assert cos > 0.95 and X.shape == G.shape
+    stack = torch.randn(3, 40, 24)
+    torch.testing.assert_close(common.newton_schulz(stack), torch.stack([common.newton_schulz(g) for g in stack]))
+
+
+def test_muon_updates_matrices_by_the_formula_and_the_rest_as_adamw():
+    """Two steps against a slow reference: Nesterov momentum -> newton_schulz -> sqrt(max(1, rows/cols)),
+    and the embeddings and gains exactly as torch.optim.AdamW moves them."""
+    model, ref = tiny_gpt(), tiny_gpt()
+    opt = common.make_optimizer(model, lr=1e-2, weight_decay=0.1, muon_lr=0.05)
+    hidden = [n for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+    rest = [p for n, p in ref.named_parameters() if n not in hidden]
+    adamw = torch.optim.AdamW([{"params": [p for p in rest if p.dim() >= 2], "weight_decay": 0.1},
+                               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],
+                              lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+    common.set_lr(opt, 1e-2)
+    momentum = {n: torch.zeros_like(p) for n, p in ref.named_parameters() if n in hidden}
+    x = torch.randint(0, 16, (2, 8))
+    for _ in range(2):
+        for m in (model, ref):
+            m.zero_grad()
+            m(x).square().mean().backward()
+        opt.step()
+        adamw.step()
+        with torch.no_grad():
+            for n, p in ref.named_parameters():
+                if n in hidden:
+                    momentum[n].lerp_(p.grad, 0.05)
+                    update = p.grad.lerp(momentum[n], 0.95)
+                    p.add_(common.newton_schulz(update), alpha=-0.05 * max(1.0, p.size(0) / p.size(1)) ** 0.5)
+    for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)  # the matrices' group runs at muon_lr
