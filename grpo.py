@@ -27,7 +27,7 @@ Shapes: N questions per step, G group size, B = N*G sequences, T tokens, V vocab
 
 Deliberate deviations from the paper:
 1. Scale: 16 questions x 8 samples per step (paper: 32 x 16), 40 steps (25 add, 30 code; paper:
-   10,400), a 0.77M-parameter model pretrained here on a synthetic web (paper: DeepSeek-V3-Base).
+   10,400), a 0.80M-parameter model pretrained here on a synthetic web (paper: DeepSeek-V3-Base).
 2. The KL coefficient is 0.04 (DeepSeekMath's value) rather than R1-Zero's 0.001: with few, large
    steps on a tiny model, a tighter leash keeps the policy from collapsing.
 3. The prompt template is the short `<|user|>question<|assistant|>` form (tasks.format_prompt), not

@@ -11,7 +11,8 @@ attention, described in the DeepSeek-V3 report, arXiv 2412.19437). We use the ar
 
 Deliberate deviations from the paper:
 1. Dense Llama blocks (grouped-query attention + SwiGLU), not V3's MoE + multi-head latent attention.
-2. Millions of parameters, not hundreds of billions; a 264-token byte-level vocabulary (tokenizer.py).
+2. Millions of parameters, not hundreds of billions; a 520-token vocabulary (tokenizer.py: 256 bytes,
+   256 BPE merges learned from the synthetic web, 8 special tokens).
 3. Parameter names follow Hugging Face's Llama (q_proj, gate_proj, input_layernorm, ...), and rotary
    embeddings use HF's "rotate halves" layout, so `export_hf` is a rename, not a conversion.
 
@@ -37,7 +38,7 @@ from tokenizer import ANSWER_CLOSE, get_tokenizer
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 264           # V: tokens in the vocabulary (tokenizer.py: 256 bytes + 8 special = 264)
+    vocab_size: int = 520           # V: tokens in the vocabulary (tokenizer.py: 256 bytes + 256 merges + 8 special)
     n_layer: int = 4                # L: transformer blocks
     n_head: int = 4                 # H: query heads per attention layer
     n_kv_head: int = 2              # K: key/value heads (grouped-query attention; K = H is plain MHA)
@@ -83,9 +84,9 @@ class GPTConfig:
         return cls(**{**PRESETS[name], **overrides})
 
 
-# Parameter counts are for the 264-token vocabulary (run `python model.py`).
+# Parameter counts are for the 520-token vocabulary (run `python model.py`).
 PRESETS: dict[str, dict] = {
-    "pico": dict(n_layer=3, n_head=4, n_kv_head=2, n_embd=96, max_seq_len=256),      # ~0.3M, distillation's student
+    "pico": dict(n_layer=3, n_head=4, n_kv_head=2, n_embd=96, max_seq_len=256),      # ~0.35M, distillation's student
     "nano": dict(n_layer=4, n_head=4, n_kv_head=2, n_embd=128, max_seq_len=256),     # ~0.8M, CPU in minutes
     "tiny": dict(n_layer=6, n_head=8, n_kv_head=4, n_embd=256, max_seq_len=512),     # ~4.5M, CPU
     "small": dict(n_layer=8, n_head=8, n_kv_head=4, n_embd=512, max_seq_len=1024,

@@ -24,13 +24,18 @@ Deliberate deviations from the paper:
 2. Every row of a batch starts at a document boundary (documents are packed, never split across
    rows): an aid for a tiny rotary model, which learns "where am I in this problem" faster then.
 3. A curriculum in two phases. Phase 1 sees worked traces only, until the model has mastered them:
-   every --mastery-every steps it answers 32 training problems greedily, and phase 1 ends once
-   --mastery of them are right at --mastery-checks consecutive checks (or at --max-warm-steps, with
-   a warning). Phase 2 is --steps steps on
-   the web's real mix, which sets how often the base model reasons. When a tiny model "gets" the
-   trace varies from seed to seed (docs/LOG.md: at a fixed switch step it was a coin flip), so the
-   switch is gated on the skill, not on a step count: the base model is the same by design, not by
-   luck.
+   every --mastery-every steps it answers --mastery-problems (64) training problems greedily, and
+   phase 1 ends once --mastery (0.8) of them are right at --mastery-checks (2) consecutive checks (or
+   at --max-warm-steps, with a warning). Phase 2 is --steps steps on the web's real mix, which sets
+   how often the base model reasons. When a tiny model "gets" the trace varies from seed to seed
+   (docs/LOG.md: at a fixed switch step it was a coin flip), so the switch is gated on the skill, not
+   on a step count: the base model is the same by design, not by luck.
+4. Muon (common.Muon: momentum whose update is orthogonalised by a float32 Newton-Schulz iteration)
+   trains the blocks' matrices, AdamW the embeddings and gains, as in nanochat and the
+   modded-nanogpt speedruns; DeepSeek-V3 was pretrained with AdamW. Here it halves the steps to
+   mastery (docs/LOG.md, issue 23). --muon-lr 0 is AdamW throughout.
+5. The tokenizer is byte-level BPE with only 256 merges learned from this synthetic web
+   (tokenizer.py), digits kept single; DeepSeek-V3's has 128K tokens.
 """
 from __future__ import annotations
 

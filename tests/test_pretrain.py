@@ -137,3 +137,32 @@ def test_resume_falls_back_to_the_previous_checkpoint_when_the_latest_is_corrupt
     def log(d):
         return [{k: v for k, v in r.items() if k != "dt"} for r in common.read_metrics(str(tmp_path / d / "metrics.jsonl"))]
     assert log("cut") == log("full") and len(log("full")) == 6
+
+
+def test_a_base_of_another_recipe_is_refused_in_one_line(tmp_path, capsys):
+    """ensure_base_model (what grpo.py, pipeline.py, distill.py and the notebooks call) never reuses a
+    base model another pretraining recipe made; SFT and RL checkpoints are not base models: no check."""
+    model = GPT(GPTConfig(vocab_size=get_tokenizer().vocab_size, n_layer=1, n_head=2, n_kv_head=1, n_embd=8,
+                          max_seq_len=8))
+    made = {"max_warm_steps": 1500}
+    for config, refused in [({**made, "recipe": pretrain.RECIPE}, False), ({**made, "recipe": "bpe128-adamw"}, True),
+                            (made, True), ({"steps": 40, "kl_beta": 0.04}, False)]:
+        common.save_checkpoint(str(tmp_path), model, config=config)
+        if refused:
+            with pytest.raises(ValueError, match=f"another pretraining recipe .*mv {tmp_path} {tmp_path}.old"):
+                pretrain.ensure_base_model(str(tmp_path), steps=1)
+        else:
+            pretrain.ensure_base_model(str(tmp_path), steps=1)  # reused as it is: no pretraining
+    assert "pretraining one there" not in capsys.readouterr().out
+    assert common.load_checkpoint(str(tmp_path))["config"] == {"steps": 40, "kl_beta": 0.04}
+
+
+def test_pretraining_saves_its_recipe_and_uses_muon_for_the_blocks(tmp_path):
+    cfg = smoke_cfg(tmp_path)
+    pretrain.run(cfg)
+    assert common.load_checkpoint(str(tmp_path))["config"]["recipe"] == pretrain.RECIPE
+    model = GPT(GPTConfig(vocab_size=get_tokenizer().vocab_size, n_layer=1, n_head=2, n_kv_head=1, n_embd=8,
+                          max_seq_len=8))
+    opt = common.make_optimizer(model, cfg.lr, cfg.weight_decay, muon_lr=cfg.muon_lr)
+    muon = [g for g in opt.param_groups if not g["adamw"]][0]["params"]
+    assert {id(p) for p in muon} == {id(p) for n, p in model.named_parameters() if n.startswith("layers.") and p.dim() == 2}
