@@ -118,8 +118,8 @@ class PretrainConfig(CorpusConfig):
 RECIPE = "bpe256-muon-mastery0.8x64-phase2x100"
 
 # what an exact --resume depends on: the checkpoint's values must equal the command line's
-RESUME_MUST_MATCH = ("task", "seed", "model", "max_seq_len", "batch_size", "seq_len", "mastery", "mastery_problems", "mastery_every",
-                     "mastery_checks", "max_warm_steps")
+RESUME_MUST_MATCH = ("task", "seed", "model", "max_seq_len", "batch_size", "seq_len", "mastery", "mastery_problems",
+                     "mastery_every", "mastery_checks", "max_warm_steps", "muon_lr")
 
 
 def check_files(cfg: PretrainConfig) -> None:
