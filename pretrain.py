@@ -76,7 +76,7 @@ class PretrainConfig(CorpusConfig):
     batch_size: int = 16            # rows per step (summed over ranks)
     seq_len: int = 256              # tokens per row
     lr: float = 3e-3                # peak learning rate (AdamW: embeddings and gains; everything with --muon-lr 0)
-    muon_lr: float = 0.02           # Muon's peak lr for the blocks' matrices (common.Muon; AdamW at --lr for the rest); 0 = AdamW only
+    muon_lr: float = 0.02           # Muon's peak lr, blocks' matrices (common.Muon; the rest: AdamW at --lr); 0 = AdamW
     warmup_steps: int = 30          # linear warmup steps
     min_lr_ratio: float = 0.1       # final lr / peak lr (cosine decay)
     weight_decay: float = 0.1       # AdamW weight decay on matrices
@@ -97,8 +97,8 @@ class PretrainConfig(CorpusConfig):
             raise ValueError(f"--task must be one of {', '.join(WEB_TASKS)} (got {self.task!r}): the "
                              f"synthetic web of corpus.py is written for these; other families are for RL "
                              f"and evaluation")
-        check_ranges(self, positive=("max_seq_len", "mastery_problems", "mastery_every", "mastery_checks", "max_warm_steps", "steps",
-                                     "batch_size", "seq_len", "lr", "log_every", "eval_k"),
+        check_ranges(self, positive=("max_seq_len", "mastery_problems", "mastery_every", "mastery_checks",
+                                     "max_warm_steps", "steps", "batch_size", "seq_len", "lr", "log_every", "eval_k"),
                      non_negative=("muon_lr", "warmup_steps", "weight_decay", "grad_clip", "ckpt_every", "eval_problems"),
                      fraction=("mastery", "min_lr_ratio", "p_quick", "p_trace", "p_check", "p_bare", "p_text",
                                "quick_correct", "p_second_lang", "p_mixed", "p_search_quick", "give_up",
@@ -219,7 +219,8 @@ def run(cfg: PretrainConfig):
         train(wrapped, optimizer, dataclasses.replace(loop_cfg, steps=end, min_lr_ratio=1.0),
               batches(cfg, tok, task, dist.rank, dist.world_size, step, traces_only=True), loss_fn,
               start_step=step, logger=logger,
-              config_dict={**dataclasses.asdict(cfg), "recipe": RECIPE, "mastered_at": None, "mastery_streak": streak}, bar=bar)
+              config_dict={**dataclasses.asdict(cfg), "recipe": RECIPE, "mastered_at": None, "mastery_streak": streak},
+              bar=bar)
         step = end
     bar.close()  # early, at mastery
     # Phase 2: the web's real mix for cfg.steps steps, lr on a cosine from where phase 1 left it

@@ -165,4 +165,5 @@ def test_pretraining_saves_its_recipe_and_uses_muon_for_the_blocks(tmp_path):
                           max_seq_len=8))
     opt = common.make_optimizer(model, cfg.lr, cfg.weight_decay, muon_lr=cfg.muon_lr)
     muon = [g for g in opt.param_groups if not g["adamw"]][0]["params"]
-    assert {id(p) for p in muon} == {id(p) for n, p in model.named_parameters() if n.startswith("layers.") and p.dim() == 2}
+    blocks = {id(p) for n, p in model.named_parameters() if n.startswith("layers.") and p.dim() == 2}
+    assert {id(p) for p in muon} == blocks
