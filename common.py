@@ -933,6 +933,7 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: i
     """Right-padded (B, T) tokens = prompt + completion, and the (B, T-1) mask that marks which
     next-token positions (as model.token_logprobs returns them) are completion tokens: the only
     ones a loss is taken on (GRPO's policy tokens, SFT's targets)."""
+    # >>> exercise: completion_mask
     B = len(prompt_ids)
     T = max(len(p) + len(c) for p, c in zip(prompt_ids, completion_ids))
     tokens = torch.full((B, T), pad_id, dtype=torch.long)                 # (B, T)
@@ -941,6 +942,7 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: i
         tokens[i, :len(p) + len(c)] = torch.tensor(p + c)
         mask[i, len(p) - 1:len(p) - 1 + len(c)] = 1.0  # logp of token t+1 sits at index t
     return tokens, mask
+    # <<< exercise: completion_mask
 
 
 def newton_schulz(G: torch.Tensor, steps: int = 5) -> torch.Tensor:

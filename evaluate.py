@@ -299,17 +299,21 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     hold at least one correct one; computed as a product, stable for large n."""
     if not (0 <= c <= n and 1 <= k <= n):
         raise ValueError(f"need 0 <= c <= n and 1 <= k <= n (got n={n}, c={c}, k={k})")
+    # >>> exercise: pass_at_k
     if n - c < k:
         return 1.0
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+    # <<< exercise: pass_at_k
 
 
 def cons_at(row: list[dict], k: int) -> float:
     """cons@k from n >= k samples of one question: the majority vote's correctness, averaged over the
     n // k disjoint groups of k consecutive samples (each group is k independent samples)."""
+    # >>> exercise: cons_at_k
     groups = [row[i:i + k] for i in range(0, len(row) - k + 1, k)]
     votes = [(g, majority_vote([s["key"] for s in g])) for g in groups]
     return sum(g[w]["correct"] if w is not None else 0.0 for g, w in votes) / len(groups)
+    # <<< exercise: cons_at_k
 
 
 def scaling_curves(stats: list[list[dict]], ks: list[int]) -> dict:
@@ -327,16 +331,12 @@ def summarize(problems, stats: list[list[dict]]) -> dict:
     reasoned = [s for s in flat if s["reasons"]]
     direct = [s for s in flat if not s["reasons"]]
     formatted = [s for s in flat if s["format"] == 1.0]
-    cons = 0.0
-    for row in stats:  # cons@k: the majority answer's correctness, 0 when no sample answered
-        winner = majority_vote([s["key"] for s in row])
-        cons += row[winner]["correct"] if winner is not None else 0.0
     by_kind: dict[str, list[float]] = {}  # pass@1 per kind of question (code: per kind of program)
     for p, row in zip(problems, stats):
         by_kind.setdefault(problem_kind(p), []).extend(s["correct"] for s in row)
     return {
         "pass@1": mean("correct"),
-        "cons@k": cons / max(1, len(problems)),
+        "cons@k": sum(cons_at(row, len(row)) for row in stats) / max(1, len(problems)),  # one vote over all k
         "pass@k": sum(pass_at_k(len(row), sum(s["correct"] == 1.0 for s in row), len(row)) for row in stats)
         / max(1, len(problems)),
         "format": mean("format"),

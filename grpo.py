@@ -181,12 +181,14 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_std: bool = T
     if rewards.dim() != 1 or rewards.numel() % group_size != 0:
         raise ValueError(f"rewards must be a flat tensor of N*group_size values; got shape "
                          f"{tuple(rewards.shape)} with group_size {group_size}")
+    # >>> exercise: advantages
     r = rewards.float().view(-1, group_size)              # (N, G)
     centered = r - r.mean(dim=1, keepdim=True)            # (N, G)
     if scale_std:
         std = r.std(dim=1, keepdim=True)                  # (N, 1), unbiased like torch's default
         centered = centered / (std + eps)
     return centered.flatten()                             # (N*G,)
+    # <<< exercise: advantages
 
 
 def grpo_loss(logp, logp_old, logp_ref, advantages, mask, clip_eps: float = 0.2, beta: float = 0.0,
@@ -214,6 +216,7 @@ def grpo_loss(logp, logp_old, logp_ref, advantages, mask, clip_eps: float = 0.2,
     on = mask > 0                                                         # (B, T) completion tokens
     # log-ratios are taken on completion tokens only and are 0 on padding, BEFORE any exp: padding
     # positions hold arbitrary log-probs, and exp(large) * 0 is inf * 0 = NaN
+    # >>> exercise: clipped_objective
     log_ratio = torch.where(on, logp - logp_old, 0.0)                     # (B, T)
     if seq_ratio:
         log_ratio = log_ratio.sum(dim=1, keepdim=True).expand_as(logp)   # (B, T), one value per row
@@ -222,14 +225,18 @@ def grpo_loss(logp, logp_old, logp_ref, advantages, mask, clip_eps: float = 0.2,
     unclipped = ratio * adv                                               # (B, T)
     clipped = torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv        # (B, T)
     policy_per_token = -torch.min(unclipped, clipped)                     # (B, T) policy loss
+    # <<< exercise: clipped_objective
     kl = torch.zeros_like(logp)
     if beta > 0:
         # k3 estimator, R1 eq. 2 (per token as in DeepSeekMath eq. 4): pi_ref/pi - log(pi_ref/pi) - 1, >= 0
+        # >>> exercise: k3_kl
         log_ref_ratio = torch.where(on, logp_ref - logp, 0.0)             # (B, T), 0 on padding
         kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1
+        # <<< exercise: k3_kl
     per_token = policy_per_token + beta * kl                              # (B, T)
 
     def aggregate(x):  # (B, T) per-token terms -> this batch's share of the loss
+        # >>> exercise: loss_aggregation
         if loss_agg == "token-mean":
             return (x * mask).sum() / n_tokens
         per_row = (x * mask).sum(dim=1)                                   # (B,)
@@ -238,6 +245,7 @@ def grpo_loss(logp, logp_old, logp_ref, advantages, mask, clip_eps: float = 0.2,
         else:
             per_row = per_row / (norm_len or mask.shape[-1])
         return per_row.sum() / n_rows
+        # <<< exercise: loss_aggregation
 
     loss = aggregate(per_token)
     with torch.no_grad():

@@ -106,19 +106,23 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))  # (C,)
 
     def forward(self, x):
+        # >>> exercise: rmsnorm
         x32 = x.float()                                                   # (..., C) in float32
         inv_rms = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)  # (..., 1)
         return (x32 * inv_rms).type_as(x) * self.weight                   # (..., C)
+        # <<< exercise: rmsnorm
 
 
 def rotary_tables(head_dim: int, max_seq_len: int, theta: float):
     """cos and sin of angle pos * theta^(-2i/D) for every position and frequency i (RoFormer eq. 34),
     each frequency written twice ([f0..f_{D/2-1}, f0..f_{D/2-1}]) to match rotate_half below."""
+    # >>> exercise: rotary
     inv_freq = theta ** (-torch.arange(0, head_dim, 2).float() / head_dim)  # (D/2,)
     pos = torch.arange(max_seq_len).float()                                 # (max_seq_len,)
     angles = torch.outer(pos, inv_freq)                                     # (max_seq_len, D/2)
     angles = torch.cat([angles, angles], dim=-1)                            # (max_seq_len, D)
     return angles.cos(), angles.sin()
+    # <<< exercise: rotary
 
 
 def rotate_half(x):
@@ -145,12 +149,14 @@ class KVCache:
 
     def update(self, layer: int, k, v):
         """Store this step's k, v (B, K, T, D) after the cached ones; return all of them (B, K, pos+T, D)."""
+        # >>> exercise: kv_cache
         end = self.pos + k.size(2)
         if end > self.max_len:
             raise ValueError(f"KVCache is full: {end} tokens > max_len {self.max_len}")
         self.k[layer, :, :, self.pos:end] = k
         self.v[layer, :, :, self.pos:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]         # (B, K, S, D) each
+        # <<< exercise: kv_cache
 
     def keep_rows(self, keep):
         """Keep only the batch rows where `keep` (B,) is True (generate() drops finished rows);
@@ -185,9 +191,11 @@ class Attention(nn.Module):
         k = apply_rotary(k, cos, sin)                                       # (B, K, T, D)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)                             # (B, K, S, D) each
+        # >>> exercise: attention
         # softmax(q k^T / sqrt(D) + mask) v; mask None = plain causal (or, for one new token, see all S)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                            enable_gqa=True)                 # (B, H, T, D)
+        # <<< exercise: attention
         y = y.transpose(1, 2).reshape(B, T, H * D)                          # (B, T, C)
         return self.o_proj(y)                                               # (B, T, C)
 
@@ -327,6 +335,7 @@ def token_logprobs(model, tokens, temperature: float = 1.0, entropy: bool = Fals
         raise ValueError(f"tokens must have shape (B, T) with T >= 2, got {tuple(tokens.shape)}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    # >>> exercise: token_logprobs
     logits = model(tokens[:, :-1]).float() / temperature                    # (B, T-1, V)
     targets = tokens[:, 1:].unsqueeze(-1)                                   # (B, T-1, 1)
     target_logits = logits.gather(-1, targets).squeeze(-1)                  # (B, T-1)
@@ -338,6 +347,7 @@ def token_logprobs(model, tokens, temperature: float = 1.0, entropy: bool = Fals
         probs = torch.softmax(logits, dim=-1)                               # (B, T-1, V)
         H = log_norm - (probs * logits).sum(dim=-1)                         # (B, T-1)
     return logp, H
+    # <<< exercise: token_logprobs
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -357,11 +367,13 @@ def sample_next(logits, temperature: float, top_k=None, top_p=None, generator=No
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]              # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))            # (B, V)
     if top_p is not None and top_p < 1.0:
+        # >>> exercise: top_p
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V) each
         probs = sorted_logits.softmax(dim=-1)                               # (B, V)
         mass_before = probs.cumsum(dim=-1) - probs                          # (B, V) mass of likelier tokens
         sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))  # keeps >= 1 token
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)  # (B, V)
+        # <<< exercise: top_p
     probs = logits.softmax(dim=-1)                                          # (B, V)
     if noise is None:
         noise = torch.empty_like(probs).exponential_(1, generator=generator)  # (B, V) E ~ Exp(1)

@@ -66,6 +66,7 @@ def format_reward(completion: str, prefill: str = "") -> float:
     wrote counts once and a model that writes it again is rejected (two `<think>` tags).
     Any other special-token text (`<|user|>`, `<|pad|>`, a second tag, nesting) scores 0.
     Blocks are "non-empty" when they contain a non-whitespace character."""
+    # >>> exercise: format_reward
     text = prefill + completion
     for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE):
         if text.count(tag) != 1:
@@ -77,6 +78,7 @@ def format_reward(completion: str, prefill: str = "") -> float:
     if m is None or EOT in m.group(1) or EOT in m.group(2):
         return 0.0
     return 1.0 if m.group(1).strip() and m.group(2).strip() else 0.0
+    # <<< exercise: format_reward
 
 
 # ----------------------------------------------------------------------------- 2. answer extraction
@@ -86,12 +88,14 @@ def extract_answer(completion: str) -> str | None:
     that is followed by a `</answer>` up to the first such `</answer>`. Earlier blocks are drafts, an
     unclosed trailing `<answer>` (a cut-off completion) is ignored, and nesting yields the innermost
     text. None if there is no complete block."""
+    # >>> exercise: extract_answer
     last_close = completion.rfind(ANSWER_CLOSE)
     start = completion.rfind(ANSWER_OPEN, 0, max(last_close, 0))
     if last_close < 0 or start < 0:
         return None
     end = completion.find(ANSWER_CLOSE, start)
     return completion[start + len(ANSWER_OPEN):end].strip()
+    # <<< exercise: extract_answer
 
 
 # ----------------------------------------------------------------------------- 3. countdown
@@ -467,8 +471,10 @@ def language_consistency_reward(text: str, target_language: str) -> float:
     Spanish search costs reward; no search at all would not). Not gated by the format reward: format
     has its own term and weight in the reward sum, and a gate would add this term's weight to that
     penalty; a think block cut off by the length cap still earns the share of its words."""
+    # >>> exercise: language_reward
     lang, words = LANGUAGES[target_language], _cot_words(text)
     return _share_in(words, lang) if words and THINK_OPEN in text else 0.0
+    # <<< exercise: language_reward
 
 
 # ----------------------------------------------------------------------------- 7. judge and vote
@@ -491,6 +497,7 @@ def _pair(answer: str) -> tuple[int, int] | None:
 def pairsum_reward(completion: str, numbers: Iterable[int], target: int) -> float:
     """1.0 iff the answer is `a+b` where a and b are two DIFFERENT positions of `numbers` (a number
     listed once cannot be used twice) and a + b == target; else 0.0."""
+    # >>> exercise: pairsum_reward
     answer = extract_answer(completion)
     pair = _pair(answer) if answer is not None else None
     if pair is None:
@@ -499,6 +506,7 @@ def pairsum_reward(completion: str, numbers: Iterable[int], target: int) -> floa
     counts = Counter(numbers)
     uses_two_positions = counts[a] >= 2 if a == b else counts[a] >= 1 and counts[b] >= 1
     return 1.0 if uses_two_positions and a + b == target else 0.0
+    # <<< exercise: pairsum_reward
 
 
 def accuracy_reward(completion: str, problem: Mapping[str, Any]) -> float:
@@ -573,11 +581,13 @@ def majority_vote(keys: list[Hashable | None]) -> int | None:
     key held by the most samples (None keys do not vote); a tie goes to the key whose first sample
     comes earliest. Returns that first sample's index (the class's representative), or None if every
     key is None. Example: keys [A, B, B, None, A] -> A and B tie at 2, A appears first -> 0."""
+    # >>> exercise: majority_vote
     votes = Counter(key for key in keys if key is not None)  # keys in order of first appearance
     if not votes:
         return None
     winner = max(votes, key=votes.__getitem__)  # max keeps the first of equals: ties go to the earliest
     return keys.index(winner)
+    # <<< exercise: majority_vote
 
 
 # ----------------------------------------------------------------------------- 8. registry
