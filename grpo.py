@@ -107,6 +107,8 @@ class GRPOConfig:
     eval_problems: int = 50             # held-out questions per evaluation
     eval_k: int = 4                     # samples per question (pass@1 over k, cons@k)
     show_every: int = 20                # print sampled completions every N steps (0 = never)
+    show_keys: str = ""                 # the metrics the step and eval lines print, comma-separated ("" = all;
+                                        # metrics.jsonl always holds all of them): e.g. "reward,len,kl"
     ckpt_every: int = 5                 # checkpoint every N RL steps (0 = only at the end; Ctrl-C saves too):
                                         # 5 bounds what a SIGKILL loses to under a minute in every world
     seed: int = 0                       # seed for questions, sampling and (if pretraining) the base model
@@ -497,8 +499,13 @@ class RunState:
         self.step = step + 1 if self.rollouts is None else step
         self.n_records = self.logger.n_records
         print0(MetricsLogger.format_line({"step": f"{step + 1}/{self.cfg.steps}",
-                                          **{k: v for k, v in record.items() if k not in ("kind", "step")}}))
+                                          **self.shown(record, exclude=("kind", "step"))}))
         return record
+
+    def shown(self, record: dict, exclude=()) -> dict:
+        """The part of a record the printed line shows: --show-keys, or all of it."""
+        keys = [k.strip() for k in self.cfg.show_keys.split(",") if k.strip()] or list(record)
+        return {k: record[k] for k in keys if k in record and k not in exclude}
 
     def evaluate(self, step: int) -> dict:
         """Held-out pass@1 / cons@k with the paper's sampling settings, code judged under the run's
@@ -509,7 +516,7 @@ class RunState:
         m = held_out(self.policy, self.tok, self.task, cfg.eval_problems, cfg.eval_k,
                      derive_seed(cfg.seed, "eval", step), sandbox.Limits(timeout_s=cfg.code_timeout_s))
         self.logger.log({"kind": "eval", "step": step, **m})
-        print0(f"eval @ step {step} | " + MetricsLogger.format_line({k: v for k, v in m.items() if k != "by_kind"}))
+        print0(f"eval @ step {step} | " + MetricsLogger.format_line(self.shown(m, exclude=("by_kind",))))
         if "by_kind" in m:
             print0(by_kind_line(m))
         self.draw_figure()

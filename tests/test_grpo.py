@@ -641,6 +641,20 @@ def test_progress_bar_leaves_the_metrics_log_and_the_printed_lines_as_they_are(t
 
 
 @pytest.mark.slow
+def test_show_keys_shortens_the_printed_lines_and_leaves_the_log_whole(tmp_path, tmp_path_factory, capsys):
+    base = smoke_base(tmp_path_factory)
+    args = ["--preset", "smoke", "--steps", "2", "--init-from", str(base), "--show-every", "0"]
+    grpo.run(common.config_from_args(GRPOConfig, args + ["--out-dir", str(tmp_path / "all")], presets=grpo.PRESETS))
+    capsys.readouterr()
+    grpo.run(common.config_from_args(GRPOConfig, args + ["--out-dir", str(tmp_path / "few"), "--show-keys",
+                                                         "reward, kl,pass@1,no_such_key"], presets=grpo.PRESETS))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("step ", "eval @"))]
+    assert [re.sub(r"(?<=[ /])[-\d.e+]+(?=[ /]|$)", "N", line) for line in lines] == (
+        ["eval @ step N | pass@1 N"] + ["step N/N | reward N | kl N"] * 2 + ["eval @ step N | pass@1 N"])
+    assert without_timings(tmp_path / "few" / "metrics.jsonl") == without_timings(tmp_path / "all" / "metrics.jsonl")
+
+
+@pytest.mark.slow
 def test_cli_help_and_two_step_run(tmp_path, tmp_path_factory):
     from conftest import run_script
 
