@@ -307,6 +307,12 @@ def pytest_collectreport(report):
         _report({"event": "collect_error", "test": report.nodeid, "message": str(report.longrepr)})
 
 
+# the grader's pytest flags: this file as the reporting plugin, no cache, no hypothesis plugin (its
+# @given tests run without it), the project's addopts off, no tracebacks (the report has the message)
+PYTEST_ARGS = ("-q", "-p", "exercises", "-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-o", "addopts=",
+               "--tb=no", "--no-header", "-W", "ignore")
+
+
 def run_tests(root: str, tests, limit_s: float) -> list[Verdict]:
     """Run pytest on `tests` in a child process under `limit_s` seconds; one Verdict per test case.
     The child is killed with its process group at the limit: the test then running is a TIMEOUT."""
@@ -314,10 +320,9 @@ def run_tests(root: str, tests, limit_s: float) -> list[Verdict]:
     os.close(fd)
     env = dict(os.environ, EXERCISES_REPORT=report_path, PYTHONDONTWRITEBYTECODE="1")
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "exercises", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
-           "-o", "addopts=", "--tb=no", "--no-header", "-W", "ignore", *tests]  # (hypothesis works without its plugin)
     timed_out = False
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", *PYTEST_ARGS, *tests], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=(os.name == "posix"))
     try:
         output, _ = proc.communicate(timeout=limit_s)
@@ -328,35 +333,45 @@ def run_tests(root: str, tests, limit_s: float) -> list[Verdict]:
         else:
             proc.kill()
         output, _ = proc.communicate()
-    with open(report_path, encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = read_report(report_path)
     os.remove(report_path)
-    verdicts, running = {}, None
+    return verdicts(records, tests, timed_out, limit_s, output)
+
+
+def read_report(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def verdicts(records: list[dict], tests, timed_out: bool = False, limit_s: float = 0.0, output: str = "") -> list[Verdict]:
+    """The plugin's records of one pytest run -> one Verdict per test case (and per file that failed
+    to import); after a timeout, the test then running is a TIMEOUT and those not reached NOT RUN."""
+    found, running = {}, None
     for r in records:
         if r["event"] == "start":
             running = r["test"]
         elif r["event"] == "collect_error":
-            verdicts[r["test"] or "collection"] = Verdict(r["test"] or "collection", "ERROR",
-                                                          "the test file could not be imported:\n"
-                                                          + _first_lines(r["message"], 8))
+            found[r["test"] or "collection"] = Verdict(r["test"] or "collection", "ERROR",
+                                                       "the test file could not be imported:\n"
+                                                       + _first_lines(r["message"], 8))
         else:
             running = None if r["test"] == running and r["when"] != "setup" else running
-            previous = verdicts.get(r["test"])
+            previous = found.get(r["test"])
             if previous and previous.outcome != "PASS":
                 continue  # a failed setup or call stays the verdict; teardown cannot undo it
             outcome = {"passed": "PASS", "failed": "FAIL" if r["when"] == "call" else "ERROR",
                        "skipped": "SKIP"}[r["outcome"]]
-            verdicts[r["test"]] = Verdict(r["test"], outcome, _first_lines(r["message"]))
+            found[r["test"]] = Verdict(r["test"], outcome, _first_lines(r["message"]))
     if timed_out:
         if running is not None:
-            verdicts[running] = Verdict(running, "TIMEOUT", f"no result within the {limit_s:.0f} s limit "
-                                        "(an endless loop, or far too slow?)")
+            found[running] = Verdict(running, "TIMEOUT", f"no result within the {limit_s:.0f} s limit "
+                                     "(an endless loop, or far too slow?)")
         for test in tests:
-            if not any(v.startswith(test) for v in verdicts):
-                verdicts[test] = Verdict(test, "NOT RUN", "the run stopped at the time limit before this test")
-    if not verdicts:
-        verdicts["pytest"] = Verdict("pytest", "ERROR", "pytest reported no test:\n" + _first_lines(output, 8))
-    return list(verdicts.values())
+            if not any(v.startswith(test) for v in found):
+                found[test] = Verdict(test, "NOT RUN", "the run stopped at the time limit before this test")
+    if not found:
+        found["pytest"] = Verdict("pytest", "ERROR", "pytest reported no test:\n" + _first_lines(output, 8))
+    return list(found.values())
 
 
 def check(root: str, ex: Exercise, limit_s: float | None = None, out=print) -> bool:
