@@ -42,7 +42,8 @@ def project_names() -> set[str]:
 
 def test_the_notebooks_are_there():
     names = [os.path.basename(p) for p in NOTEBOOKS]
-    assert names[:3] == ["01_model.ipynb", "02_rewards.ipynb", "03_grpo.ipynb"]
+    assert names == ["01_model.ipynb", "02_rewards.ipynb", "03_grpo.ipynb", "04_r1_pipeline.ipynb",
+                     "05_distillation_and_scaling.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
