@@ -142,11 +142,13 @@ def print0(*args, **kwargs) -> None:
 def progress(iterable=None, total: int | None = None, desc: str | None = None, disable: bool = False,
              **kwargs) -> tqdm:
     """A tqdm progress bar for long work: where it is, the rate and the time left. Shown on rank 0
-    only, and only when stderr is a terminal (so log files, other ranks and tests see none of it)
-    and `disable` is False; gone when it closes (leave=False): the printed lines are the record.
-    Wrap an iterable, or pass `total` and call .update(n) (`initial` for a resumed run); use it as
-    a context manager or .close() it. kwargs go to tqdm."""
-    kwargs["disable"] = True if disable or not is_main_process() else None  # None: on a terminal only
+    only, and only when stderr is a terminal or the code runs in a Jupyter kernel (so log files,
+    other ranks, tests and notebooks/execute.py see none of it) and `disable` is False; gone when it
+    closes (leave=False): the printed lines are the record. Wrap an iterable, or pass `total` and
+    call .update(n) (`initial` for a resumed run); use it as a context manager or .close() it.
+    kwargs go to tqdm."""
+    in_jupyter = "ipykernel" in sys.modules  # a notebook's stderr is no terminal, but shows a bar
+    kwargs["disable"] = True if disable or not is_main_process() else (False if in_jupyter else None)  # None: tty only
     kwargs.setdefault("leave", False)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, total=total, desc=desc, **kwargs)

@@ -4,7 +4,9 @@ import ast
 import math
 import os
 import re
+import sys
 import textwrap
+import types
 from dataclasses import dataclass
 
 import pytest
@@ -542,6 +544,16 @@ def test_progress_shows_on_a_terminal_on_rank_0_only_and_print0_goes_above_it(mo
         common.print0("step 1 | loss 2.0")                     # cleared, printed above, redrawn
         assert terminal.getvalue().count("steps") > drawn
     assert capsys.readouterr().out == "step 1 | loss 2.0\n"      # the line itself is unchanged
+
+
+def test_progress_shows_in_a_jupyter_kernel(monkeypatch):
+    """A notebook's stderr is not a terminal, but Jupyter shows a bar drawn there: notebooks get one."""
+    assert common.progress(total=3).disable
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    with common.progress(total=3, file=io.StringIO()) as bar:
+        assert not bar.disable
+    monkeypatch.setattr(common, "is_main_process", lambda: False)
+    assert common.progress(total=3).disable
 
 
 def _is_slow(node) -> bool:
