@@ -14,7 +14,8 @@ Deliberate deviations from the paper:
 2. Millions of parameters, not hundreds of billions; a 520-token vocabulary (tokenizer.py: 256 bytes,
    256 BPE merges learned from the synthetic web, 8 special tokens).
 3. Parameter names follow Hugging Face's Llama (q_proj, gate_proj, input_layernorm, ...), and rotary
-   embeddings use HF's "rotate halves" layout, so `export_hf` is a rename, not a conversion.
+   embeddings use HF's "rotate halves" layout, so `export_hf` / `load_hf` (a local Llama or Qwen2
+   directory, read with torch alone: `read_safetensors`) are renames, not conversions.
 
 Letters in shape comments: B batch rows, T tokens (queries), S tokens attended to (keys), V vocab,
 C channels (n_embd), H query heads, K kv heads, D head dim (C // H), F MLP hidden size, L layers.
@@ -48,6 +49,7 @@ class GPTConfig:
     norm_eps: float = 1e-5          # epsilon inside RMSNorm's square root
     tie_embeddings: bool = True     # lm_head shares its weight matrix with embed_tokens
     hidden_dim: int | None = None   # F: SwiGLU hidden size; None = 8/3 * C rounded up to a multiple of 32
+    attention_bias: bool = False    # biases on the q, k, v projections (Qwen2 has them; Llama does not)
 
     def __post_init__(self):
         for name in ("vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "max_seq_len"):
@@ -176,9 +178,9 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         C, D = config.n_embd, config.head_dim
-        self.q_proj = nn.Linear(C, config.n_head * D, bias=False)
-        self.k_proj = nn.Linear(C, config.n_kv_head * D, bias=False)
-        self.v_proj = nn.Linear(C, config.n_kv_head * D, bias=False)
+        self.q_proj = nn.Linear(C, config.n_head * D, bias=config.attention_bias)
+        self.k_proj = nn.Linear(C, config.n_kv_head * D, bias=config.attention_bias)
+        self.v_proj = nn.Linear(C, config.n_kv_head * D, bias=config.attention_bias)
         self.o_proj = nn.Linear(config.n_head * D, C, bias=False)
 
     def forward(self, x, cos, sin, mask=None, kv_cache: KVCache | None = None, layer: int = 0):
@@ -532,70 +534,172 @@ def sample_completions(model, tok, prompts: list[str], max_new_tokens: int, temp
 # ----------------------------------------------------------------------------- Hugging Face export
 
 
+_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+              "I64": torch.int64, "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def read_safetensors(path: str) -> dict[str, torch.Tensor]:
+    """Every tensor of one .safetensors file, with torch alone. The format: an 8-byte little-endian
+    header size N; N bytes of JSON, {name: {"dtype", "shape", "data_offsets": [begin, end]}} with
+    offsets into the bytes after the header (and an optional "__metadata__"); then the raw
+    little-endian data. A truncated or malformed file is a ValueError naming it."""
+    with open(path, "rb") as f:
+        blob = bytearray(f.read())  # the tensors below are views into this one buffer: no second copy
+    n = int.from_bytes(blob[:8], "little") if len(blob) >= 8 else -1
+    if not 0 < n <= len(blob) - 8:
+        raise ValueError(f"{path}: not a safetensors file, or truncated (header of {n} bytes, file of {len(blob)})")
+    try:
+        header = json.loads(blob[8:8 + n])
+    except ValueError:
+        raise ValueError(f"{path}: the safetensors header is not valid JSON (a truncated or corrupt file?)")
+    header.pop("__metadata__", None)
+    start, tensors = 8 + n, {}
+    for name, info in header.items():
+        begin, end = info["data_offsets"]
+        if info["dtype"] not in _ST_DTYPES:
+            raise ValueError(f"{path}: tensor {name} has dtype {info['dtype']}, which this reader does not know")
+        dtype = _ST_DTYPES[info["dtype"]]
+        if start + end > len(blob) or end - begin != math.prod(info["shape"]) * dtype.itemsize:
+            raise ValueError(f"{path}: tensor {name} lies outside the file or has the wrong size (truncated?)")
+        count = (end - begin) // dtype.itemsize
+        flat = torch.frombuffer(blob, dtype=dtype, count=count, offset=start + begin) if count else \
+            torch.empty(0, dtype=dtype)
+        tensors[name] = flat.reshape(info["shape"])
+    return tensors
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str) -> None:
+    """Write `tensors` as one .safetensors file (read_safetensors's format; the header padded with
+    spaces to a multiple of 8 bytes, as the reference writer does)."""
+    names = {v: k for k, v in _ST_DTYPES.items()}
+    header, chunks, offset = {}, [], 0
+    for name, t in tensors.items():
+        data = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    with open(path, "wb") as f:
+        f.write(len(head).to_bytes(8, "little"))
+        f.write(head)
+        for data in chunks:
+            f.write(data)
+
+
 def export_hf(model: GPT, out_dir: str) -> None:
-    """Write a Hugging Face Llama checkpoint (config.json + pytorch_model.bin) that
-    `transformers.LlamaForCausalLM.from_pretrained(out_dir)` loads. Our parameter names are HF's
-    without the leading "model." and our rotary layout is HF's, so this is a rename."""
+    """Write a Hugging Face checkpoint (config.json + model.safetensors) that transformers'
+    `AutoModelForCausalLM.from_pretrained(out_dir)` loads: Llama, or Qwen2 when the model has
+    attention biases. Our parameter names are HF's without the leading "model." and our rotary
+    layout is HF's, so this is a rename."""
     c = model.config
     tok = get_tokenizer()
     eos = tok.eot_id if tok.eot_id < c.vocab_size else None
     pad = tok.pad_id if tok.pad_id < c.vocab_size else None
+    arch = "qwen2" if c.attention_bias else "llama"
     hf_config = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "architectures": ["Qwen2ForCausalLM" if c.attention_bias else "LlamaForCausalLM"], "model_type": arch,
         "vocab_size": c.vocab_size, "hidden_size": c.n_embd, "intermediate_size": c.hidden_dim,
         "num_hidden_layers": c.n_layer, "num_attention_heads": c.n_head, "num_key_value_heads": c.n_kv_head,
         "head_dim": c.head_dim, "max_position_embeddings": c.max_seq_len, "rope_theta": c.rope_theta,
         "rope_scaling": None, "rms_norm_eps": c.norm_eps, "tie_word_embeddings": c.tie_embeddings,
-        "hidden_act": "silu", "attention_bias": False, "attention_dropout": 0.0, "mlp_bias": False,
-        "initializer_range": 0.02, "torch_dtype": "float32", "use_cache": True,
-        "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": pad,
+        "hidden_act": "silu", "attention_dropout": 0.0, "initializer_range": 0.02, "torch_dtype": "float32",
+        "use_cache": True, "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": pad,
+        **({} if c.attention_bias else {"attention_bias": False, "mlp_bias": False}),
     }
     weights = {}
     for name, t in model.state_dict().items():
         if name == "lm_head.weight":
             if not c.tie_embeddings:  # tied: HF re-ties lm_head to embed_tokens when loading
-                weights[name] = t.detach().float().cpu().contiguous()
+                weights[name] = t.detach().float().cpu()
         else:
-            weights["model." + name] = t.detach().float().cpu().contiguous()
+            weights["model." + name] = t.detach().float().cpu()
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(hf_config, f, indent=2)
-    torch.save(weights, os.path.join(out_dir, "pytorch_model.bin"))
+    write_safetensors(weights, os.path.join(out_dir, "model.safetensors"))
 
 
-def load_hf(path: str, device="cpu") -> GPT:
-    """Read a Llama checkpoint written by export_hf (or by transformers, if it is plain Llama) into a GPT.
-    An extension point: no command loads one yet (tests/test_model.py and docs/check_export_hf.py
-    check the round trip with export_hf); kept for issue 25's loading of Hugging Face models."""
-    with open(os.path.join(path, "config.json")) as f:
-        hf = json.load(f)
-    if hf.get("model_type") != "llama" or hf.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"{path}: not a plain Llama checkpoint (model_type {hf.get('model_type')!r}, "
-                         f"hidden_act {hf.get('hidden_act')!r})")
-    if hf.get("rope_scaling") or hf.get("attention_bias") or hf.get("mlp_bias"):
-        raise ValueError(f"{path}: rope_scaling / attention_bias / mlp_bias are not supported by GPT")
+def hf_config_to_gpt(hf: dict, where: str) -> GPTConfig:
+    """A Hugging Face config.json (Llama or Qwen2) as a GPTConfig; anything GPT cannot represent is a
+    ValueError naming `where` and the field."""
+    arch = hf.get("model_type")
+    if arch not in ("llama", "qwen2"):
+        raise ValueError(f"{where}: model_type {arch!r} is not supported (supported: llama, qwen2)")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"{where}: hidden_act {hf.get('hidden_act')!r} is not supported (only silu)")
+    rope = hf.get("rope_scaling") or {k: v for k, v in (hf.get("rope_parameters") or {}).items() if k != "rope_theta"}
+    if rope and rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise ValueError(f"{where}: rope scaling {rope.get('rope_type', rope.get('type'))!r} is not supported yet "
+                         f"(Llama 3.1-3.3 use 'llama3'; SmolLM2 and Qwen2.5 need none)")
+    if hf.get("mlp_bias"):
+        raise ValueError(f"{where}: mlp_bias is not supported")
+    bias = arch == "qwen2" or bool(hf.get("attention_bias"))
     rope_theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)
     config = GPTConfig(vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"],
                        n_head=hf["num_attention_heads"],
                        n_kv_head=hf.get("num_key_value_heads") or hf["num_attention_heads"],
                        n_embd=hf["hidden_size"], max_seq_len=hf["max_position_embeddings"],
                        rope_theta=float(rope_theta), norm_eps=hf["rms_norm_eps"],
-                       tie_embeddings=hf.get("tie_word_embeddings", False), hidden_dim=hf["intermediate_size"])
-    if hf.get("head_dim", config.head_dim) != config.head_dim:
-        raise ValueError(f"{path}: head_dim {hf['head_dim']} != hidden_size / num_attention_heads "
+                       tie_embeddings=hf.get("tie_word_embeddings", False), hidden_dim=hf["intermediate_size"],
+                       attention_bias=bias)
+    if (hf.get("head_dim") or config.head_dim) != config.head_dim:
+        raise ValueError(f"{where}: head_dim {hf['head_dim']} != hidden_size / num_attention_heads "
                          f"= {config.head_dim}; GPT needs them equal")
-    bin_path, st_path = os.path.join(path, "pytorch_model.bin"), os.path.join(path, "model.safetensors")
-    if os.path.exists(bin_path):
-        hf_weights = torch.load(bin_path, map_location="cpu", weights_only=True)
-    elif os.path.exists(st_path):
-        from safetensors.torch import load_file  # optional: only for checkpoints saved by transformers
-        hf_weights = load_file(st_path)
-    else:
-        raise FileNotFoundError(f"{path}: no pytorch_model.bin or model.safetensors")
-    state = {k.removeprefix("model."): v for k, v in hf_weights.items()}
+    return config
+
+
+def hf_weights(path: str) -> dict[str, torch.Tensor]:
+    """The weights of a Hugging Face model directory: model.safetensors, the shards its
+    model.safetensors.index.json names, or pytorch_model.bin. A missing file names itself."""
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        weights = {}
+        for shard in shards:
+            if not os.path.exists(os.path.join(path, shard)):
+                raise FileNotFoundError(f"{os.path.join(path, shard)}: a shard named by {index} is missing")
+            weights.update(read_safetensors(os.path.join(path, shard)))
+        return weights
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if os.path.exists(os.path.join(path, name)):
+            full = os.path.join(path, name)
+            return read_safetensors(full) if name.endswith(".safetensors") else \
+                torch.load(full, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def load_hf(path: str, device="cpu") -> GPT:
+    """A GPT with the weights of a local Hugging Face directory (config.json + *.safetensors, one file
+    or sharded with its index): Llama (SmolLM2; Llama 3.x without rope scaling) or Qwen2 (q/k/v
+    biases, its rope theta, tied or untied embeddings), in float32 on `device`. Everything is read
+    from the directory: nothing is downloaded. A missing file, an unknown architecture or a tensor
+    of the wrong shape is a ValueError / FileNotFoundError naming the file."""
+    config_path = os.path.join(path, "config.json")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{config_path}: missing (a Hugging Face model directory holds config.json "
+                                f"and *.safetensors)")
+    with open(config_path) as f:
+        config = hf_config_to_gpt(json.load(f), config_path)
+    state = {k.removeprefix("model."): v.float() for k, v in hf_weights(path).items()
+             if not k.endswith("rotary_emb.inv_freq")}
     if config.tie_embeddings and "embed_tokens.weight" in state:
         state.setdefault("lm_head.weight", state["embed_tokens.weight"])
+    try:
+        check_config_match(config, state)
+    except ValueError as e:
+        raise ValueError(f"{path}: the weights do not match config.json: {e}")
     model = GPT(config)
+    expected = model.state_dict()
+    for name, t in state.items():
+        if name in expected and expected[name].shape != t.shape:
+            raise ValueError(f"{path}: {name} has shape {tuple(t.shape)}, config.json implies "
+                             f"{tuple(expected[name].shape)}")
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                         f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
     model.load_state_dict(state)
     return model.to(device)
 

@@ -3,6 +3,8 @@ options; input checks; learning; the Hugging Face export."""
 import cmath
 import json
 import math
+import os
+import shutil
 from dataclasses import asdict
 
 import pytest
@@ -10,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from model import (GPT, PRESETS, Attention, GPTConfig, KVCache, RMSNorm, apply_rotary, export_hf, generate,
+                   read_safetensors, write_safetensors,
                    load_hf, rotary_tables, sample_next, token_logprobs)
 
 
@@ -522,7 +525,7 @@ def test_export_hf_round_trip(tmp_path, tie):
     assert cfg["rope_theta"] == 500.0 and cfg["rms_norm_eps"] == 1e-5 and cfg["tie_word_embeddings"] is tie
     assert cfg["hidden_act"] == "silu" and cfg["attention_bias"] is False and cfg["mlp_bias"] is False
     assert cfg["torch_dtype"] == "float32"
-    weights = torch.load(tmp_path / "pytorch_model.bin", weights_only=True)
+    weights = read_safetensors(str(tmp_path / "model.safetensors"))
     assert "model.layers.1.self_attn.k_proj.weight" in weights and "model.norm.weight" in weights
     assert "model.layers.0.mlp.gate_proj.weight" in weights and "model.layers.0.input_layernorm.weight" in weights
     assert ("lm_head.weight" in weights) is not tie
@@ -531,6 +534,78 @@ def test_export_hf_round_trip(tmp_path, tie):
     x = torch.randint(0, 64, (2, 12))
     with torch.no_grad():
         assert torch.equal(back.eval()(x), model(x))
+
+
+HF_REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_reference")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_load_hf_matches_transformers_logits_and_greedy_tokens(arch):
+    """Checkpoints written by transformers (tests/make_hf_reference.py: Llama with tied embeddings in
+    one file; Qwen2 with q/k/v biases, untied, rope theta 1e6, in 4 shards) load into our GPT with
+    transformers' own float32 logits (relative error <= 1e-4) and its greedy tokens exactly."""
+    with open(os.path.join(HF_REFERENCE, "reference.json")) as f:
+        ref = json.load(f)[arch]
+    model = load_hf(os.path.join(HF_REFERENCE, arch)).eval()
+    assert model.config.attention_bias is (arch == "qwen2") and model.config.tie_embeddings is (arch == "llama")
+    ids = torch.tensor(ref["input_ids"])
+    expected = torch.tensor(ref["logits"])
+    with torch.no_grad():
+        got = model(ids)
+    rel = ((got - expected).abs().max() / expected.abs().max()).item()
+    assert rel <= 1e-4, rel
+    tokens, _ = generate(model, [ref["input_ids"][0]], 10, temperature=0)
+    assert tokens[0].tolist() == ref["greedy"]
+
+
+def test_hf_export_of_a_qwen2_model_loads_back_exactly(tmp_path):
+    model = load_hf(os.path.join(HF_REFERENCE, "qwen2")).eval()
+    export_hf(model, str(tmp_path))
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "qwen2"
+    back = load_hf(str(tmp_path)).eval()
+    x = torch.randint(0, 256, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x))
+
+
+def test_safetensors_round_trip_of_every_dtype(tmp_path):
+    tensors = {"a": torch.randn(3, 4), "b": torch.randn(5).to(torch.bfloat16), "c": torch.arange(6).view(2, 3),
+               "d": torch.randn(2, 2).half(), "empty": torch.zeros(0, 3)}
+    write_safetensors(tensors, str(tmp_path / "x.safetensors"))
+    back = read_safetensors(str(tmp_path / "x.safetensors"))
+    assert list(back) == list(tensors) and all(torch.equal(back[k], v) and back[k].dtype == v.dtype
+                                               for k, v in tensors.items())
+
+
+def _set_config(d, **fields):
+    (d / "config.json").write_text(json.dumps({**json.loads((d / "config.json").read_text()), **fields}))
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+
+
+BAD_HF_DIRECTORIES = [  # (reference model, what breaks it, the error's words)
+    ("llama", lambda d: (d / "config.json").unlink(), "config.json: missing"),
+    ("qwen2", lambda d: (d / "model-00002-of-00004.safetensors").unlink(),
+     "model-00002-of-00004.safetensors: a shard named by"),
+    ("llama", lambda d: _set_config(d, model_type="gemma2"), "model_type 'gemma2' is not supported"),
+    ("llama", lambda d: _set_config(d, intermediate_size=96), "hidden_dim: weights have 64, config has 96"),
+    ("llama", lambda d: _set_config(d, rope_scaling={"rope_type": "llama3"}), "rope scaling 'llama3' is not supported"),
+    ("llama", lambda d: _truncate(d / "model.safetensors"), r"model.safetensors: tensor .* \(truncated\?\)"),
+    ("llama", lambda d: (d / "model.safetensors").write_bytes(b"\x05"), "model.safetensors: not a safetensors file"),
+    ("llama", lambda d: (d / "model.safetensors").unlink(), "no model.safetensors"),
+]
+
+
+@pytest.mark.parametrize("arch, breakage, message", BAD_HF_DIRECTORIES)
+def test_bad_hf_directories_are_one_line_errors_naming_the_file(tmp_path, arch, breakage, message):
+    directory = tmp_path / arch
+    shutil.copytree(os.path.join(HF_REFERENCE, arch), directory)
+    breakage(directory)
+    with pytest.raises((ValueError, FileNotFoundError), match=message) as info:
+        load_hf(str(directory))
+    assert "\n" not in str(info.value)
 
 
 def test_loading_mismatched_weights_names_the_field(tmp_path):
