@@ -14,6 +14,10 @@ reasoning special tokens; built offline.
    works offline, in tests and on a fresh CI machine (`tiktoken.get_encoding` would download).
 4. Any UTF-8 string round-trips (text the merges never saw is spelled in bytes).
 
+`HFTokenizer(dir)` reads a Hugging Face byte-level BPE tokenizer.json (GPT-2, Llama 3, Qwen2,
+SmolLM2) into the same interface, token for token as the `tokenizers` library encodes (issue 25:
+real small models; tests/make_hf_reference.py made the references).
+
 `get_tokenizer(None)` is the byte-level tokenizer (tests and the notebooks' illustrations use it
 where one token per character makes a point). Every checkpoint records its tokenizer's `name`
 (merges file hash included), and loading one made with another tokenizer is refused.
@@ -33,7 +37,9 @@ import base64
 import collections
 import functools
 import hashlib
+import json
 import os
+import unicodedata
 
 import regex
 import tiktoken
@@ -126,6 +132,82 @@ class Tokenizer:
 def get_tokenizer(merges_file: str | None = MERGES_FILE) -> Tokenizer:
     """The project's tokenizer (cached): the committed BPE merges, or byte-level with None."""
     return Tokenizer(merges_file)
+
+
+# ----------------------------------------------------------------------------- a Hugging Face tokenizer.json
+
+# The byte-level pre-tokenizer's own pattern (GPT-2's), used when tokenizer.json's ByteLevel splits
+# the text itself (use_regex true); Qwen2 and Llama 3 put their pattern in a Split step instead.
+GPT2_PAT_STR = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-to-unicode table, inverted: the printable character byte-level BPE writes in
+    tokenizer.json for each byte -> that byte (printable bytes stand for themselves, the others are
+    shifted to U+0100 and up)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(others)}}
+
+
+class HFTokenizer(Tokenizer):
+    """A Hugging Face byte-level BPE tokenizer (tokenizer.json: GPT-2, Llama 3, Qwen2, SmolLM2) as a
+    tiktoken Encoding: the vocabulary's ids are the ranks, the pre-tokenizer's split pattern is
+    pat_str, the added tokens are special tokens, and an NFC normalizer is applied before encoding.
+    encode never adds a BOS token (the R1-Zero template is the whole prompt). Anything else
+    (another model type, a normalizer other than NFC, add_prefix_space) is a ValueError naming
+    the file and what is unsupported."""
+
+    def __init__(self, path: str):  # builds its own Encoding: Tokenizer.__init__ (the project's) is not called
+        where = path if path.endswith(".json") else os.path.join(path, "tokenizer.json")
+        if not os.path.exists(where):
+            raise ValueError(f"{where}: missing (a Hugging Face tokenizer directory holds tokenizer.json)")
+        with open(where, "rb") as f:
+            raw = f.read()
+        spec = json.loads(raw)
+        model = spec.get("model") or {}
+        if model.get("type") != "BPE":
+            raise ValueError(f"{where}: tokenizer model {model.get('type')!r} is not supported (only byte-level BPE)")
+        pat_str, byte_level = None, False
+        pre = spec.get("pre_tokenizer") or {}
+        for step in pre.get("pretokenizers", [pre]):
+            if step.get("type") == "Split" and "Regex" in step.get("pattern", {}) and pat_str is None:
+                pat_str = step["pattern"]["Regex"]
+            elif step.get("type") == "ByteLevel":
+                byte_level = True
+                if step.get("add_prefix_space"):
+                    raise ValueError(f"{where}: ByteLevel add_prefix_space is not supported")
+                if step.get("use_regex", True):
+                    pat_str = pat_str or GPT2_PAT_STR
+            elif step:
+                raise ValueError(f"{where}: pre-tokenizer step {step.get('type')!r} is not supported")
+        if not byte_level or pat_str is None:
+            raise ValueError(f"{where}: not a byte-level BPE tokenizer (no ByteLevel pre-tokenizer with a split pattern)")
+        norm = (spec.get("normalizer") or {}).get("type")
+        if norm not in (None, "NFC"):
+            raise ValueError(f"{where}: normalizer {norm!r} is not supported (only none or NFC)")
+        self.nfc = norm == "NFC"
+        added = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
+        alphabet = byte_level_alphabet()
+        ranks = {}
+        for token, rank in model["vocab"].items():
+            if token in added:
+                continue
+            try:
+                ranks[bytes(alphabet[c] for c in token)] = rank
+            except KeyError:
+                raise ValueError(f"{where}: vocabulary entry {token!r} is not byte-level text") from None
+        self.name = f"hf-{hashlib.sha256(raw).hexdigest()[:12]}"
+        self.special_ids = added
+        self.enc = tiktoken.Encoding(name=self.name, pat_str=pat_str, mergeable_ranks=ranks, special_tokens=added)
+        self.vocab_size = max([*ranks.values(), *added.values()]) + 1
+        self.eot_id = next((added[t] for t in ("<|endoftext|>", "<|end_of_text|>", "</s>", "<|im_end|>") if t in added),
+                           None)
+        self.pad_id = added.get("<|pad|>", added.get("<|finetune_right_pad_id|>", self.eot_id))
+
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
+        return super().encode(unicodedata.normalize("NFC", text) if self.nfc else text, allow_special)
 
 
 # ----------------------------------------------------------------------------- learning the merges

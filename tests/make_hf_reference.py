@@ -11,12 +11,19 @@ qwen2/ (q/k/v biases, untied, rope theta 1e6, sharded with model.safetensors.ind
 tests/hf_reference/reference.json: per model the input ids, transformers' float32 logits for them,
 a 10-token greedy continuation, and the library versions. Random weights (seed 0), made larger
 than the default init so the logits and the greedy choices are far from ties.
+
+And two byte-level BPE tokenizers trained by the `tokenizers` library on a small multilingual text
+(tests/hf_reference/tokenizer-qwen2/: NFC normalizer, Qwen2's split pattern, added special tokens;
+tokenizer-gpt2/: GPT-2's byte-level pre-tokenizer), with the token ids `tokenizers` gives for
+TOKENIZER_TEXTS (numbers, whitespace runs, non-ASCII text, special tokens) in reference.json.
 """
 import json
 import os
 
+import tokenizers
 import torch
 import transformers
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_reference")
@@ -28,9 +35,43 @@ MODELS = {
 }
 
 
+QWEN2_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+                 r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+TRAINING_TEXT = ["What is 472 + 385? The answer is 857.", "¿Qué dos de 7 1 3 5 suman 8? entonces la respuesta es 3+5.",
+                 "Which two of 7 1 3 5 add up to 8? so the answer is 3+5.", "def f(x):\n    return x * 2\n\n\n",
+                 "naïve café — 東京 🙂 ünïcödé", "    indented   spaces\t\ttabs\r\nwindows lines"] * 20
+TOKENIZER_TEXTS = ["What is 472 + 385?", "1234567890 12,345.67 -0.5e10", "  two  spaces,   three,\t\ttabs\n\n\nlines",
+                   "¿Qué dos de 7 1 3 5 suman 8? Ünïcödé: naïve café, 東京, 🙂👍🏽", "e\u0301 (e + combining acute)",
+                   "<|endoftext|>text<|im_start|>user\nhi<|im_end|>", "don't I'LL we've", "x" * 50, ""]
+
+
+def make_tokenizer(kind: str) -> tokenizers.Tokenizer:
+    tok = tokenizers.Tokenizer(models.BPE())
+    if kind == "qwen2":
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(TRAINING_TEXT, trainer)
+    return tok
+
+
 def main() -> None:
     torch.manual_seed(0)
     reference = {}
+    for kind in ("qwen2", "gpt2"):
+        tok = make_tokenizer(kind)
+        out = os.path.join(HERE, f"tokenizer-{kind}")
+        os.makedirs(out, exist_ok=True)
+        tok.save(os.path.join(out, "tokenizer.json"))
+        reference[f"tokenizer-{kind}"] = {"texts": TOKENIZER_TEXTS,
+                                          "ids": [tok.encode(t, add_special_tokens=False).ids for t in TOKENIZER_TEXTS]}
     for name, (cls, config, shard) in MODELS.items():
         config._attn_implementation = "eager"
         model = cls(config).eval()
@@ -57,7 +98,8 @@ def main() -> None:
                                                                   for b in logits.tolist()],
                            "greedy": seq[0, 12:].tolist(), "files": sorted(os.listdir(out))}
         print(name, sorted(os.listdir(out)))
-    reference["versions"] = {"transformers": transformers.__version__, "torch": torch.__version__}
+    reference["versions"] = {"transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
+                             "torch": torch.__version__}
     with open(os.path.join(HERE, "reference.json"), "w") as f:
         json.dump(reference, f)
 

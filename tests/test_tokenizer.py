@@ -1,6 +1,10 @@
 """tokenizer.py: round trips, special tokens, digits as single tokens, the committed BPE merges
 (learned as the textbook algorithm says, not stale), bad merges files."""
 import base64
+import json
+import os
+import shutil
+import unicodedata
 
 import pytest
 
@@ -201,3 +205,52 @@ def test_cli_rejects_bad_numbers(capsys):
     with pytest.raises(SystemExit):
         tokenizer.main(["--merges", "0"])
     assert "at least 1" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- Hugging Face tokenizer.json
+
+HF_REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_reference")
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "gpt2"])
+def test_hf_tokenizer_gives_the_reference_libraries_token_ids(kind):
+    """Byte-level BPE tokenizers trained by the `tokenizers` library (tests/make_hf_reference.py):
+    Qwen2's layout (NFC, a Split pattern, then ByteLevel) and GPT-2's (ByteLevel splits). On text
+    with numbers, whitespace runs, non-ASCII and special tokens our tiktoken Encoding gives exactly
+    the library's ids, and decodes them back to the (normalised) text."""
+    with open(os.path.join(HF_REFERENCE, "reference.json")) as f:
+        ref = json.load(f)[f"tokenizer-{kind}"]
+    tok = tokenizer.HFTokenizer(os.path.join(HF_REFERENCE, f"tokenizer-{kind}"))
+    for text, ids in zip(ref["texts"], ref["ids"]):
+        assert tok.encode(text, allow_special=True) == ids, text
+        expected = unicodedata.normalize("NFC", text) if kind == "qwen2" else text
+        assert tok.decode(ids) == expected
+    assert tok.eot_id == tok.special_ids["<|endoftext|>"] and tok.name.startswith("hf-")
+    assert tok.encode("<|endoftext|>") != [tok.eot_id]   # typed text never becomes the special token
+
+
+def _edit(path, **changes):
+    spec = json.loads(path.read_text())
+    for dotted, value in changes.items():
+        node, *keys = dotted.split("__")
+        target = spec
+        for k in [node, *keys][:-1]:
+            target = target[k]
+        target[[node, *keys][-1]] = value
+    path.write_text(json.dumps(spec))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model__type": "WordPiece"}, "tokenizer model 'WordPiece' is not supported"),
+    ({"normalizer": {"type": "Lowercase"}}, "normalizer 'Lowercase' is not supported"),
+    ({"pre_tokenizer": {"type": "Whitespace"}}, "pre-tokenizer step 'Whitespace' is not supported"),
+    ({"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": True}}, "add_prefix_space is not supported"),
+])
+def test_unsupported_hf_tokenizers_are_one_line_errors_naming_the_file(tmp_path, change, message):
+    shutil.copy(os.path.join(HF_REFERENCE, "tokenizer-gpt2", "tokenizer.json"), tmp_path / "tokenizer.json")
+    _edit(tmp_path / "tokenizer.json", **change)
+    with pytest.raises(ValueError, match=message) as info:
+        tokenizer.HFTokenizer(str(tmp_path))
+    assert str(info.value).startswith(str(tmp_path / "tokenizer.json")) and "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="tokenizer.json: missing"):
+        tokenizer.HFTokenizer(str(tmp_path / "nowhere"))
