@@ -50,6 +50,8 @@ class GPTConfig:
     tie_embeddings: bool = True     # lm_head shares its weight matrix with embed_tokens
     hidden_dim: int | None = None   # F: SwiGLU hidden size; None = 8/3 * C rounded up to a multiple of 32
     attention_bias: bool = False    # biases on the q, k, v projections (Qwen2 has them; Llama does not)
+    rope_scaling: dict | None = None  # Llama 3.1+'s "llama3" RoPE frequency scaling: factor, low_freq_factor,
+                                    # high_freq_factor, original_max_position_embeddings; None = plain RoPE
 
     def __post_init__(self):
         for name in ("vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "max_seq_len"):
@@ -67,6 +69,10 @@ class GPTConfig:
                              f"(GPTConfig.n_embd={self.n_embd}, n_head={self.n_head})")
         if self.hidden_dim is None:  # Llama's rule: 2/3 of the usual 4*C, since SwiGLU has 3 matrices
             self.hidden_dim = 32 * math.ceil(8 * self.n_embd / 3 / 32)
+        scaling_keys = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
+        if self.rope_scaling is not None and set(self.rope_scaling) != scaling_keys:
+            raise ValueError(f"GPTConfig.rope_scaling must have exactly the keys {sorted(scaling_keys)}, "
+                             f"got {sorted(self.rope_scaling)}")
         if not isinstance(self.hidden_dim, int) or self.hidden_dim <= 0:
             raise ValueError(f"GPTConfig.hidden_dim must be a positive int or None, got {self.hidden_dim!r}")
 
@@ -125,6 +131,24 @@ def rotary_tables(head_dim: int, max_seq_len: int, theta: float):
     angles = torch.cat([angles, angles], dim=-1)                            # (max_seq_len, D)
     return angles.cos(), angles.sin()
     # <<< exercise: rotary
+
+
+def llama3_rotary_tables(head_dim: int, max_seq_len: int, theta: float, scaling: dict):
+    """rotary_tables with Llama 3.1's frequency scaling (rope_type "llama3", as transformers computes
+    it): frequencies whose wavelength exceeds original_max_position_embeddings / low_freq_factor are
+    divided by `factor`, those shorter than original_max_position_embeddings / high_freq_factor are
+    kept, and the band between is interpolated smoothly. Llama 3.1-3.3 checkpoints need it."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2).float() / head_dim)  # (D/2,)
+    old_len, factor = scaling["original_max_position_embeddings"], scaling["factor"]
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    wavelen = 2 * math.pi / inv_freq                                        # (D/2,)
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)  # (D/2,) long waves stretched
+    smooth = (old_len / wavelen - low) / (high - low)                       # (D/2,) 0..1 across the band
+    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    scaled = torch.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+    angles = torch.outer(torch.arange(max_seq_len).float(), scaled)         # (max_seq_len, D/2)
+    angles = torch.cat([angles, angles], dim=-1)                            # (max_seq_len, D)
+    return angles.cos(), angles.sin()
 
 
 def rotate_half(x):
@@ -259,7 +283,10 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight  # one (V, C) matrix reads and writes tokens
-        cos, sin = rotary_tables(config.head_dim, config.max_seq_len, config.rope_theta)
+        if config.rope_scaling:
+            cos, sin = llama3_rotary_tables(config.head_dim, config.max_seq_len, config.rope_theta, config.rope_scaling)
+        else:
+            cos, sin = rotary_tables(config.head_dim, config.max_seq_len, config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)            # (max_seq_len, D)
         self.register_buffer("rope_sin", sin, persistent=False)            # (max_seq_len, D)
         # init: N(0, 0.02) everywhere; the two projections that write into the residual stream are
@@ -602,7 +629,7 @@ def export_hf(model: GPT, out_dir: str) -> None:
         "vocab_size": c.vocab_size, "hidden_size": c.n_embd, "intermediate_size": c.hidden_dim,
         "num_hidden_layers": c.n_layer, "num_attention_heads": c.n_head, "num_key_value_heads": c.n_kv_head,
         "head_dim": c.head_dim, "max_position_embeddings": c.max_seq_len, "rope_theta": c.rope_theta,
-        "rope_scaling": None, "rms_norm_eps": c.norm_eps, "tie_word_embeddings": c.tie_embeddings,
+        "rope_scaling": {"rope_type": "llama3", **c.rope_scaling} if c.rope_scaling else None, "rms_norm_eps": c.norm_eps, "tie_word_embeddings": c.tie_embeddings,
         "hidden_act": "silu", "attention_dropout": 0.0, "initializer_range": 0.02, "torch_dtype": "float32",
         "use_cache": True, "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": pad,
         **({} if c.attention_bias else {"attention_bias": False, "mlp_bias": False}),
@@ -629,9 +656,11 @@ def hf_config_to_gpt(hf: dict, where: str) -> GPTConfig:
     if hf.get("hidden_act", "silu") != "silu":
         raise ValueError(f"{where}: hidden_act {hf.get('hidden_act')!r} is not supported (only silu)")
     rope = hf.get("rope_scaling") or {k: v for k, v in (hf.get("rope_parameters") or {}).items() if k != "rope_theta"}
-    if rope and rope.get("rope_type", rope.get("type", "default")) != "default":
-        raise ValueError(f"{where}: rope scaling {rope.get('rope_type', rope.get('type'))!r} is not supported yet "
-                         f"(Llama 3.1-3.3 use 'llama3'; SmolLM2 and Qwen2.5 need none)")
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if rope else "default"
+    if rope_type not in ("default", "llama3"):
+        raise ValueError(f"{where}: rope scaling {rope_type!r} is not supported (only none and Llama 3.1's 'llama3')")
+    keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    scaling = {k: rope[k] for k in keys} if rope_type == "llama3" else None
     if hf.get("mlp_bias"):
         raise ValueError(f"{where}: mlp_bias is not supported")
     bias = arch == "qwen2" or bool(hf.get("attention_bias"))
@@ -642,7 +671,7 @@ def hf_config_to_gpt(hf: dict, where: str) -> GPTConfig:
                        n_embd=hf["hidden_size"], max_seq_len=hf["max_position_embeddings"],
                        rope_theta=float(rope_theta), norm_eps=hf["rms_norm_eps"],
                        tie_embeddings=hf.get("tie_word_embeddings", False), hidden_dim=hf["intermediate_size"],
-                       attention_bias=bias)
+                       attention_bias=bias, rope_scaling=scaling)
     if (hf.get("head_dim") or config.head_dim) != config.head_dim:
         raise ValueError(f"{where}: head_dim {hf['head_dim']} != hidden_size / num_attention_heads "
                          f"= {config.head_dim}; GPT needs them equal")
@@ -672,7 +701,7 @@ def hf_weights(path: str) -> dict[str, torch.Tensor]:
 
 def load_hf(path: str, device="cpu") -> GPT:
     """A GPT with the weights of a local Hugging Face directory (config.json + *.safetensors, one file
-    or sharded with its index): Llama (SmolLM2; Llama 3.x without rope scaling) or Qwen2 (q/k/v
+    or sharded with its index): Llama (SmolLM2; Llama 3.x, with its "llama3" rope scaling) or Qwen2 (q/k/v
     biases, its rope theta, tied or untied embeddings), in float32 on `device`. Everything is read
     from the directory: nothing is downloaded. A missing file, an unknown architecture or a tensor
     of the wrong shape is a ValueError / FileNotFoundError naming the file."""

@@ -7,7 +7,8 @@ the tests never import it: they read what this script wrote):
     PYTHONPATH=/tmp/hf python tests/make_hf_reference.py
 
 It writes tests/hf_reference/llama/ (tied embeddings, one model.safetensors), tests/hf_reference/
-qwen2/ (q/k/v biases, untied, rope theta 1e6, sharded with model.safetensors.index.json), and
+qwen2/ (q/k/v biases, untied, rope theta 1e6, sharded with model.safetensors.index.json),
+tests/hf_reference/llama3/ (Llama 3.1's "llama3" rope scaling), and
 tests/hf_reference/reference.json: per model the input ids, transformers' float32 logits for them,
 a 10-token greedy continuation, and the library versions. Random weights (seed 0), made larger
 than the default init so the logits and the greedy choices are far from ties.
@@ -32,6 +33,11 @@ SHAPE = dict(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_la
 MODELS = {
     "llama": (LlamaForCausalLM, LlamaConfig(**SHAPE, rope_theta=500000.0, tie_word_embeddings=True), None),
     "qwen2": (Qwen2ForCausalLM, Qwen2Config(**SHAPE, rope_theta=1000000.0, tie_word_embeddings=False), "40KB"),
+    # Llama 3.1's rope scaling, with a short original context so that every branch of it acts on the
+    # 12 test positions (the shortest wavelength is interpolated, the longer ones stretched)
+    "llama3": (LlamaForCausalLM, LlamaConfig(**SHAPE, tie_word_embeddings=True, rope_parameters={
+        "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 16}), None),
 }
 
 

@@ -1,6 +1,7 @@
 """model.py: each formula against a slow, obvious reference written here; cache == no cache; sampling
 options; input checks; learning; the Hugging Face export."""
 import cmath
+import dataclasses
 import json
 import math
 import os
@@ -539,15 +540,17 @@ def test_export_hf_round_trip(tmp_path, tie):
 HF_REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_reference")
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "llama3"])
 def test_load_hf_matches_transformers_logits_and_greedy_tokens(arch):
     """Checkpoints written by transformers (tests/make_hf_reference.py: Llama with tied embeddings in
-    one file; Qwen2 with q/k/v biases, untied, rope theta 1e6, in 4 shards) load into our GPT with
-    transformers' own float32 logits (relative error <= 1e-4) and its greedy tokens exactly."""
+    one file; Qwen2 with q/k/v biases, untied, rope theta 1e6, in 4 shards; Llama with Llama 3.1's
+    rope scaling) load into our GPT with transformers' own float32 logits (relative error <= 1e-4)
+    and its greedy tokens exactly."""
     with open(os.path.join(HF_REFERENCE, "reference.json")) as f:
         ref = json.load(f)[arch]
     model = load_hf(os.path.join(HF_REFERENCE, arch)).eval()
-    assert model.config.attention_bias is (arch == "qwen2") and model.config.tie_embeddings is (arch == "llama")
+    assert model.config.attention_bias is (arch == "qwen2") and model.config.tie_embeddings is (arch != "qwen2")
+    assert (model.config.rope_scaling is not None) is (arch == "llama3")
     ids = torch.tensor(ref["input_ids"])
     expected = torch.tensor(ref["logits"])
     with torch.no_grad():
@@ -556,13 +559,20 @@ def test_load_hf_matches_transformers_logits_and_greedy_tokens(arch):
     assert rel <= 1e-4, rel
     tokens, _ = generate(model, [ref["input_ids"][0]], 10, temperature=0)
     assert tokens[0].tolist() == ref["greedy"]
+    if arch == "llama3":  # the scaling matters at these positions: plain RoPE is far off
+        plain = GPT(dataclasses.replace(model.config, rope_scaling=None)).eval()
+        plain.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            assert ((plain(ids) - expected).abs().max() / expected.abs().max()).item() > 1e-2
 
 
-def test_hf_export_of_a_qwen2_model_loads_back_exactly(tmp_path):
-    model = load_hf(os.path.join(HF_REFERENCE, "qwen2")).eval()
+@pytest.mark.parametrize("arch", ["qwen2", "llama3"])
+def test_hf_export_of_a_loaded_model_loads_back_exactly(tmp_path, arch):
+    model = load_hf(os.path.join(HF_REFERENCE, arch)).eval()
     export_hf(model, str(tmp_path))
-    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "qwen2"
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == ("qwen2" if arch == "qwen2" else "llama")
     back = load_hf(str(tmp_path)).eval()
+    assert back.config == model.config
     x = torch.randint(0, 256, (2, 9))
     with torch.no_grad():
         assert torch.equal(back(x), model(x))
@@ -591,7 +601,7 @@ BAD_HF_DIRECTORIES = [  # (reference model, what breaks it, the error's words)
      "model-00002-of-00004.safetensors: a shard named by"),
     ("llama", lambda d: _set_config(d, model_type="gemma2"), "model_type 'gemma2' is not supported"),
     ("llama", lambda d: _set_config(d, intermediate_size=96), "hidden_dim: weights have 64, config has 96"),
-    ("llama", lambda d: _set_config(d, rope_scaling={"rope_type": "llama3"}), "rope scaling 'llama3' is not supported"),
+    ("llama", lambda d: _set_config(d, rope_scaling={"rope_type": "yarn"}), "rope scaling 'yarn' is not supported"),
     ("llama", lambda d: _truncate(d / "model.safetensors"), r"model.safetensors: tensor .* \(truncated\?\)"),
     ("llama", lambda d: (d / "model.safetensors").write_bytes(b"\x05"), "model.safetensors: not a safetensors file"),
     ("llama", lambda d: (d / "model.safetensors").unlink(), "no model.safetensors"),
