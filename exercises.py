@@ -26,7 +26,7 @@ the common mistakes listed there (the ones docs/COURSE.md warns about) each fail
 import argparse
 import json
 import os
-import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -444,4 +444,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    if hasattr(signal, "SIGPIPE"):  # `python exercises.py list | head` ends quietly
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     sys.exit(main())
