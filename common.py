@@ -673,6 +673,13 @@ def _parse_type(tp):
     return base
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is ONE line on stderr (no multi-line usage block), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (`python {self.prog} --help` lists every flag)\n")
+
+
 def config_from_args(cls, argv: list[str] | None = None, presets: dict[str, dict] | None = None,
                      description: str | None = None, check=None):
     """Build a `cls` instance from the command line: one --kebab-case flag per dataclass field, help
@@ -682,8 +689,7 @@ def config_from_args(cls, argv: list[str] | None = None, presets: dict[str, dict
     ends here, before any work: one `error: ...` line and exit status 2, no traceback."""
     comments = _field_comments(cls)
     hints = typing.get_type_hints(cls)  # resolves string annotations too
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineErrorParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     if presets:
         parser.add_argument("--preset", choices=sorted(presets), default=None,
                             help="a named group of defaults; explicit flags override it")

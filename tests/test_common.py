@@ -89,6 +89,11 @@ def test_a_config_that_cannot_work_is_a_one_line_usage_error(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "error: group_size must be >= 2 (got 1)" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and "usage:" not in err  # one line, not argparse's usage block
+    with pytest.raises(SystemExit):
+        config_from_args(Checked, ["--no-such-flag"])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unrecognized arguments: --no-such-flag" in err
 
 
 # ----------------------------------------------------------------------------- checkpoints
