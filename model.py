@@ -629,7 +629,8 @@ def export_hf(model: GPT, out_dir: str) -> None:
         "vocab_size": c.vocab_size, "hidden_size": c.n_embd, "intermediate_size": c.hidden_dim,
         "num_hidden_layers": c.n_layer, "num_attention_heads": c.n_head, "num_key_value_heads": c.n_kv_head,
         "head_dim": c.head_dim, "max_position_embeddings": c.max_seq_len, "rope_theta": c.rope_theta,
-        "rope_scaling": {"rope_type": "llama3", **c.rope_scaling} if c.rope_scaling else None, "rms_norm_eps": c.norm_eps, "tie_word_embeddings": c.tie_embeddings,
+        "rope_scaling": {"rope_type": "llama3", **c.rope_scaling} if c.rope_scaling else None,
+        "rms_norm_eps": c.norm_eps, "tie_word_embeddings": c.tie_embeddings,
         "hidden_act": "silu", "attention_dropout": 0.0, "initializer_range": 0.02, "torch_dtype": "float32",
         "use_cache": True, "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": pad,
         **({} if c.attention_bias else {"attention_bias": False, "mlp_bias": False}),
@@ -660,6 +661,8 @@ def hf_config_to_gpt(hf: dict, where: str) -> GPTConfig:
     if rope_type not in ("default", "llama3"):
         raise ValueError(f"{where}: rope scaling {rope_type!r} is not supported (only none and Llama 3.1's 'llama3')")
     keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    if rope_type == "llama3" and not set(keys) <= set(rope):
+        raise ValueError(f"{where}: llama3 rope scaling needs {', '.join(keys)}; it has {', '.join(sorted(rope))}")
     scaling = {k: rope[k] for k in keys} if rope_type == "llama3" else None
     if hf.get("mlp_bias"):
         raise ValueError(f"{where}: mlp_bias is not supported")

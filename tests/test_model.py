@@ -602,6 +602,8 @@ BAD_HF_DIRECTORIES = [  # (reference model, what breaks it, the error's words)
     ("llama", lambda d: _set_config(d, model_type="gemma2"), "model_type 'gemma2' is not supported"),
     ("llama", lambda d: _set_config(d, intermediate_size=96), "hidden_dim: weights have 64, config has 96"),
     ("llama", lambda d: _set_config(d, rope_scaling={"rope_type": "yarn"}), "rope scaling 'yarn' is not supported"),
+    ("llama", lambda d: _set_config(d, rope_scaling={"rope_type": "llama3", "factor": 8.0}),
+     "llama3 rope scaling needs factor, low_freq_factor"),
     ("llama", lambda d: _truncate(d / "model.safetensors"), r"model.safetensors: tensor .* \(truncated\?\)"),
     ("llama", lambda d: (d / "model.safetensors").write_bytes(b"\x05"), "model.safetensors: not a safetensors file"),
     ("llama", lambda d: (d / "model.safetensors").unlink(), "no model.safetensors"),
