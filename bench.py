@@ -22,6 +22,9 @@ Sections:
            (Linux) how far a fresh child process's peak resident set grows over its size before the
            model is built: weights, AdamW state, gradients, activations.
   compile  torch.compile against eager on the training step (nano), the opt-in --compile flag.
+  gpu      estimated GPU memory of `grpo.py --init-from hf:DIR --preset gpu-24gb / gpu-80gb` per
+           real model size (grpo.memory_estimate on the models' published config.json shapes;
+           nothing is downloaded or allocated, so it runs anywhere in a second).
 
 Model FLOPs per token = 6 N + 12 L C T: N = weights used in matmuls (every Linear, lm_head included;
 the embedding lookup is not a matmul), 2 N per token forward and 4 N backward; 12 L C T is the
@@ -43,7 +46,7 @@ import torch.nn.functional as F
 from common import config_from_args, get_device, load_checkpoint, load_model, make_optimizer
 from model import GPT, GPTConfig, export_hf, generate, stop_tokens
 
-SECTIONS = ("hf", "rollout", "step", "train", "memory", "compile")
+SECTIONS = ("hf", "rollout", "step", "train", "memory", "compile", "gpu")
 
 
 @dataclass
@@ -344,6 +347,33 @@ def bench_compile(cfg: BenchConfig, device) -> None:
           [[eager, compiled, f"{compiled / eager:.2f}x", f"{t_compile:.0f} s"]])
 
 
+# the shapes of real small base models, from their config.json (Hugging Face Hub, read by hand):
+# n_layer, n_embd, n_head, n_kv_head, hidden_dim, vocab_size (all tie their embeddings)
+REAL_MODELS = {"SmolLM2-135M": (30, 576, 9, 3, 1536, 49152), "SmolLM2-360M": (32, 960, 15, 5, 2560, 49152),
+               "Qwen2.5-0.5B": (24, 896, 14, 2, 4864, 151936), "Llama-3.2-1B": (16, 2048, 32, 8, 8192, 128256),
+               "Qwen2.5-1.5B": (28, 1536, 12, 2, 8960, 151936), "SmolLM2-1.7B": (24, 2048, 32, 32, 8192, 49152),
+               "Qwen2.5-3B": (36, 2048, 16, 2, 11008, 151936), "Llama-3.2-3B": (28, 3072, 24, 8, 8192, 128256)}
+COUNTDOWN_PROMPT_TOKENS = 160  # TinyZero's prompt (tasks.format_prompt) is ~150 tokens in these vocabularies
+
+
+def bench_gpu(cfg: BenchConfig, device) -> None:
+    import grpo  # only this section
+    presets = ("gpu-24gb", "gpu-80gb")
+    print(f"gpu: estimated GiB per process of grpo.py --task countdown at each preset "
+          f"(grpo.memory_estimate; prompt {COUNTDOWN_PROMPT_TOKENS} tokens)")
+    rows = []
+    for name, (L, C, H, K, hidden, V) in REAL_MODELS.items():
+        model = GPTConfig(n_layer=L, n_embd=C, n_head=H, n_kv_head=K, hidden_dim=hidden, vocab_size=V,
+                          max_seq_len=2048, tie_embeddings=True, attention_bias=name.startswith("Qwen"))
+        row = [name]
+        for preset in presets:
+            parts = grpo.memory_estimate(model, grpo.GRPOConfig(**grpo.PRESETS[preset]), COUNTDOWN_PROMPT_TOKENS)
+            n = parts.pop("params (B)")
+            row.append(f"{sum(parts.values()):.0f}")
+        rows.append([name, f"{n:.2f}B", *row[1:]])
+    table(["model", "params", *(f"{p} GiB" for p in presets)], rows)
+
+
 def main(argv=None):
     cfg = config_from_args(BenchConfig, argv, description=__doc__.split("\n")[0])
     unknown = sorted(set(cfg.sections.split(",")) - set(SECTIONS))
@@ -355,7 +385,7 @@ def main(argv=None):
     print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"{time.strftime('%Y-%m-%d')}")
     run = {"hf": bench_hf, "rollout": bench_rollout, "step": bench_step, "train": bench_train,
-           "memory": bench_memory, "compile": bench_compile}
+           "memory": bench_memory, "compile": bench_compile, "gpu": bench_gpu}
     for name in cfg.sections.split(","):
         print()
         run[name](cfg, device)

@@ -45,8 +45,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from model import GPT, GPTConfig
-from tokenizer import get_tokenizer
+from model import GPT, GPTConfig, load_hf
+from tokenizer import HFTokenizer, get_tokenizer, use_tokenizer
 
 # ----------------------------------------------------------------------------- devices and DDP
 
@@ -276,6 +276,8 @@ def save_checkpoint(out_dir: str, model, optimizer=None, step: int = 0, config: 
         "tokenizer": get_tokenizer().name,  # load_checkpoint refuses a checkpoint made with another one
         **extra,
     }
+    if hasattr(get_tokenizer(), "save"):  # trained from a real model: its tokenizer files go beside it
+        get_tokenizer().save(out_dir)
     tmp = path + ".tmp"
     torch.save(ckpt, tmp)
     with open(tmp + ".sha256", "w") as f:
@@ -473,14 +475,29 @@ def read_dataset_stats(path: str) -> dict:
         return json.load(f)
 
 
+HF_PREFIX = "hf:"  # --init-from hf:DIR: a local Hugging Face model directory (issue 25)
+
+
+def hf_dir(path: str) -> str | None:
+    """DIR for "hf:DIR" (a real model's directory), else None (one of our checkpoints)."""
+    return path[len(HF_PREFIX):] if path.startswith(HF_PREFIX) else None
+
+
 def checkpoint_path(path: str) -> str:
-    """Accept a run directory (out/base) or the file itself."""
+    """Accept a run directory (out/base) or the file itself; for hf:DIR, DIR/config.json."""
+    if hf_dir(path) is not None:
+        return os.path.join(hf_dir(path), "config.json")
     return os.path.join(path, CKPT_NAME) if os.path.isdir(path) else path
 
 
 def checkpoint_sha256(path: str) -> str:
     """The SHA-256 of a checkpoint (a run directory or the file): what it is, whatever its path.
-    Read from the digest save_checkpoint wrote next to it, computed when there is none."""
+    Read from the digest save_checkpoint wrote next to it, computed when there is none. For hf:DIR,
+    one digest over config.json and the weight files."""
+    if hf_dir(path) is not None:
+        names = sorted(n for n in os.listdir(hf_dir(path)) if n == "config.json" or n.endswith(".safetensors")
+                       or n == "pytorch_model.bin")
+        return hashlib.sha256("".join(file_sha256(os.path.join(hf_dir(path), n)) for n in names).encode()).hexdigest()
     p = checkpoint_path(path)
     if os.path.exists(p + ".sha256"):
         with open(p + ".sha256") as f:
@@ -511,9 +528,23 @@ class TokenizerMismatch(ValueError):
 
 
 def check_tokenizer(ckpt: dict, p: str) -> dict:
-    """ckpt itself if it was made with this code's tokenizer, else TokenizerMismatch in one line
-    saying what to run. Checkpoints from before the BPE tokenizer carry no name: byte-level."""
+    """ckpt itself if it was made with the tokenizer in use, else TokenizerMismatch in one line
+    saying what to run. Checkpoints from before the BPE tokenizer carry no name: byte-level. A
+    checkpoint of a real model (or trained from one) puts its tokenizer in use, read from the files
+    beside it (HFTokenizer.save), when the process has loaded no other model yet."""
     made_with, ours = ckpt.get("tokenizer", "bytes"), get_tokenizer().name
+    if made_with.startswith("hf-") and made_with != ours and not isinstance(get_tokenizer(), HFTokenizer):
+        try:
+            tok = HFTokenizer(os.path.dirname(p))
+        except ValueError as e:
+            raise TokenizerMismatch(f"checkpoint {p} was made with a real model's tokenizer ({made_with}): {e}") from None
+        if tok.name == made_with:
+            use_tokenizer(tok)
+            ours = made_with
+    if made_with != ours and "hf-" in made_with + ours:
+        raise TokenizerMismatch(
+            f"checkpoint {p} was made with the tokenizer {made_with!r}, and this process already uses {ours!r}: "
+            f"one process holds one tokenizer, so every model it loads must share it")
     if made_with != ours:
         raise TokenizerMismatch(
             f"checkpoint {p} was made with the tokenizer {made_with!r}, this code uses {ours!r} "
@@ -522,11 +553,28 @@ def check_tokenizer(ckpt: dict, p: str) -> dict:
     return ckpt
 
 
+def hf_checkpoint(directory: str) -> dict:
+    """A local Hugging Face model directory as a checkpoint dict (model.load_hf's weights, no
+    optimizer, step 0), its tokenizer (tokenizer.json) named in it; a bad directory is a
+    CheckpointError naming the file."""
+    try:
+        model, tok = load_hf(directory), HFTokenizer(directory)
+    except (ValueError, FileNotFoundError) as e:
+        raise CheckpointError(str(e)) from None
+    if tok.vocab_size > model.config.vocab_size:
+        raise CheckpointError(f"{directory}: tokenizer.json has {tok.vocab_size} tokens, more than config.json's "
+                              f"vocab_size {model.config.vocab_size}")
+    return {"model": model.state_dict(), "model_config": dataclasses.asdict(model.config), "optimizer": None,
+            "step": 0, "config": {}, "tokenizer": tok.name}
+
+
 def load_checkpoint(path: str, map_location="cpu", fallback: bool = False, quiet: bool = False) -> dict:
     """The checkpoint of a run directory (or a checkpoint file), verified. With fallback (what
     --resume uses), a latest checkpoint that fails verification is reported (unless quiet) and the
     previous one (ckpt.prev.pt) is loaded instead, if it is good."""
     p = checkpoint_path(path)
+    if hf_dir(path) is not None:  # a real model: read as it is, its tokenizer put in use
+        return check_tokenizer(hf_checkpoint(hf_dir(path)), p)
     if not os.path.exists(p) and not (fallback and os.path.exists(os.path.join(os.path.dirname(p), PREV_NAME))):
         raise FileNotFoundError(f"no checkpoint at {p}")
     try:

@@ -35,16 +35,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from common import (check_fits, check_ranges, checkpoint_path, config_from_args, get_device, load_checkpoint, load_model,
-                    print0, progress as progress_bar)
+from common import (check_fits, check_ranges, checkpoint_path, config_from_args, get_device, hf_dir, load_checkpoint,
+                    load_model, print0, progress as progress_bar)
 from corpus import PHRASES, WEB_TASKS, addition_trace, code_plan, forced_prefixes
-from model import generate, sample_completions, stop_tokens
+from model import cut_after_answer, ended, generate, sample_completions, stop_tokens
 from sandbox import Limits
 from rewards import (accuracy_reward, accuracy_rewards, answer_key, chain_of_thought, extract_answer, format_reward,
                      language_fraction, majority_vote)
-from tasks import (TASKS, TRANSFER_KINDS, format_prompt, get_task, longest_prompt, problem_kind, sample_problems,
-                   task_from_config, test_set)
-from tokenizer import ANSWER_OPEN, EOT, THINK_CLOSE, get_tokenizer
+from tasks import (TASKS, TRANSFER_KINDS, format_prompt, get_task, longest_prompt, prefill, problem_kind,
+                   sample_problems, task_from_config, test_set)
+from tokenizer import ANSWER_OPEN, THINK_CLOSE, get_tokenizer
 
 # The held-out protocol, one for every tool that reports held-out accuracy (grpo.py, pipeline.py,
 # distill.py, sft.py, pretrain.py, this file): the same questions whatever the tool or the seed
@@ -412,7 +412,7 @@ def sample_k(model, tok, problems, k: int, max_new_tokens: int, seed: int, tempe
             os.replace(partial + ".tmp", partial)
     if partial and os.path.exists(partial):
         os.remove(partial)
-    return [tok.decode(i) for i in ids], ids
+    return [prefill() + tok.decode(i) for i in ids], ids
 
 
 def sample_training_set(checkpoint: str, task, n_questions: int, k: int, max_new_tokens: int, seeds: tuple[int, int],
@@ -427,8 +427,10 @@ def sample_training_set(checkpoint: str, task, n_questions: int, k: int, max_new
     model, _ = load_model(checkpoint, device)
     model.eval()
     problems = sample_problems(task, n_questions, "train", seed=seeds[0])
-    texts, ids = sample_k(model, get_tokenizer(), problems, k, max_new_tokens, seeds[1], progress=True, partial=partial)
-    return [(problems[i // k], t if t.endswith(EOT) else t + EOT) for i, t in enumerate(texts)], ids
+    tok = get_tokenizer()
+    texts, ids = sample_k(model, tok, problems, k, max_new_tokens, seeds[1], progress=True, partial=partial)
+    eot = tok.decode([tok.eot_id])  # EOT, or a real model's end-of-text text
+    return [(problems[i // k], t if t.endswith(eot) else t + eot) for i, t in enumerate(texts)], ids
 
 
 def filter_samples(samples: list[tuple], rules, source: str) -> tuple[list[dict], dict]:
@@ -447,8 +449,8 @@ def filter_samples(samples: list[tuple], rules, source: str) -> tuple[list[dict]
             counts[reason] += 1
             continue
         seen.add((problem.question, completion))
-        rows.append({"prompt": format_prompt(problem.question), "completion": completion, "source": source,
-                     "language": problem.language})
+        rows.append({"prompt": format_prompt(problem.question), "completion": completion.removeprefix(prefill()),
+                     "source": source, "language": problem.language})  # what the model was given, and wrote
     counts["kept"] = len(rows)
     return rows, counts
 
@@ -483,7 +485,7 @@ def sample_stats(model, tok, problems, k: int = 4, temperature: float = EVAL_TEM
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     _, ids, texts = sample_completions(model, tok, prompts, max_new_tokens, temperature, top_p, gen,
                                        batch_size, progress)
-    texts = [prefix + text for prefix, text in zip(prefixes, texts)]
+    texts = [prefill() + prefix + text for prefix, text in zip(prefixes, texts)]  # judged as the model's whole answer
     correct = accuracy_rewards(texts, [p.as_dict() for p in problems for _ in range(k)], limits)  # code: one sandbox batch
     return [[completion_stats(p, texts[i * k + j], len(ids[i * k + j]), correct[i * k + j])
              for j in range(k)] for i, p in enumerate(problems)]
@@ -506,7 +508,7 @@ def budget_completions(model, tok, problems, budget: int, k: int, temperature: f
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     prompt_ids, ids, texts = sample_completions(model, tok, prompts, budget, temperature, top_p, gen, batch_size)
     stop = stop_tokens(tok)
-    open_rows = [i for i, row in enumerate(ids) if not row or row[-1] not in stop]
+    open_rows = [i for i, row in enumerate(ids) if not ended(tok, row)]
     for s in range(0, len(open_rows), batch_size):  # token ids, not text: a cut may split a character
         rows = open_rows[s:s + batch_size]
         forced = [tok.encode(force_answer(texts[i]), allow_special=True) for i in rows]
@@ -514,8 +516,8 @@ def budget_completions(model, tok, problems, budget: int, k: int, temperature: f
                                 FORCED_ANSWER_TOKENS, temperature=temperature, top_p=top_p, stop_tokens=stop,
                                 generator=gen, pad_id=tok.pad_id)
         for i, f, row, n in zip(rows, forced, new, lengths):
-            texts[i] = tok.decode(ids[i] + f + row[:n].tolist())
-    return texts
+            texts[i] = tok.decode(cut_after_answer(tok, ids[i] + f + row[:n].tolist()))
+    return [prefill() + t for t in texts]
 
 
 def report(model, tok, task, problems, cfg: EvalConfig, forced_fn=None) -> dict:
@@ -562,9 +564,19 @@ def load_for_eval(path: str, cfg: EvalConfig, device):
     return model, (get_task(cfg.task) if cfg.task else task_from_config(ckpt["config"]))
 
 
+def result_dir(path: str) -> str:
+    """Where results about a checkpoint go: its directory; for hf:DIR, out/hf-<DIR's name>/ (a
+    downloaded model's directory is left as it is)."""
+    if hf_dir(path) is None:
+        return os.path.dirname(checkpoint_path(path)) or "."
+    where = os.path.join("out", "hf-" + os.path.basename(os.path.normpath(hf_dir(path))))
+    os.makedirs(where, exist_ok=True)
+    return where
+
+
 def write_result(path: str, name: str, result: dict) -> str:
-    """A JSON result file next to the checkpoint (its directory)."""
-    out = os.path.join(os.path.dirname(checkpoint_path(path)) or ".", name)
+    """A JSON result file next to the checkpoint (result_dir)."""
+    out = os.path.join(result_dir(path), name)
     with open(out, "w") as f:
         json.dump(result, f, indent=1, default=float)
     return out
@@ -584,10 +596,11 @@ def evaluate_checkpoints(models: list[tuple[str, str]], n_problems: int, k: int,
     one each checkpoint was trained on. sampling: evaluate's temperature, top_p, max_new_tokens and
     batch_size, the protocol's by default. Returns one row per model: {"model": name, "dir":
     checkpoint, "task", "params", **evaluate's metrics}."""
-    tok, rows = get_tokenizer(), []
+    rows = []
     for name, path in models:
         model, ckpt = load_model(path, device)
         model.eval()
+        tok = get_tokenizer()  # after the load: a real model's tokenizer is then in use
         model_task = task if task is not None else task_from_config(ckpt["config"])
         m = evaluate(model, tok, held_out_set(model_task, n_problems), k=k, seed=seed, limits=limits,
                      progress=progress, **sampling)
@@ -630,10 +643,11 @@ def scaling(cfg: EvalConfig, device) -> dict:
     """Inference-time scaling for every checkpoint, on one figure: (a) cons@k and pass@k for k = 1, 2,
     4, ..., --scaling-n; (b) pass@1 (k samples) with the thinking cut at each budget B."""
     from matplotlib.figure import Figure  # only this mode draws
-    tok, results = get_tokenizer(), {}
+    results = {}
     ks = [2 ** i for i in range(int(math.log2(cfg.scaling_n)) + 1)]
     for path in cfg.checkpoints():
         model, task = load_for_eval(path, cfg, device)
+        tok = get_tokenizer()  # after the load: a real model's tokenizer is then in use
         problems = held_out_set(task, cfg.scaling_problems)
         stats = sample_stats(model, tok, problems, k=cfg.scaling_n, temperature=cfg.temperature, top_p=cfg.top_p,
                              max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed,
@@ -667,7 +681,7 @@ def scaling(cfg: EvalConfig, device) -> dict:
     ax1.legend(fontsize=7)
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    out = cfg.scaling_out or os.path.join(os.path.dirname(checkpoint_path(cfg.checkpoints()[0])) or ".", "scaling.png")
+    out = cfg.scaling_out or os.path.join(result_dir(cfg.checkpoints()[0]), "scaling.png")
     fig.savefig(out, dpi=110)
     with open(os.path.splitext(out)[0] + ".json", "w") as f:
         json.dump(results, f, indent=1)

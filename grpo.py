@@ -59,10 +59,10 @@ from common import (DEFAULT_TASK, DistInfo, MetricsLogger, NonFiniteError, all_r
                     world_size, wrap)
 from corpus import WEB_TASKS
 from evaluate import EVAL_MAX_NEW_TOKENS, behaviour, by_kind_line, held_out, summarize_behaviour
-from model import sample_completions, stop_tokens, token_logprobs
+from model import GPT, GPTConfig, ended, sample_completions, token_logprobs
 from plots import plot_aha
 from rewards import parse_reward_spec
-from tasks import TASKS, format_prompt, longest_prompt, sample_problems, task_from_config
+from tasks import TASKS, format_prompt, longest_prompt, prefill, sample_problems, task_from_config
 from tokenizer import Tokenizer, get_tokenizer
 
 LOSS_AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
@@ -114,6 +114,7 @@ class GRPOConfig:
     seed: int = 0                       # seed for questions, sampling and (if pretraining) the base model
     device: str = ""                    # "" = auto (cuda, mps, cpu)
     compile: bool = False               # torch.compile the training forward/backward (opt-in; bench.py measures it)
+    estimate_memory: bool = False       # print this run's estimated GPU memory per process (memory_estimate) and exit
 
     def __post_init__(self):
         self.steps = self.steps or TASK_STEPS.get(self.task, TASK_STEPS[DEFAULT_TASK])
@@ -162,11 +163,37 @@ RESUME_MUST_MATCH = ("task", "seed", "reward", "prompts_per_step", "group_size",
                      "seq_ratio")
 
 
+# A real model on one GPU (`--init-from hf:DIR --task countdown`, issue 25): TinyZero's learning
+# rate and KL weight, bf16 autocast (model.autocast_for), and rollout and micro-batch sizes that
+# memory_estimate puts under the card with room to spare: ~0.5B models on 24 GB, ~1.5B on 80 GB
+# (docs/REAL_MODELS.md has the table; estimates, not measured on a GPU)
+GPU = {"task": "countdown", "lr": 1e-6, "kl_beta": 0.001, "steps": 300, "eval_every": 20, "eval_problems": 100,
+       "show_every": 10, "ckpt_every": 10}
 PRESETS = {
     "cpu": {},                                                              # the defaults
     "smoke": {"steps": 2, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 16,
               "eval_problems": 2, "eval_k": 2, "eval_every": 0, "show_every": 1},  # tests: seconds
+    "gpu-24gb": {**GPU, "prompts_per_step": 16, "group_size": 8, "max_new_tokens": 512, "micro_batch_size": 2},
+    "gpu-80gb": {**GPU, "prompts_per_step": 32, "group_size": 8, "max_new_tokens": 1024, "micro_batch_size": 2},
 }
+
+
+def memory_estimate(model: GPTConfig, cfg: GRPOConfig, prompt_len: int, n_processes: int = 1) -> dict[str, float]:
+    """GiB one process needs for a GRPO run of `model` with cfg's sizes, by part (an estimate, for
+    choosing sizes: allocator slack and CUDA's own ~1 GiB come on top). float32 weights, gradients
+    and AdamW's two moments (16 bytes a parameter) and pi_ref's weights (4, when kl_beta > 0); the
+    rollout's KV cache (float32, every row at prompt + max_new_tokens); the update's micro-batch:
+    float32 logits over the vocabulary three times (logits, log-softmax, gradient) and bf16
+    activations kept for the backward (about 2 (10 C + 4 H) + 8 C bytes per token per layer)."""
+    with torch.device("meta"):
+        n = GPT(model).num_params()
+    rows, T = cfg.prompts_per_step * cfg.group_size // n_processes, prompt_len + cfg.max_new_tokens
+    tokens = cfg.micro_batch_size * T
+    parts = {"weights+grads+AdamW": 16 * n, "pi_ref": 4 * n if cfg.kl_beta > 0 else 0,
+             "KV cache (rollout)": 4 * 2 * model.n_layer * model.n_kv_head * model.head_dim * rows * T,
+             "logits (update)": 3 * 4 * tokens * model.vocab_size,
+             "activations (update)": tokens * model.n_layer * (2 * (10 * model.n_embd + 4 * model.hidden_dim) + 8 * model.n_embd)}
+    return {k: v / 2 ** 30 for k, v in parts.items()} | {"params (B)": n / 1e9}
 
 
 # ----------------------------------------------------------------------------- the algorithm
@@ -284,6 +311,7 @@ def grpo_step(state: RunState, step: int, problems: list, generator=None) -> tup
         # 2. G completions per question from pi_old (the policy as it is now), at the sampling temperature
         prompt_ids, completion_ids, texts = sample_completions(pi_theta, tok, prompts, cfg.max_new_tokens,
                                                                cfg.temperature, None, generator, len(prompts))
+        texts = [prefill() + t for t in texts]  # "" for our models; a real model's template wrote "<think>"
         t1 = time.time()
         # 3. rule-based rewards (accuracy + format; no length term, no reward model)
         scored = state.score_batch(texts, [problems[i // G].as_dict() for i in range(len(texts))])
@@ -323,8 +351,7 @@ def rollout_info(problems, completion_ids, texts, scored, rewards, cfg: GRPOConf
     right and wrong completions (a length rise that is only wrong completions growing is not
     reasoning), the behaviour counts of evaluate.behaviour. The right and wrong lengths are sums and
     counts over all ranks, so every rank logs the batch's value and none is NaN alone."""
-    stop = stop_tokens(tok)
-    cut = [len(ids) >= cfg.max_new_tokens and ids[-1] not in stop for ids in completion_ids]
+    cut = [len(ids) >= cfg.max_new_tokens and not ended(tok, ids) for ids in completion_ids]
     right = [c.get("accuracy", 0.0) == 1.0 for _, c in scored]
     lengths = [len(ids) for ids in completion_ids]
 
@@ -431,7 +458,9 @@ def run(cfg: GRPOConfig, score_batch=None) -> dict:
                     state.pi_ref.load_state_dict(state.policy.state_dict())
             # c. this rank's questions (TRAIN split), and one RL step on them
             problems, generator = step_inputs(cfg, state.task, step, state.dist.rank, state.dist.device)
-            batch, _ = grpo_step(state, step, problems, generator)
+            batch, records = grpo_step(state, step, problems, generator)
+            bar.set_postfix_str(f"{batch['mask'].sum().item() / max(records[0]['t_rollout'], 1e-9):,.0f} sampled tok/s "
+                                f"(this process)", refresh=False)
             # d. a few sampled completions now and then
             if cfg.show_every and step % cfg.show_every == 0:
                 print_samples(batch, step, cfg.group_size)
@@ -552,9 +581,9 @@ def start_run(cfg: GRPOConfig, score_batch=None) -> RunState:
                                min_digits=cfg.min_digits, max_digits=cfg.max_digits)
     dist = setup_ddp(cfg.device or None)
     seed_everything(cfg.seed, dist.rank)
+    policy, _ = load_model(cfg.init_from, dist.device)  # first: a real model puts its tokenizer in use
     tok, task = get_tokenizer(), task_from_config(cfg)
     score_batch = score_batch or reward_fn(cfg)
-    policy, _ = load_model(cfg.init_from, dist.device)
     init_sha256 = checkpoint_sha256(cfg.init_from)
     pi_ref = copy.deepcopy(policy).eval().requires_grad_(False) if cfg.kl_beta > 0 else None
     optimizer = make_optimizer(policy, cfg.lr, cfg.weight_decay, betas=(0.9, 0.99))
@@ -594,7 +623,7 @@ def print_samples(batch: dict, step: int, group_size: int) -> None:
     for j in (0, group_size):
         if j < len(batch["texts"]):
             print0(f"--- step {step + 1} sample {j} reward {batch['rewards'][j]:.2f}: "
-                   f"{batch['prompts'][j]}{batch['texts'][j]}")
+                   f"{batch['prompts'][j].removesuffix(prefill())}{batch['texts'][j]}")
 
 
 def print_summary(metrics_path: str, after: dict, figure: str, seconds: float) -> dict:
@@ -628,8 +657,22 @@ def print_summary(metrics_path: str, after: dict, figure: str, seconds: float) -
     return before
 
 
+def print_memory_estimate(cfg: GRPOConfig) -> None:
+    """--estimate-memory: memory_estimate for --init-from's model and this command line's sizes."""
+    model = GPTConfig(**load_checkpoint(cfg.init_from)["model_config"])
+    prompt_len = longest_prompt(task_from_config(cfg), get_tokenizer())
+    parts = memory_estimate(model, cfg, prompt_len, world_size())
+    print(f"{cfg.init_from}: {parts.pop('params (B)'):.2f}B parameters; longest prompt {prompt_len} tokens")
+    for name, gib in parts.items():
+        print(f"  {name:<22} {gib:6.1f} GiB")
+    print(f"  {'total (estimate)':<22} {sum(parts.values()):6.1f} GiB per process, plus allocator slack and CUDA's own ~1 GiB")
+
+
 def main(argv=None):
     cfg = config_from_args(GRPOConfig, argv, presets=PRESETS, description=__doc__.split("\n")[0], check=check_files)
+    if cfg.estimate_memory:
+        print_memory_estimate(cfg)
+        return
     run(cfg)
 
 

@@ -533,10 +533,39 @@ def generate(model, prompts, max_new_tokens: int, temperature: float = 1.0, top_
     return (new_tokens, lengths, new_logprobs) if return_logprobs else (new_tokens, lengths)
 
 
-def stop_tokens(tok) -> tuple[int, int]:
-    """The ids a completion ends at: </answer> or <|endoftext|>. A completion whose last token is
-    neither was cut at its token cap."""
-    return tok.special_ids[ANSWER_CLOSE], tok.eot_id
+def stop_tokens(tok) -> tuple[int, ...]:
+    """The ids a completion ends at: </answer> (a token of ours) and <|endoftext|>. A real model's
+    tokenizer has no </answer> token: only its end of text stops generation, and
+    sample_completions cuts the completion after the text "</answer>" (cut_after_answer)."""
+    if ANSWER_CLOSE in tok.special_ids:
+        return tok.special_ids[ANSWER_CLOSE], tok.eot_id
+    return (tok.eot_id,)
+
+
+def cut_after_answer(tok, ids: list[int]) -> list[int]:
+    """ids up to and including the token that completes the first "</answer>" of their bytes (all of
+    them if there is none): where a completion ends when </answer> is several tokens of a real
+    model's vocabulary. What follows it was sampled but is no part of the completion (never judged,
+    never trained on)."""
+    data, close = tok.decode_bytes(ids), ANSWER_CLOSE.encode()
+    if close not in data:
+        return ids
+    end, n_bytes = data.index(close) + len(close), 0
+    for n, i in enumerate(ids, 1):
+        n_bytes += len(tok.decode_bytes([i]))
+        if n_bytes >= end:
+            return ids[:n]
+    return ids
+
+
+def ended(tok, ids: list[int]) -> bool:
+    """Whether a completion ended by itself (at a stop token, or, for a real model's tokenizer, at
+    the text "</answer>": cut_after_answer) rather than at its token cap."""
+    if not ids:
+        return False
+    if ids[-1] in stop_tokens(tok):
+        return True
+    return ANSWER_CLOSE not in tok.special_ids and ANSWER_CLOSE.encode() in tok.decode_bytes(ids[-len(ANSWER_CLOSE):])
 
 
 def sample_completions(model, tok, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
@@ -544,7 +573,8 @@ def sample_completions(model, tok, prompts: list[str], max_new_tokens: int, temp
                        batch_size: int = 128, progress: bool = False):
     """Sample one completion per prompt string (repeat a prompt G times for a group). Returns
     (prompt_ids, completion_ids, texts): token lists and the decoded completion texts. Sampling
-    stops at </answer> or <|endoftext|>; the stop token is part of the completion."""
+    stops at </answer> or <|endoftext|>; the stop token is part of the completion (a real model's
+    completion ends with the token that completes "</answer>": cut_after_answer)."""
     stop = stop_tokens(tok)
     prompt_ids = [tok.encode(p, allow_special=True) for p in prompts]
     completion_ids: list[list[int]] = []
@@ -554,6 +584,8 @@ def sample_completions(model, tok, prompts: list[str], max_new_tokens: int, temp
         new, lengths = generate(model, chunk, max_new_tokens, temperature=temperature, top_p=top_p,
                                 stop_tokens=stop, generator=generator, pad_id=tok.pad_id)
         completion_ids += [row[:n].tolist() for row, n in zip(new, lengths)]
+    if ANSWER_CLOSE not in tok.special_ids:  # a real model's tokenizer: end at the text "</answer>"
+        completion_ids = [cut_after_answer(tok, ids) for ids in completion_ids]
     texts = [tok.decode(ids) for ids in completion_ids]
     return prompt_ids, completion_ids, texts
 
@@ -646,6 +678,8 @@ def export_hf(model: GPT, out_dir: str) -> None:
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(hf_config, f, indent=2)
     write_safetensors(weights, os.path.join(out_dir, "model.safetensors"))
+    if hasattr(tok, "save"):  # a model trained from a real one: its tokenizer goes with it
+        tok.save(out_dir)
 
 
 def hf_config_to_gpt(hf: dict, where: str) -> GPTConfig:

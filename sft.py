@@ -24,6 +24,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 from dataclasses import dataclass
 
@@ -33,8 +34,8 @@ from common import (DEFAULT_TASK, LoopConfig, MetricsLogger, check_processes, ch
                     setup_ddp, sum_over_ranks, teardown_ddp, start_fresh, train, unwrap, wrap)
 from evaluate import EvalConfig, held_out_set, report
 from model import token_logprobs
-from tasks import TASKS, task_from_config
-from tokenizer import get_tokenizer
+from tasks import TASKS, format_prompt, prefill, task_from_config
+from tokenizer import ASSISTANT, EOT, USER, get_tokenizer
 
 
 @dataclass
@@ -96,9 +97,25 @@ def load_rows(path: str) -> list[dict]:
 
 
 def tokenize_rows(rows: list[dict], tok) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, completion ids) per row; special tokens in the text are the tokenizer's."""
-    return [(tok.encode(r["prompt"], allow_special=True), tok.encode(r["completion"], allow_special=True))
-            for r in rows]
+    """(prompt ids, completion ids) per row; special tokens in the text are the tokenizer's. A row in
+    our chat form (`<|user|>question<|assistant|>`, what data/ holds) given to a real model is first
+    re-written in its template (model_template)."""
+    rows = [model_template(r["prompt"], r["completion"], tok) for r in rows]
+    return [(tok.encode(p, allow_special=True), tok.encode(c, allow_special=True)) for p, c in rows]
+
+
+CHAT_PROMPT = re.compile(re.escape(USER) + "(.*)" + re.escape(ASSISTANT), re.S)
+
+
+def model_template(prompt: str, completion: str, tok) -> tuple[str, str]:
+    """(prompt, completion) as the model in use reads them: as they are for our models; for a real
+    model (a text template, tasks.format_prompt), a chat-form prompt becomes format_prompt(question),
+    the completion loses the "<think>" that prompt pre-fills, and our <|endoftext|> becomes the
+    tokenizer's own end of text."""
+    m = CHAT_PROMPT.fullmatch(prompt)
+    if tok.template != "text" or m is None:
+        return prompt, completion
+    return format_prompt(m.group(1)), completion.removeprefix(prefill()).replace(EOT, tok.decode([tok.eot_id]))
 
 
 def check_files(cfg: SFTConfig) -> None:
@@ -160,9 +177,9 @@ def run(cfg: SFTConfig) -> dict:
     """Fine-tune cfg.init_from on cfg.data; returns the held-out metrics ({} without an evaluation)."""
     dist = setup_ddp(cfg.device or None)
     seed_everything(cfg.seed, dist.rank)
+    model, init = load_model(cfg.init_from, dist.device)  # first: a real model puts its tokenizer in use
     tok = get_tokenizer()
     examples = tokenize_rows(load_rows(cfg.data), tok)
-    model, init = load_model(cfg.init_from, dist.device)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     step, keep = 0, None
     if cfg.resume:

@@ -25,10 +25,13 @@ at construction:
              (every kind takes constants, e.g. "prints 7*n + 3"). The split holds out constants
              per kind: every kind has test problems, (kind, constants) never seen in training, and
              the transfer kind ("sum plus k", TRANSFER_KINDS) is held out whole.
-  countdown  CountdownTask(n_numbers=(3, 4), max_number=25, target_range=(1, 100)): an extension
-             point. The synthetic web (corpus.py) writes no countdown documents, so no command here
-             trains on it; it is kept for the later issue on real (pretrained) models.
-             "Using the numbers [3, 7, 25, 5], make 84. Use each number once with + - * /."
+  countdown  CountdownTask(n_numbers=(3, 4), max_number=25, target_range=(1, 100)): TinyZero's task
+             for real base models (--init-from hf:DIR); the synthetic web (corpus.py) writes no
+             countdown documents, so our models have no base for it. The question is TinyZero's:
+             "Using the numbers [3, 7, 25, 5], create an equation that equals 84. You can use basic
+             arithmetic operations (+, -, *, /) and each number can only be used once. Show your
+             work in <think> </think> tags. And return the final answer in <answer> </answer>
+             tags, for example <answer> (1 + 2) / 3 </answer>."
              The generator builds a random expression tree over the numbers and takes its value as
              the target, so every problem is solvable by construction, and keeps that expression as
              `gold` (one reference solution; any other expression that is right scores as well).
@@ -55,8 +58,8 @@ problem_kind). The corpus, SFT, distillation and RL only ever draw "train" probl
 
 Deliberate deviations from the paper:
 1. The prompt is the short form `<|user|>question<|assistant|>`; the paper's instruction text is
-   kept in R1_ZERO_SYSTEM and prepended only with format_prompt(question, system=True), which no
-   command here passes (an extension point for the later issue on real models).
+   kept in R1_ZERO_SYSTEM, and only a real base model (--init-from hf:DIR) gets it: as plain text,
+   with "<think>" pre-filled (format_prompt, prefill).
 2. Synthetic families (a pair search, addition, tiny stdin/stdout programs) stand in for
    competition math and LeetCode-style code: a small model on a CPU can learn them, and their
    answers can be checked exactly.
@@ -70,28 +73,60 @@ import random
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
-from tokenizer import ANSWER_CLOSE, ANSWER_OPEN, ASSISTANT, THINK_CLOSE, THINK_OPEN, USER
+from tokenizer import ANSWER_CLOSE, ANSWER_OPEN, ASSISTANT, THINK_CLOSE, THINK_OPEN, USER, get_tokenizer
 
 # ----------------------------------------------------------------------------- prompt template
 
-# R1 paper, Table 1: the template of DeepSeek-R1-Zero ("prompt" is replaced by the question). We do
-# not prepend it by default: with byte-level tokens it costs ~350 tokens per sample, several times the
-# question itself, and a model pretrained on our corpus already knows the short form below.
-R1_ZERO_SYSTEM = (
+# R1 paper, Table 1: the template of DeepSeek-R1-Zero ("prompt" is replaced by the question), in two
+# parts: who speaks and how the assistant works, then the tags. Our models are not given it by
+# default (with byte-level tokens it cost ~350 tokens per sample, several times the question, and a
+# model pretrained on our corpus already knows the short form); a real base model gets it, as text.
+R1_ZERO_INTRO = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves "
     "it. The assistant first thinks about the reasoning process in the mind and then provides the "
-    "user with the answer. The reasoning process and answer are enclosed within <think> </think> and "
+    "user with the answer."
+)
+R1_ZERO_TAGS = (
+    "The reasoning process and answer are enclosed within <think> </think> and "
     "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> "
     "<answer> answer here </answer>."
 )
+R1_ZERO_SYSTEM = R1_ZERO_INTRO + " " + R1_ZERO_TAGS
+
+# A real base model's prompt (issue 25): R1-Zero's template as plain text, as TinyZero writes it
+# for base models, which also pre-fills the start of the assistant's turn up to "<think>".
+TEXT_TEMPLATE = "{system}\nUser: {question}\nAssistant: Let me solve this step by step.\n"
+TEXT_PREFILL = THINK_OPEN
+
+
+def uses_text_template() -> bool:
+    """Whether prompts are R1-Zero's plain-text template (a real model's tokenizer is in use, which has
+    no <|user|> / <|assistant|> tokens and was never taught them) rather than our short chat form."""
+    return get_tokenizer().template == "text"
 
 
 def format_prompt(question: str, system: bool = False) -> str:
-    """The prompt of every stage. The model's completion is expected to start with "<think>".
-    system=True prepends R1's instruction (R1_ZERO_SYSTEM): an extension point, passed by no command
-    here (our models learned the short form on the web); kept for the later issue on real models,
-    which have never seen it."""
+    """The prompt of every stage: all the model is given before it writes its completion.
+
+    Our models (the project's tokenizer): the short form `<|user|>question<|assistant|>`; the
+    completion is expected to start with "<think>". system=True prepends R1's instruction
+    (R1_ZERO_SYSTEM), an extension point passed by no command here.
+
+    A real base model (a Hugging Face tokenizer in use, tokenizer.use_tokenizer): TEXT_TEMPLATE,
+    ending with the pre-filled "<think>" (prefill()). Its system line is R1's instruction, or only
+    its first part when the question says itself how to use the tags (TinyZero's countdown
+    question), so the prompt states the format once: for countdown it is TinyZero's prompt exactly."""
+    if uses_text_template():
+        header = R1_ZERO_INTRO if ANSWER_OPEN in question else R1_ZERO_SYSTEM
+        return TEXT_TEMPLATE.format(system=header, question=question) + TEXT_PREFILL
     return (R1_ZERO_SYSTEM if system else "") + USER + question + ASSISTANT
+
+
+def prefill() -> str:
+    """The start of the assistant's answer that format_prompt already wrote ("<think>" for a real
+    model, "" for ours). Whatever judges or shows a completion reads prefill() + completion, so the
+    tag the template wrote counts once (rewards.format_reward, and every metric)."""
+    return TEXT_PREFILL if uses_text_template() else ""
 
 
 def format_completion(think: str, answer: str) -> str:
@@ -165,12 +200,19 @@ def _random_expression(numbers: list[int], rng: random.Random) -> tuple[int, str
     return value, f"{text_a} {op} {text_b}", prec
 
 
+# TinyZero's countdown question (its base-model prompt's user turn; format_prompt adds the rest)
+COUNTDOWN_QUESTION = ("Using the numbers {numbers}, create an equation that equals {target}. You can use basic "
+                      "arithmetic operations (+, -, *, /) and each number can only be used once. Show your work in "
+                      "<think> </think> tags. And return the final answer in <answer> </answer> tags, for example "
+                      "<answer> (1 + 2) / 3 </answer>.")
+
+
 @dataclass
 class CountdownTask:
-    """Make a target from 3-4 numbers with + - * /, each number used exactly once. An extension
-    point: the web writes no countdown documents (pretrain.py makes no base for it), so no command
-    here trains on it; kept, with its judge rewards.countdown_reward, for the later issue on real
-    (pretrained) models. `python tasks.py` prints a few."""
+    """Make a target from 3-4 numbers with + - * /, each number used exactly once (TinyZero's task,
+    in its words: COUNTDOWN_QUESTION). For real base models (`grpo.py --init-from hf:DIR --task
+    countdown`): the web writes no countdown documents, so pretrain.py makes no base for it.
+    `python tasks.py` prints a few."""
     n_numbers: tuple[int, int] = (3, 4)        # fewest and most numbers given (inclusive)
     max_number: int = 25                       # numbers are drawn from 1..max_number (repeats allowed)
     target_range: tuple[int, int] = (1, 100)   # the target lies in this range (inclusive)
@@ -193,7 +235,7 @@ class CountdownTask:
         else:
             raise ValueError(f"{self}: no expression value fell in target_range in 10000 tries")
         rng.shuffle(numbers)  # the question must not show the solution's order
-        question = f"Using the numbers {numbers}, make {target}. Use each number once with + - * /."
+        question = COUNTDOWN_QUESTION.format(numbers=numbers, target=target)
         return Problem(self.name, question, solution, numbers=tuple(numbers), target=target)
 
 

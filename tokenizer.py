@@ -96,6 +96,8 @@ class Tokenizer:
     merges_file: BPE merges on top of the 256 bytes (data/merges.tiktoken by default); None =
     byte-level. `name` identifies it in checkpoints ("bytes" or "bpe<n>-<hash of the file>")."""
 
+    template = "chat"  # tasks.format_prompt: the short <|user|>question<|assistant|> form the web teaches
+
     def __init__(self, merges_file: str | None = MERGES_FILE):
         ranks = byte_ranks()
         self.name = "bytes"
@@ -122,16 +124,42 @@ class Tokenizer:
 
     def decode(self, ids) -> str:
         """Token ids -> text. Bytes that are not valid UTF-8 (e.g. a cut-off emoji) become U+FFFD."""
-        return self.enc.decode([int(i) for i in ids])
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def decode_bytes(self, ids) -> bytes:
+        """Token ids -> the bytes they spell. An id past the vocabulary spells nothing: a real model's
+        embedding table is often padded beyond its tokenizer (Qwen2.5: 151,936 rows, 151,665 tokens),
+        and sampling may pick such a row."""
+        return self.enc.decode_bytes([int(i) for i in ids if int(i) < self.vocab_size])
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.name}, vocab_size={self.vocab_size}, special={self.special_ids})"
 
 
 @functools.lru_cache(maxsize=None)
-def get_tokenizer(merges_file: str | None = MERGES_FILE) -> Tokenizer:
+def project_tokenizer(merges_file: str | None = MERGES_FILE) -> Tokenizer:
     """The project's tokenizer (cached): the committed BPE merges, or byte-level with None."""
     return Tokenizer(merges_file)
+
+
+_in_use: Tokenizer | None = None  # the process's tokenizer when it is not the project's (use_tokenizer)
+
+
+def use_tokenizer(tok: Tokenizer | None) -> None:
+    """Make `tok` the tokenizer get_tokenizer() returns in this process (None: the project's again).
+    The tokenizer travels with the model: loading a real model (common.load_checkpoint("hf:DIR")),
+    or a checkpoint trained from one, calls this with its HFTokenizer, so every script's encode,
+    decode, stop tokens and prompt template follow. One process, one tokenizer."""
+    global _in_use
+    _in_use = tok
+
+
+def get_tokenizer(merges_file: str | None = MERGES_FILE) -> Tokenizer:
+    """The tokenizer in use: the project's (the committed merges; byte-level with None) unless a
+    real model's was put in use (use_tokenizer)."""
+    if _in_use is not None and merges_file == MERGES_FILE:
+        return _in_use
+    return project_tokenizer(merges_file)
 
 
 # ----------------------------------------------------------------------------- a Hugging Face tokenizer.json
@@ -151,13 +179,26 @@ def byte_level_alphabet() -> dict[str, int]:
     return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(others)}}
 
 
+# the end-of-text tokens of byte-level BPE base models (GPT-2/Qwen2/SmolLM2, Llama 3, others), and
+# the end-of-turn tokens that mark an instruct model's eos_token (ChatML, Llama 3, Phi-3, Gemma)
+END_OF_TEXT = ("<|endoftext|>", "<|end_of_text|>", "</s>")
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
+
+
 class HFTokenizer(Tokenizer):
     """A Hugging Face byte-level BPE tokenizer (tokenizer.json: GPT-2, Llama 3, Qwen2, SmolLM2) as a
     tiktoken Encoding: the vocabulary's ids are the ranks, the pre-tokenizer's split pattern is
     pat_str, the added tokens are special tokens, and an NFC normalizer is applied before encoding.
     encode never adds a BOS token (the R1-Zero template is the whole prompt). Anything else
     (another model type, a normalizer other than NFC, add_prefix_space) is a ValueError naming
-    the file and what is unsupported."""
+    the file and what is unsupported.
+
+    Base models only: a tokenizer_config.json whose eos_token ends a chat turn (`<|im_end|>`,
+    `<|eot_id|>`: what instruct models stop at) is refused, because an instruct model expects its
+    chat template, not R1-Zero's text template (a base model such as Qwen2.5-0.5B also ships a
+    chat_template, so that field alone says nothing). Its eos_token is the end-of-text id."""
+
+    template = "text"  # tasks.format_prompt: R1-Zero's plain-text template, the start of <think> pre-filled
 
     def __init__(self, path: str):  # builds its own Encoding: Tokenizer.__init__ (the project's) is not called
         where = path if path.endswith(".json") else os.path.join(path, "tokenizer.json")
@@ -202,12 +243,37 @@ class HFTokenizer(Tokenizer):
         self.special_ids = added
         self.enc = tiktoken.Encoding(name=self.name, pat_str=pat_str, mergeable_ranks=ranks, special_tokens=added)
         self.vocab_size = max([*ranks.values(), *added.values()]) + 1
-        self.eot_id = next((added[t] for t in ("<|endoftext|>", "<|end_of_text|>", "</s>", "<|im_end|>") if t in added),
-                           None)
+        self.files = {"tokenizer.json": raw}  # what save() writes next to a checkpoint
+        eos = None
+        config_path = os.path.join(os.path.dirname(where), "tokenizer_config.json")
+        if os.path.exists(config_path):
+            with open(config_path, "rb") as f:
+                self.files["tokenizer_config.json"] = f.read()
+            try:
+                eos = json.loads(self.files["tokenizer_config.json"]).get("eos_token")
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{config_path}: not JSON ({e.msg})") from None
+            eos = eos.get("content") if isinstance(eos, dict) else eos
+            if eos in END_OF_TURN:
+                raise ValueError(f"{config_path}: eos_token {eos!r} ends a chat turn: an instruct model, which "
+                                 f"expects its chat template; only base models (R1-Zero's text template) are supported")
+        eos = eos if eos in added else next((t for t in END_OF_TEXT if t in added), None)
+        if eos is None:
+            raise ValueError(f"{where}: no end-of-text token among the added tokens (looked for "
+                             f"{', '.join(END_OF_TEXT)}, and tokenizer_config.json's eos_token)")
+        self.eot_id = added[eos]
         self.pad_id = added.get("<|pad|>", added.get("<|finetune_right_pad_id|>", self.eot_id))
 
     def encode(self, text: str, allow_special: bool = False) -> list[int]:
         return super().encode(unicodedata.normalize("NFC", text) if self.nfc else text, allow_special)
+
+    def save(self, out_dir: str) -> None:
+        """Write the files it was read from into out_dir (a checkpoint's or an export's directory), so
+        what was trained from a real model opens with its tokenizer anywhere."""
+        os.makedirs(out_dir, exist_ok=True)
+        for name, raw in self.files.items():
+            with open(os.path.join(out_dir, name), "wb") as f:
+                f.write(raw)
 
 
 # ----------------------------------------------------------------------------- learning the merges

@@ -177,8 +177,10 @@ def test_countdown_reference_solution_uses_the_numbers_and_makes_the_target():
         assert value == p.target and sorted(used) == sorted(p.numbers), p
         assert 3 <= len(p.numbers) <= 4 and all(1 <= x <= task.max_number for x in p.numbers)
         assert 1 <= p.target <= 100
-        assert p.question == f"Using the numbers {list(p.numbers)}, make {p.target}. " \
-                             "Use each number once with + - * /."
+        assert p.question == (f"Using the numbers {list(p.numbers)}, create an equation that equals {p.target}. "
+                              "You can use basic arithmetic operations (+, -, *, /) and each number can only be "
+                              "used once. Show your work in <think> </think> tags. And return the final answer in "
+                              "<answer> </answer> tags, for example <answer> (1 + 2) / 3 </answer>.")  # TinyZero's
     for p in problems[:4]:
         assert solvable([Fraction(x) for x in p.numbers], p.target)
     assert {len(p.numbers) for p in problems} == {3, 4}
