@@ -480,7 +480,7 @@ HF_PREFIX = "hf:"  # --init-from hf:DIR: a local Hugging Face model directory (i
 
 def hf_dir(path: str) -> str | None:
     """DIR for "hf:DIR" (a real model's directory), else None (one of our checkpoints)."""
-    return path[len(HF_PREFIX):] if path.startswith(HF_PREFIX) else None
+    return os.path.expanduser(path[len(HF_PREFIX):]) if path.startswith(HF_PREFIX) else None
 
 
 def checkpoint_path(path: str) -> str:

@@ -360,11 +360,14 @@ def held_out_set(task, n: int) -> list:
     return test_set(task, n=n, seed=0)
 
 
-def held_out(model, tok, task, n: int, k: int, seed: int, limits=None, progress: bool = False) -> dict:
+def held_out(model, tok, task, n: int, k: int, seed: int, limits=None, progress: bool = False,
+             max_new_tokens: int = EVAL_MAX_NEW_TOKENS) -> dict:
     """The held-out protocol: held_out_set(task, n), k samples each at T 0.6 / top-p 0.95, at most
-    EVAL_MAX_NEW_TOKENS tokens; `seed` draws the samples. limits: the code sandbox's
-    (sandbox.Limits: the timeout a run trained with). Returns evaluate's metrics."""
-    return evaluate(model, tok, held_out_set(task, n), k=k, seed=seed, limits=limits, progress=progress)
+    EVAL_MAX_NEW_TOKENS tokens (a real model's longer rollouts raise it: grpo.eval_cap); `seed` draws
+    the samples. limits: the code sandbox's (sandbox.Limits: the timeout a run trained with).
+    Returns evaluate's metrics."""
+    return evaluate(model, tok, held_out_set(task, n), k=k, seed=seed, limits=limits, progress=progress,
+                    max_new_tokens=max_new_tokens)
 
 
 def evaluate(model, tok, problems, k: int = 4, temperature: float = EVAL_TEMPERATURE, top_p: float = EVAL_TOP_P,

@@ -31,7 +31,8 @@ Deliberate deviations from the paper:
 2. The KL coefficient is 0.04 (DeepSeekMath's value) rather than R1-Zero's 0.001: with few, large
    steps on a tiny model, a tighter leash keeps the policy from collapsing.
 3. The prompt template is the short `<|user|>question<|assistant|>` form (tasks.format_prompt), not
-   the paper's full instruction: the base model learned the format in pretraining.
+   the paper's full instruction: the base model learned the format in pretraining. A real base
+   model (--init-from hf:DIR) gets the instruction as text, "<think>" pre-filled (tasks.prefill).
 4. The reference model is the initial policy and is never reset by default (R1-Zero reset it every
    400 steps; our runs are 25-40 steps). --ref-reset-every sets it.
 5. The reward is accuracy + 0.1 x format (the journal version adds the two rules with equal weight):
@@ -151,10 +152,17 @@ def check_files(cfg: GRPOConfig) -> None:
                          f"{run_dir('out/base', cfg.seed, cfg.task)}, is pretrained when missing)")
     longest = longest_prompt(task_from_config(cfg), get_tokenizer())
     check_fits(longest, cfg.max_new_tokens, max_seq_len)
-    check_fits(longest, EVAL_MAX_NEW_TOKENS, max_seq_len, what="the held-out evaluation's cap (evaluate.EVAL_MAX_NEW_TOKENS)")
+    check_fits(longest, eval_cap(cfg), max_seq_len, what="the held-out evaluation's cap (grpo.eval_cap)")
     if cfg.device:
         get_device(cfg.device)  # a ValueError if that device is not available here
     check_processes(cfg.prompts_per_step, "--prompts-per-step")
+
+
+def eval_cap(cfg: GRPOConfig) -> int:
+    """The held-out evaluation's token cap: the protocol's (evaluate.EVAL_MAX_NEW_TOKENS, 320), or the
+    rollouts' when those are longer (a real model's --preset gpu-*), so no evaluation cuts what a
+    rollout may write. Our runs (256 tokens) keep the protocol's."""
+    return max(EVAL_MAX_NEW_TOKENS, cfg.max_new_tokens)
 
 
 # what an exact --resume depends on: the checkpoint's values must equal the command line's
@@ -459,8 +467,9 @@ def run(cfg: GRPOConfig, score_batch=None) -> dict:
             # c. this rank's questions (TRAIN split), and one RL step on them
             problems, generator = step_inputs(cfg, state.task, step, state.dist.rank, state.dist.device)
             batch, records = grpo_step(state, step, problems, generator)
-            bar.set_postfix_str(f"{batch['mask'].sum().item() / max(records[0]['t_rollout'], 1e-9):,.0f} sampled tok/s "
-                                f"(this process)", refresh=False)
+            if records:  # the rollout's speed, in completion tokens sampled per second
+                bar.set_postfix_str(f"{batch['mask'].sum().item() / max(records[0]['t_rollout'], 1e-9):,.0f} "
+                                    f"sampled tok/s (this process)", refresh=False)
             # d. a few sampled completions now and then
             if cfg.show_every and step % cfg.show_every == 0:
                 print_samples(batch, step, cfg.group_size)
@@ -543,7 +552,8 @@ class RunState:
             return {}
         cfg = self.cfg
         m = held_out(self.policy, self.tok, self.task, cfg.eval_problems, cfg.eval_k,
-                     derive_seed(cfg.seed, "eval", step), sandbox.Limits(timeout_s=cfg.code_timeout_s))
+                     derive_seed(cfg.seed, "eval", step), sandbox.Limits(timeout_s=cfg.code_timeout_s),
+                     max_new_tokens=eval_cap(cfg))
         self.logger.log({"kind": "eval", "step": step, **m})
         print0(f"eval @ step {step} | " + MetricsLogger.format_line(self.shown(m, exclude=("by_kind",))))
         if "by_kind" in m:

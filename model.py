@@ -650,7 +650,7 @@ def export_hf(model: GPT, out_dir: str) -> None:
     """Write a Hugging Face checkpoint (config.json + model.safetensors) that transformers'
     `AutoModelForCausalLM.from_pretrained(out_dir)` loads: Llama, or Qwen2 when the model has
     attention biases. Our parameter names are HF's without the leading "model." and our rotary
-    layout is HF's, so this is a rename."""
+    layout is HF's, so this is a rename. A model trained from a real one gets its tokenizer files too."""
     c = model.config
     tok = get_tokenizer()
     eos = tok.eot_id if tok.eot_id < c.vocab_size else None

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from common import (DEFAULT_TASK, LoopConfig, MetricsLogger, all_reduce, check_fits, check_processes, check_ranges, check_resume,
-                    checkpoint_path, config_from_args, derive_seed, flag, get_device, load_checkpoint,
+                    checkpoint_path, config_from_args, derive_seed, flag, get_device, hf_dir, load_checkpoint,
                     make_optimizer, print0, progress, restore, run_dir, seed_everything, setup_ddp,
                     sum_over_ranks, start_fresh, teardown_ddp, train, unwrap, wrap)
 from corpus import WEB_TASKS, CorpusConfig, forced_prefixes, sample_document
@@ -248,8 +248,8 @@ def run(cfg: PretrainConfig):
 def check_base(out_dir: str) -> None:
     """A ValueError in one line if out_dir holds a base model of another pretraining recipe (RECIPE):
     the scripts that pretrain a missing default base call it before any work, so an old base is
-    never silently reused."""
-    if os.path.exists(checkpoint_path(out_dir)):
+    never silently reused. A real model (hf:DIR) is not ours to check."""
+    if hf_dir(out_dir) is None and os.path.exists(checkpoint_path(out_dir)):
         config = load_checkpoint(out_dir)["config"]
         made_by = config.get("recipe", "from before issue 23")
         if "max_warm_steps" in config and made_by != RECIPE:  # a pretrain.py checkpoint (not an SFT or RL one)

@@ -16,7 +16,9 @@ reasoning special tokens; built offline.
 
 `HFTokenizer(dir)` reads a Hugging Face byte-level BPE tokenizer.json (GPT-2, Llama 3, Qwen2,
 SmolLM2) into the same interface, token for token as the `tokenizers` library encodes (issue 25:
-real small models; tests/make_hf_reference.py made the references).
+real small models; tests/make_hf_reference.py made the references). The tokenizer travels with the
+model: loading a real model puts its tokenizer in use (`use_tokenizer`), and `get_tokenizer()`
+returns it from then on in that process.
 
 `get_tokenizer(None)` is the byte-level tokenizer (tests and the notebooks' illustrations use it
 where one token per character makes a point). Every checkpoint records its tokenizer's `name`

@@ -632,9 +632,11 @@ def test_progress_bar_leaves_the_metrics_log_and_the_printed_lines_as_they_are(t
     monkeypatch.setattr("sys.stderr", terminal)
     grpo.run(config("bar"))
     shown = capsys.readouterr().out
-    # a frame after a step, with the steps done of 3, the time spent < the time left, and the rate (the
-    # last frame may be skipped by tqdm's minimum redraw interval before the bar is cleared)
-    assert re.search(r"RL: +\d+%.*\| [123]/3 \[[\d:]+<[\d:]+, +[\d.]+(s/step|step/s)\]", terminal.getvalue())
+    # a frame after a step, with the steps done of 3, the time spent < the time left, the rate and the
+    # rollout's tokens/s (the last frame may be skipped by tqdm's minimum redraw interval before the bar
+    # is cleared)
+    assert re.search(r"RL: +\d+%.*\| [123]/3 \[[\d:]+<[\d:]+, +[\d.]+(s/step|step/s), [\d,]+ sampled tok/s "
+                     r"\(this process\)\]", terminal.getvalue())
     assert "RL:" not in shown and len(without_timing_fields(shown)) == 3 + 2 + 3 * 2   # steps, evals, samples
     assert without_timing_fields(shown) == without_timing_fields(plain.out)
     assert without_timings(tmp_path / "bar" / "metrics.jsonl") == without_timings(tmp_path / "plain" / "metrics.jsonl")
