@@ -42,8 +42,8 @@ from tokenizer import get_tokenizer
 
 @dataclass
 class DistillConfig:
-    teacher: str = ""                   # the teacher checkpoint; "" = out/r1/final_rl (out/r1-sN/... for --seed N)
-    student_base: str = ""              # the student's base; "" = out/base-pico(-sN), pretrained (--student-model) if missing
+    teacher: str = ""                   # the teacher checkpoint (or hf:DIR); "" = out/r1/final_rl (out/r1-sN/... for --seed N)
+    student_base: str = ""              # the student's base, or hf:DIR (sharing the teacher's tokenizer); "" = out/base-pico(-sN), pretrained (--student-model) if missing
     student_model: str = "pico"         # model preset of the student's base when it must be pretrained
     rl_student: str = ""                # the student after its own GRPO (the other arm); "" = out/grpo-pico(-sN)
     data: str = ""                      # the teacher's filtered traces, built here; "" = out/data/distill.jsonl

@@ -63,7 +63,7 @@ FORCED_ANSWER_TOKENS = 16  # room for the answer forced at the end of a thinking
 
 @dataclass
 class EvalConfig:
-    ckpt: str = "out/base"          # checkpoint directory (or file) to evaluate
+    ckpt: str = "out/base"          # checkpoint directory (or file) to evaluate, or hf:DIR (a local Hugging Face model)
     task: str = ""                  # task family from tasks.TASKS; "" = the one the checkpoint was trained on
     n_problems: int = 100           # held-out (test split) questions
     k: int = 4                      # samples per question (pass@1 over k, cons@k)

@@ -22,6 +22,8 @@ Paper map (docs/PAPER.md has the equations and a worked example of each):
     python grpo.py --task code              # tiny programs judged by running them in the sandbox:
                                             # out/base-code/, out/grpo-code/
     torchrun --standalone --nproc_per_node=N grpo.py
+    python grpo.py --init-from hf:DIR --preset gpu-24gb   # a real base model (Qwen2.5-0.5B...), TinyZero's
+                                            # Countdown on one GPU (docs/REAL_MODELS.md)
 
 Shapes: N questions per step, G group size, B = N*G sequences, T tokens, V vocab.
 
@@ -77,7 +79,7 @@ TASK_STEPS = {"pairsum": 40, "add": 25, "code": 30}
 
 @dataclass
 class GRPOConfig:
-    init_from: str = ""                 # base model checkpoint dir; "" = out/base (out/base-sN for --seed N), pretrained there if missing
+    init_from: str = ""                 # base model checkpoint dir, or hf:DIR (a local Hugging Face base model); "" = out/base (out/base-sN for --seed N), pretrained there if missing
     out_dir: str = ""                   # checkpoint, metrics.jsonl and aha.png; "" = out/grpo (out/grpo-sN for --seed N)
     resume: bool = False                # continue from out_dir/ckpt.pt
     task: str = DEFAULT_TASK            # task family (tasks.TASKS): pairsum (the search world), add (the quick run) or code

@@ -40,7 +40,7 @@ from tokenizer import ASSISTANT, EOT, USER, get_tokenizer
 
 @dataclass
 class SFTConfig:
-    init_from: str = "out/base"         # checkpoint to fine-tune (the base model, or any stage's)
+    init_from: str = "out/base"         # checkpoint to fine-tune (the base model, or any stage's), or hf:DIR (a local Hugging Face base model)
     data: str = "data/cold_start.jsonl"  # JSONL rows {"prompt": ..., "completion": ...}
     out_dir: str = "out/sft"            # checkpoint + metrics.jsonl
     task: str = DEFAULT_TASK            # the task family the held-out evaluation (and later stages) use
