@@ -46,7 +46,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from model import GPT, GPTConfig, load_hf
-from tokenizer import HFTokenizer, get_tokenizer, use_tokenizer
+from tokenizer import HFTokenizer, get_tokenizer, settle_tokenizer, tokenizer_settled, use_tokenizer
 
 # ----------------------------------------------------------------------------- devices and DDP
 
@@ -531,32 +531,62 @@ def check_tokenizer(ckpt: dict, p: str) -> dict:
     """ckpt itself if it was made with the tokenizer in use, else TokenizerMismatch in one line
     saying what to run. Checkpoints from before the BPE tokenizer carry no name: byte-level. A
     checkpoint of a real model (or trained from one) puts its tokenizer in use, read from the files
-    beside it (HFTokenizer.save), when the process has loaded no other model yet."""
+    beside it (HFTokenizer.save), when the process has loaded no model yet; after the first model,
+    the tokenizer is settled."""
     made_with, ours = ckpt.get("tokenizer", "bytes"), get_tokenizer().name
-    if made_with.startswith("hf-") and made_with != ours and not isinstance(get_tokenizer(), HFTokenizer):
-        try:
-            tok = HFTokenizer(os.path.dirname(p))
-        except ValueError as e:
-            raise TokenizerMismatch(f"checkpoint {p} was made with a real model's tokenizer ({made_with}): {e}") from None
-        if tok.name == made_with:
-            use_tokenizer(tok)
-            ours = made_with
-    if made_with != ours and "hf-" in made_with + ours:
+    if made_with.startswith("hf-") and made_with != ours and not tokenizer_settled():
+        use_tokenizer(checkpoint_tokenizer(os.path.dirname(p), made_with))
+        ours = made_with
+    if made_with == ours:
+        settle_tokenizer()
+        return ckpt
+    if "hf-" in made_with + ours:
         raise TokenizerMismatch(
             f"checkpoint {p} was made with the tokenizer {made_with!r}, and this process already uses {ours!r}: "
             f"one process holds one tokenizer, so every model it loads must share it")
-    if made_with != ours:
-        raise TokenizerMismatch(
-            f"checkpoint {p} was made with the tokenizer {made_with!r}, this code uses {ours!r} "
-            f"(data/merges.tiktoken): its token ids mean other text. Move its run directory aside and "
-            f"make it again (e.g. `python pretrain.py`, then the stage that wrote it)")
-    return ckpt
+    raise TokenizerMismatch(
+        f"checkpoint {p} was made with the tokenizer {made_with!r}, this code uses {ours!r} "
+        f"(data/merges.tiktoken): its token ids mean other text. Move its run directory aside and "
+        f"make it again (e.g. `python pretrain.py`, then the stage that wrote it)")
+
+
+def checkpoint_tokenizer(directory: str, name: str) -> HFTokenizer:
+    """The real model's tokenizer saved in `directory` (tokenizer.json), which must be the one named
+    `name`; TokenizerMismatch in one line if it is missing, unreadable or another one."""
+    try:
+        tok = HFTokenizer(directory)
+    except ValueError as e:
+        raise TokenizerMismatch(f"{directory}: made with a real model's tokenizer ({name}): {e}") from None
+    if tok.name != name:
+        raise TokenizerMismatch(f"{directory}: tokenizer.json is {tok.name}, the checkpoint was made with {name}")
+    return tok
+
+
+def tokenizer_name(path: str) -> str:
+    """The name of the tokenizer a checkpoint (or hf:DIR) was made with, nothing put in use: what
+    the scripts compare before any work, so two models that cannot share a process are refused in
+    one line."""
+    if hf_dir(path) is not None:
+        try:
+            return HFTokenizer(hf_dir(path)).name
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+    return read_checkpoint_file(checkpoint_path(path)).get("tokenizer", "bytes")
+
+
+def check_one_tokenizer(models: list[tuple[str, str]]) -> None:
+    """(flag, checkpoint path) of the models one run loads: a ValueError in one line if their
+    tokenizers differ (one process holds one tokenizer). Missing checkpoints are skipped."""
+    named = [(flag, path, tokenizer_name(path)) for flag, path in models if os.path.exists(checkpoint_path(path))]
+    if len({name for _, _, name in named}) > 1:
+        raise ValueError("these models were made with different tokenizers, and one process holds one: " +
+                         ", ".join(f"{flag} {path} ({name})" for flag, path, name in named))
 
 
 def hf_checkpoint(directory: str) -> dict:
     """A local Hugging Face model directory as a checkpoint dict (model.load_hf's weights, no
-    optimizer, step 0), its tokenizer (tokenizer.json) named in it; a bad directory is a
-    CheckpointError naming the file."""
+    optimizer, step 0, Countdown as its task: evaluate.py's default for it), its tokenizer
+    (tokenizer.json) named in it; a bad directory is a CheckpointError naming the file."""
     try:
         model, tok = load_hf(directory), HFTokenizer(directory)
     except (ValueError, FileNotFoundError) as e:
@@ -565,7 +595,7 @@ def hf_checkpoint(directory: str) -> dict:
         raise CheckpointError(f"{directory}: tokenizer.json has {tok.vocab_size} tokens, more than config.json's "
                               f"vocab_size {model.config.vocab_size}")
     return {"model": model.state_dict(), "model_config": dataclasses.asdict(model.config), "optimizer": None,
-            "step": 0, "config": {}, "tokenizer": tok.name}
+            "step": 0, "config": {"task": "countdown"}, "tokenizer": tok.name}  # a real model's task here
 
 
 def load_checkpoint(path: str, map_location="cpu", fallback: bool = False, quiet: bool = False) -> dict:

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import pretrain  # deliberate reuse: the student's base, pretrained by pretrain.py if missing
 import sft       # deliberate reuse: distillation is SFT with sft.py's loss on the teacher's samples
-from common import (DEFAULT_TASK, TokenizerMismatch, check_ranges, checkpoint_path, checkpoint_sha256,
+from common import (DEFAULT_TASK, check_one_tokenizer, check_ranges, checkpoint_path, checkpoint_sha256,
                     config_from_args, dataset, derive_seed, get_device, load_checkpoint, print0, read_metrics,
-                    reference_dataset, run_dir, run_stage, write_dataset)
+                    reference_dataset, run_dir, run_stage, tokenizer_name, write_dataset)
 from evaluate import evaluate_checkpoints, print_table, sample_training_set, trace_filter
 from tasks import get_task
 from tokenizer import get_tokenizer
@@ -75,6 +75,8 @@ CODE = ("distill.py",)  # this script's code makes its traces too (their provena
 
 def check_files(cfg: DistillConfig) -> None:
     pretrain.check_base(cfg.student_base)  # pretrained here when missing: never reused from another recipe
+    sampled = [] if cfg.reference_data else [("--teacher", cfg.teacher)]  # the teacher samples in this process
+    check_one_tokenizer([("--student-base", cfg.student_base), *sampled])
     if cfg.reference_data and not os.path.exists(cfg.reference_data):
         raise ValueError(f"--reference-data {cfg.reference_data}: no such file")
     if not cfg.reference_data and not os.path.exists(checkpoint_path(cfg.teacher)):
@@ -150,11 +152,11 @@ def table(cfg: DistillConfig, task, data_stats: dict) -> list[dict]:
             print0(f"({name}: no checkpoint in {path}; run: python grpo.py --init-from {cfg.student_base} "
                    f"--out-dir {path})")
             continue
-        try:
-            started = load_checkpoint(path).get("init_sha256")
-        except TokenizerMismatch as e:  # e.g. our teacher beside a real student: one process, one tokenizer
-            print0(f"({name}: left out: {e})")
+        if tokenizer_name(path) != get_tokenizer().name:  # e.g. our teacher beside a real student
+            print0(f"({name}: {path} was made with another tokenizer ({tokenizer_name(path)}) than the student's; "
+                   f"one process holds one: left out)")
             continue
+        started = load_checkpoint(path).get("init_sha256") if name == RL_ARM else None
         if name == RL_ARM and started != checkpoint_sha256(cfg.student_base):  # not the other arm of this student
             print0(f"({name}: {path} did not start from the student's base {cfg.student_base} (its checkpoint "
                    f"records {(started or 'no starting model')[:12]}); left out: rerun python "

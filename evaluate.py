@@ -35,16 +35,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from common import (check_fits, check_ranges, checkpoint_path, config_from_args, get_device, hf_dir, load_checkpoint,
-                    load_model, print0, progress as progress_bar)
+from common import (check_fits, check_one_tokenizer, check_ranges, checkpoint_path, config_from_args, get_device,
+                    hf_dir, load_checkpoint, load_model, print0, progress as progress_bar)
 from corpus import PHRASES, WEB_TASKS, addition_trace, code_plan, forced_prefixes
-from model import cut_after_answer, ended, generate, sample_completions, stop_tokens
+from model import completion_text, cut_after_answer, ended, generate, sample_completions, stop_tokens
 from sandbox import Limits
 from rewards import (accuracy_reward, accuracy_rewards, answer_key, chain_of_thought, extract_answer, format_reward,
                      language_fraction, majority_vote)
 from tasks import (TASKS, TRANSFER_KINDS, format_prompt, get_task, longest_prompt, prefill, problem_kind,
                    sample_problems, task_from_config, test_set)
-from tokenizer import ANSWER_OPEN, THINK_CLOSE, get_tokenizer
+from tokenizer import ANSWER_OPEN, EOT, THINK_CLOSE, get_tokenizer
 
 # The held-out protocol, one for every tool that reports held-out accuracy (grpo.py, pipeline.py,
 # distill.py, sft.py, pretrain.py, this file): the same questions whatever the tool or the seed
@@ -103,12 +103,15 @@ class EvalConfig:
 
 
 def check_files(cfg: EvalConfig) -> None:
-    """Every checkpoint must exist, and its model must hold the longest prompt + --max-new-tokens
-    (and the largest thinking budget + the forced answer, with --scaling)."""
+    """Every checkpoint must exist, all made with one tokenizer (one process holds one), and each
+    model must hold the longest prompt + --max-new-tokens (and the largest thinking budget + the
+    forced answer, with --scaling)."""
     flag = "--compare" if cfg.compare else "--ckpt"
     for path in cfg.checkpoints():
         if not os.path.exists(checkpoint_path(path)):
             raise ValueError(f"{flag} {path}: no checkpoint there")
+    check_one_tokenizer([(flag, path) for path in cfg.checkpoints()])
+    for path in cfg.checkpoints():
         ckpt = load_checkpoint(path)
         task = get_task(cfg.task) if cfg.task else task_from_config(ckpt["config"])
         longest = max(cfg.max_new_tokens, max(cfg.budget_list()) + FORCED_ANSWER_TOKENS if cfg.scaling else 0)
@@ -415,7 +418,7 @@ def sample_k(model, tok, problems, k: int, max_new_tokens: int, seed: int, tempe
             os.replace(partial + ".tmp", partial)
     if partial and os.path.exists(partial):
         os.remove(partial)
-    return [prefill() + tok.decode(i) for i in ids], ids
+    return [prefill() + completion_text(tok, i) for i in ids], ids
 
 
 def sample_training_set(checkpoint: str, task, n_questions: int, k: int, max_new_tokens: int, seeds: tuple[int, int],
@@ -432,8 +435,8 @@ def sample_training_set(checkpoint: str, task, n_questions: int, k: int, max_new
     problems = sample_problems(task, n_questions, "train", seed=seeds[0])
     tok = get_tokenizer()
     texts, ids = sample_k(model, tok, problems, k, max_new_tokens, seeds[1], progress=True, partial=partial)
-    eot = tok.decode([tok.eot_id])  # EOT, or a real model's end-of-text text
-    return [(problems[i // k], t if t.endswith(eot) else t + eot) for i, t in enumerate(texts)], ids
+    eot = tok.decode([tok.eot_id])  # EOT, or a real model's spelling of it (sft.model_template maps it back)
+    return [(problems[i // k], t.removesuffix(eot) + EOT) for i, t in enumerate(texts)], ids
 
 
 def filter_samples(samples: list[tuple], rules, source: str) -> tuple[list[dict], dict]:
@@ -519,7 +522,7 @@ def budget_completions(model, tok, problems, budget: int, k: int, temperature: f
                                 FORCED_ANSWER_TOKENS, temperature=temperature, top_p=top_p, stop_tokens=stop,
                                 generator=gen, pad_id=tok.pad_id)
         for i, f, row, n in zip(rows, forced, new, lengths):
-            texts[i] = tok.decode(cut_after_answer(tok, ids[i] + f + row[:n].tolist()))
+            texts[i] = completion_text(tok, cut_after_answer(tok, ids[i] + f + row[:n].tolist()))
     return [prefill() + t for t in texts]
 
 
@@ -700,7 +703,8 @@ def main(argv=None):
     else:
         model, task = load_for_eval(cfg.ckpt, cfg, device)
         problems = held_out_set(task, cfg.n_problems)
-        forced = cfg.forced and task.name in WEB_TASKS  # forced prefixes are written for the web's tasks
+        # forced prefixes are written for the web's tasks, in our template (a real model's pre-fills <think>)
+        forced = cfg.forced and task.name in WEB_TASKS and not prefill()
         metrics = report(model, get_tokenizer(), task, problems, cfg, forced_prefixes if forced else None)
         print0(f"result: {write_result(cfg.ckpt, 'eval.json', {'task': str(task), **metrics})}")
     if cfg.scaling:

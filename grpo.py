@@ -192,15 +192,18 @@ def memory_estimate(model: GPTConfig, cfg: GRPOConfig, prompt_len: int, n_proces
     """GiB one process needs for a GRPO run of `model` with cfg's sizes, by part (an estimate, for
     choosing sizes: allocator slack and CUDA's own ~1 GiB come on top). float32 weights, gradients
     and AdamW's two moments (16 bytes a parameter) and pi_ref's weights (4, when kl_beta > 0); the
-    rollout's KV cache (float32, every row at prompt + max_new_tokens); the update's micro-batch:
-    float32 logits over the vocabulary three times (logits, log-softmax, gradient) and bf16
-    activations kept for the backward (about 2 (10 C + 4 H) + 8 C bytes per token per layer)."""
+    rollout's KV cache (float32, every row at prompt + max_new_tokens) and its sampling (about six
+    (rows, V) float32 tensors: the last position's logits, the noise, top-p's sort; generate never
+    holds a prompt's full logits: GPT.forward's last_only); the update's micro-batch: float32 logits
+    over the vocabulary three times (logits, log-softmax, gradient) and bf16 activations kept for
+    the backward (about 2 (10 C + 4 H) + 8 C bytes per token per layer)."""
     with torch.device("meta"):
         n = GPT(model).num_params()
     rows, T = cfg.prompts_per_step * cfg.group_size // n_processes, prompt_len + cfg.max_new_tokens
     tokens = cfg.micro_batch_size * T
     parts = {"weights+grads+AdamW": 16 * n, "pi_ref": 4 * n if cfg.kl_beta > 0 else 0,
              "KV cache (rollout)": 4 * 2 * model.n_layer * model.n_kv_head * model.head_dim * rows * T,
+             "sampling (rollout)": 6 * 4 * rows * model.vocab_size,
              "logits (update)": 3 * 4 * tokens * model.vocab_size,
              "activations (update)": tokens * model.n_layer * (2 * (10 * model.n_embd + 4 * model.hidden_dim) + 8 * model.n_embd)}
     return {k: v / 2 ** 30 for k, v in parts.items()} | {"params (B)": n / 1e9}

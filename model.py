@@ -296,11 +296,13 @@ class GPT(nn.Module):
                 residual_out = name.endswith(("o_proj.weight", "down_proj.weight"))
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer) if residual_out else 0.02)
 
-    def forward(self, idx, positions=None, mask=None, kv_cache: KVCache | None = None):
+    def forward(self, idx, positions=None, mask=None, kv_cache: KVCache | None = None, last_only: bool = False):
         """idx (B, T) token ids -> logits (B, T, V), float32.
         positions (B, T): rotary position of each token; default 0..T-1 (after any cached tokens).
         mask (B, 1, T, S) bool, True = may attend; default causal. generate() passes both for ragged
-        batches. kv_cache: keys/values of earlier tokens; this call appends T more.
+        batches. kv_cache: keys/values of earlier tokens; this call appends T more. last_only: the
+        logits of the last position only, (B, 1, V): what sampling needs (a prompt's B x T x V
+        logits would be 10 GiB for 128 prompts of 160 tokens in a 151,936-token vocabulary).
         On CUDA the blocks run under bf16 autocast (autocast_for); the final norm and lm_head do not."""
         B, T = idx.shape
         start = 0 if kv_cache is None else kv_cache.pos
@@ -319,7 +321,7 @@ class GPT(nn.Module):
                 x = block(x, cos, sin, mask, kv_cache, i)                   # (B, T, C)
         if kv_cache is not None:
             kv_cache.pos += T
-        x = self.norm(x.float())                                            # (B, T, C) float32
+        x = self.norm((x[:, -1:] if last_only else x).float())             # (B, T or 1, C) float32
         return self.lm_head(x).float()  # (B, T, V); .float() for a caller's own autocast, else a no-op
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -505,7 +507,8 @@ def generate(model, prompts, max_new_tokens: int, temperature: float = 1.0, top_
         cur = P  # tokens[:, :cur] is known; sample column cur
         for step in range(max_new_tokens):
             start = cur - 1 if (use_cache and step > 0) else 0  # cache: only feed the newest token
-            logits = model(tokens[rows, start:cur], positions[rows, start:cur], attn_mask(rows, start, cur), cache)
+            logits = model(tokens[rows, start:cur], positions[rows, start:cur], attn_mask(rows, start, cur), cache,
+                           last_only=True)                                  # (n, 1, V)
             last = logits[:, -1].float()                                    # (n, V)
             noise = None
             if temperature > 0:  # every original row's draw, running or not (see the docstring)
@@ -558,6 +561,16 @@ def cut_after_answer(tok, ids: list[int]) -> list[int]:
     return ids
 
 
+def completion_text(tok, ids: list[int]) -> str:
+    """A completion's text: its ids decoded, and for a real model's tokenizer ended at its first
+    "</answer>" (the token that completes it may spell a few more characters, e.g. ">."; they are
+    trained on with the token, never judged)."""
+    text = tok.decode(ids)
+    if ANSWER_CLOSE in tok.special_ids or ANSWER_CLOSE not in text:
+        return text
+    return text[:text.index(ANSWER_CLOSE) + len(ANSWER_CLOSE)]
+
+
 def ended(tok, ids: list[int]) -> bool:
     """Whether a completion ended by itself (at a stop token, or, for a real model's tokenizer, at
     the text "</answer>": cut_after_answer) rather than at its token cap."""
@@ -586,7 +599,7 @@ def sample_completions(model, tok, prompts: list[str], max_new_tokens: int, temp
         completion_ids += [row[:n].tolist() for row, n in zip(new, lengths)]
     if ANSWER_CLOSE not in tok.special_ids:  # a real model's tokenizer: end at the text "</answer>"
         completion_ids = [cut_after_answer(tok, ids) for ids in completion_ids]
-    texts = [tok.decode(ids) for ids in completion_ids]
+    texts = [completion_text(tok, ids) for ids in completion_ids]
     return prompt_ids, completion_ids, texts
 
 

@@ -47,8 +47,8 @@ from dataclasses import dataclass
 import grpo      # deliberate reuse: the pipeline's RL stages are grpo.run with other --init-from
 import pretrain  # deliberate reuse: the base model, as R1-Zero's
 import sft       # deliberate reuse: stages 1 and 3 are sft.run on the datasets made here
-from common import (DEFAULT_TASK, check_ranges, config_from_args, dataset, derive_seed, get_device, load_checkpoint,
-                    print0, read_metrics, reference_dataset, run_dir, run_stage, write_dataset)
+from common import (DEFAULT_TASK, check_ranges, config_from_args, dataset, derive_seed, get_device, hf_dir,
+                    load_checkpoint, print0, read_metrics, reference_dataset, run_dir, run_stage, write_dataset)
 from corpus import plain_text, readable_search
 from evaluate import completion_stats, evaluate_checkpoints, parse_tries, print_table, sample_training_set, trace_filter
 from rewards import chain_of_thought, extract_answer
@@ -109,6 +109,9 @@ DATASETS = ("cold_start.jsonl", "rejection_sampled.jsonl")  # the files of a --d
 
 
 def check_files(cfg: PipelineConfig) -> None:
+    if any(hf_dir(path) is not None for path in (cfg.base, cfg.r1_zero)):
+        raise ValueError("pipeline.py runs the project's own models; with a real one (hf:DIR), run the stages "
+                         "one by one: grpo.py, sft.py, evaluate.py (docs/REAL_MODELS.md)")
     pretrain.check_base(cfg.base)  # pretrained here when missing: never reused from another recipe
     if cfg.device:
         get_device(cfg.device)

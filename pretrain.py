@@ -248,8 +248,13 @@ def run(cfg: PretrainConfig):
 def check_base(out_dir: str) -> None:
     """A ValueError in one line if out_dir holds a base model of another pretraining recipe (RECIPE):
     the scripts that pretrain a missing default base call it before any work, so an old base is
-    never silently reused. A real model (hf:DIR) is not ours to check."""
-    if hf_dir(out_dir) is None and os.path.exists(checkpoint_path(out_dir)):
+    never silently reused. A real model (hf:DIR) is not ours to check, but must be there: it is
+    never pretrained here."""
+    if hf_dir(out_dir) is not None:
+        if not os.path.exists(checkpoint_path(out_dir)):
+            raise ValueError(f"{out_dir}: no {checkpoint_path(out_dir)} (a Hugging Face model directory holds config.json)")
+        return
+    if os.path.exists(checkpoint_path(out_dir)):
         config = load_checkpoint(out_dir)["config"]
         made_by = config.get("recipe", "from before issue 23")
         if "max_warm_steps" in config and made_by != RECIPE:  # a pretrain.py checkpoint (not an SFT or RL one)

@@ -109,13 +109,15 @@ CHAT_PROMPT = re.compile(re.escape(USER) + "(.*)" + re.escape(ASSISTANT), re.S)
 
 def model_template(prompt: str, completion: str, tok) -> tuple[str, str]:
     """(prompt, completion) as the model in use reads them: as they are for our models; for a real
-    model (a text template, tasks.format_prompt), a chat-form prompt becomes format_prompt(question),
-    the completion loses the "<think>" that prompt pre-fills, and our <|endoftext|> becomes the
-    tokenizer's own end of text."""
-    m = CHAT_PROMPT.fullmatch(prompt)
-    if tok.template != "text" or m is None:
+    model (a text template, tasks.format_prompt), a chat-form prompt becomes format_prompt(question)
+    and the completion loses the "<think>" that prompt pre-fills; and our <|endoftext|> (how every
+    row spells the end of text, evaluate.sample_training_set) becomes the tokenizer's own."""
+    if tok.template != "text":
         return prompt, completion
-    return format_prompt(m.group(1)), completion.removeprefix(prefill()).replace(EOT, tok.decode([tok.eot_id]))
+    m = CHAT_PROMPT.fullmatch(prompt)
+    if m is not None:
+        prompt, completion = format_prompt(m.group(1)), completion.removeprefix(prefill())
+    return prompt, completion.replace(EOT, tok.decode([tok.eot_id]))
 
 
 def check_files(cfg: SFTConfig) -> None:

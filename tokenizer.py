@@ -145,15 +145,27 @@ def project_tokenizer(merges_file: str | None = MERGES_FILE) -> Tokenizer:
 
 
 _in_use: Tokenizer | None = None  # the process's tokenizer when it is not the project's (use_tokenizer)
+_settled = False                  # a model was loaded with the tokenizer in use: it can no longer change
 
 
 def use_tokenizer(tok: Tokenizer | None) -> None:
-    """Make `tok` the tokenizer get_tokenizer() returns in this process (None: the project's again).
-    The tokenizer travels with the model: loading a real model (common.load_checkpoint("hf:DIR")),
-    or a checkpoint trained from one, calls this with its HFTokenizer, so every script's encode,
-    decode, stop tokens and prompt template follow. One process, one tokenizer."""
-    global _in_use
-    _in_use = tok
+    """Make `tok` the tokenizer get_tokenizer() returns in this process, settled (None: the
+    project's again, unsettled). The tokenizer travels with the model: loading a real model
+    (common.load_checkpoint("hf:DIR")), or a checkpoint trained from one, calls this with its
+    HFTokenizer, so every script's encode, decode, stop tokens and prompt template follow. One
+    process, one tokenizer: once a model is loaded (settle_tokenizer), another is refused."""
+    global _in_use, _settled
+    _in_use, _settled = tok, tok is not None
+
+
+def settle_tokenizer() -> None:
+    """A model was loaded with the tokenizer in use (common.check_tokenizer): keep it."""
+    global _settled
+    _settled = True
+
+
+def tokenizer_settled() -> bool:
+    return _settled
 
 
 def get_tokenizer(merges_file: str | None = MERGES_FILE) -> Tokenizer:
@@ -212,10 +224,12 @@ class HFTokenizer(Tokenizer):
         model = spec.get("model") or {}
         if model.get("type") != "BPE":
             raise ValueError(f"{where}: tokenizer model {model.get('type')!r} is not supported (only byte-level BPE)")
-        pat_str, byte_level = None, False
+        pat_str, byte_level, self.digits = None, False, None
         pre = spec.get("pre_tokenizer") or {}
-        for step in pre.get("pretokenizers", [pre]):
-            if step.get("type") == "Split" and "Regex" in step.get("pattern", {}) and pat_str is None:
+        for i, step in enumerate(pre.get("pretokenizers", [pre])):
+            if step.get("type") == "Digits" and i == 0:  # SmolLM2's: digits cut off before the split pattern
+                self.digits = regex.compile(r"(\p{N})" if step.get("individual_digits") else r"(\p{N}+)")
+            elif step.get("type") == "Split" and "Regex" in step.get("pattern", {}) and pat_str is None:
                 pat_str = step["pattern"]["Regex"]
             elif step.get("type") == "ByteLevel":
                 byte_level = True
@@ -267,7 +281,21 @@ class HFTokenizer(Tokenizer):
         self.pad_id = added.get("<|pad|>", added.get("<|finetune_right_pad_id|>", self.eot_id))
 
     def encode(self, text: str, allow_special: bool = False) -> list[int]:
-        return super().encode(unicodedata.normalize("NFC", text) if self.nfc else text, allow_special)
+        text = unicodedata.normalize("NFC", text) if self.nfc else text
+        if self.digits is None:
+            return super().encode(text, allow_special)
+        # a Digits step first: added tokens are matched before any pre-tokenizer, then the digits are
+        # cut off, then each piece goes through the Encoding (its split pattern and merges) alone
+        specials = sorted(self.special_ids, key=len, reverse=True) if allow_special else []
+        parts = regex.split("(" + "|".join(map(regex.escape, specials)) + ")", text) if specials else [text]
+        ids = []
+        for part in parts:
+            if part in specials:
+                ids.append(self.special_ids[part])
+                continue
+            for piece in self.digits.split(part):
+                ids += self.enc.encode_ordinary(piece) if piece else []
+        return ids
 
     def save(self, out_dir: str) -> None:
         """Write the files it was read from into out_dir (a checkpoint's or an export's directory), so

@@ -13,9 +13,10 @@ tests/hf_reference/reference.json: per model the input ids, transformers' float3
 a 10-token greedy continuation, and the library versions. Random weights (seed 0), made larger
 than the default init so the logits and the greedy choices are far from ties.
 
-And two byte-level BPE tokenizers trained by the `tokenizers` library on a small multilingual text
+And three byte-level BPE tokenizers trained by the `tokenizers` library on a small multilingual text
 (tests/hf_reference/tokenizer-qwen2/: NFC normalizer, Qwen2's split pattern, added special tokens;
-tokenizer-gpt2/: GPT-2's byte-level pre-tokenizer), with the token ids `tokenizers` gives for
+tokenizer-gpt2/: GPT-2's byte-level pre-tokenizer; tokenizer-digits/: SmolLM2's, single digits
+split off before GPT-2's pattern), with the token ids `tokenizers` gives for
 TOKENIZER_TEXTS (numbers, whitespace runs, non-ASCII text, special tokens) in reference.json.
 """
 import json
@@ -49,7 +50,8 @@ TRAINING_TEXT = ["What is 472 + 385? The answer is 857.", "¿Qué dos de 7 1 3 5
                  "naïve café — 東京 🙂 ünïcödé", "    indented   spaces\t\ttabs\r\nwindows lines"] * 20
 TOKENIZER_TEXTS = ["What is 472 + 385?", "1234567890 12,345.67 -0.5e10", "  two  spaces,   three,\t\ttabs\n\n\nlines",
                    "¿Qué dos de 7 1 3 5 suman 8? Ünïcödé: naïve café, 東京, 🙂👍🏽", "e\u0301 (e + combining acute)",
-                   "<|endoftext|>text<|im_start|>user\nhi<|im_end|>", "don't I'LL we've", "x" * 50, ""]
+                   "<|endoftext|>text<|im_start|>user\nhi<|im_end|>", "don't I'LL we've", "x" * 50, "",
+                   "a   1  22\t333 x4y55 ٣٤ ½"]  # whitespace runs before digits, other scripts' digits
 
 
 def make_tokenizer(kind: str) -> tokenizers.Tokenizer:
@@ -59,6 +61,10 @@ def make_tokenizer(kind: str) -> tokenizers.Tokenizer:
         tok.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    elif kind == "digits":  # SmolLM2's (and StarCoder2's): every digit its own piece, then GPT-2's split
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     else:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
@@ -71,7 +77,7 @@ def make_tokenizer(kind: str) -> tokenizers.Tokenizer:
 def main() -> None:
     torch.manual_seed(0)
     reference = {}
-    for kind in ("qwen2", "gpt2"):
+    for kind in ("qwen2", "gpt2", "digits"):
         tok = make_tokenizer(kind)
         out = os.path.join(HERE, f"tokenizer-{kind}")
         os.makedirs(out, exist_ok=True)

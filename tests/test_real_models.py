@@ -20,7 +20,7 @@ import grpo
 import sft
 from common import TokenizerMismatch, checkpoint_sha256, load_checkpoint, load_model, read_metrics, save_checkpoint
 from conftest import ROOT
-from model import GPT, GPTConfig, KVCache, cut_after_answer, ended, export_hf, load_hf, stop_tokens
+from model import GPT, GPTConfig, KVCache, completion_text, cut_after_answer, ended, export_hf, load_hf, stop_tokens
 from rewards import format_reward
 from tasks import CountdownTask, format_prompt, get_task, prefill, sample_problems
 from tokenizer import EOT, HFTokenizer, get_tokenizer, use_tokenizer
@@ -38,8 +38,10 @@ TINYZERO = ("A conversation between User and Assistant. The user asks a question
 
 
 @pytest.fixture(autouse=True)
-def project_tokenizer_after():
-    """Every test here may put a real model's tokenizer in use: the next test starts with ours."""
+def project_tokenizer_around():
+    """Each test starts with the project's tokenizer, unsettled (another test file may have loaded
+    our models in this process), and the next one does too."""
+    use_tokenizer(None)
     yield
     use_tokenizer(None)
 
@@ -93,6 +95,24 @@ def test_cut_after_answer_matches_a_prefix_by_prefix_loop(tiny_qwen2):
     assert tok.decode([395, *tok.encode("ok")]) == "ok"
 
 
+class _Pieces:
+    """A vocabulary of a few multi-character pieces, as a real one has ('>.' after '</answer')."""
+    special_ids, pieces = {}, ["<think>", "7", "</think><answer>7</answer", ">.", " more"]
+
+    def decode_bytes(self, ids):
+        return "".join(self.pieces[i] for i in ids).encode()
+
+    def decode(self, ids):
+        return self.decode_bytes(ids).decode()
+
+
+def test_a_token_that_spells_past_answer_is_kept_but_not_judged():
+    tok, ids = _Pieces(), [0, 1, 2, 3, 4]
+    assert cut_after_answer(tok, ids) == [0, 1, 2, 3]                   # the token completing "</answer>"
+    assert completion_text(tok, [0, 1, 2, 3]) == "<think>7</think><answer>7</answer>"   # without its "."
+    assert format_reward(completion_text(tok, [0, 1, 2, 3])) == 1.0 and format_reward(tok.decode([0, 1, 2, 3])) == 0.0
+
+
 def test_countdown_smoke_run_then_every_script_reads_its_checkpoint(tiny_qwen2, tmp_path):
     out = str(tmp_path / "grpo")
     grpo.main(["--init-from", tiny_qwen2, "--task", "countdown", "--preset", "smoke", "--out-dir", out])
@@ -138,12 +158,25 @@ def test_distill_student_from_a_real_model(tiny_qwen2, tmp_path, capsys):
     assert "student base" in table and "student distilled (SFT)" in table
 
 
-def test_one_process_one_tokenizer(tiny_qwen2, tmp_path):
-    ours = GPT(GPTConfig.from_preset("pico"))
-    save_checkpoint(str(tmp_path / "ours"), ours)  # made with the project's tokenizer
+def test_one_process_one_tokenizer(tiny_qwen2, tmp_path, capsys):
+    ours = str(tmp_path / "ours")
+    save_checkpoint(ours, GPT(GPTConfig.from_preset("pico")))  # made with the project's tokenizer
     load_checkpoint(tiny_qwen2)
     with pytest.raises(TokenizerMismatch, match="one process holds one tokenizer"):
-        load_checkpoint(str(tmp_path / "ours"))
+        load_checkpoint(ours)
+    use_tokenizer(None)
+    load_checkpoint(ours)  # the other order: once a model is loaded, the tokenizer is settled
+    with pytest.raises(TokenizerMismatch, match="one process holds one tokenizer"):
+        load_checkpoint(tiny_qwen2)
+    assert get_tokenizer().template == "chat"
+    use_tokenizer(None)
+    for argv in (["--compare", ours, tiny_qwen2], ["--compare", tiny_qwen2, ours]):  # refused before any work
+        with pytest.raises(SystemExit) as e:
+            evaluate.main(argv)
+        assert e.value.code == 2 and "made with different tokenizers" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # a teacher that would sample in this process, then a real student
+        distill.main(["--teacher", ours, "--student-base", tiny_qwen2, "--out-dir", str(tmp_path / "d")])
+    assert e.value.code == 2 and "made with different tokenizers" in capsys.readouterr().err
 
 
 def test_export_of_a_model_trained_from_a_real_one_carries_its_tokenizer(tiny_qwen2, tmp_path):
@@ -156,6 +189,31 @@ def test_export_of_a_model_trained_from_a_real_one_carries_its_tokenizer(tiny_qw
     assert torch.equal(model(x)[0], again(x)[0])
 
 
+def test_a_real_models_rows_and_forced_prefixes(tmp_path, monkeypatch):
+    """Rows spell the end of text as ours (EOT) and sft maps it to the tokenizer's own, whatever the
+    prompt's form; forced prefixes (written for our template) are not used with a real model."""
+    monkeypatch.chdir(tmp_path)  # evaluate.py writes out/hf-NAME/ under the working directory
+    llama3 = make_tiny_qwen2(tmp_path / "llama3-like")  # the same model, Llama 3's end-of-text token
+    spec = json.load(open(tmp_path / "llama3-like" / "tokenizer.json"))
+    spec["added_tokens"][0]["content"] = "<|end_of_text|>"
+    spec["model"]["vocab"]["<|end_of_text|>"] = spec["model"]["vocab"].pop("<|endoftext|>")
+    json.dump(spec, open(tmp_path / "llama3-like" / "tokenizer.json", "w"))
+    json.dump({"eos_token": "<|end_of_text|>"}, open(tmp_path / "llama3-like" / "tokenizer_config.json", "w"))
+    model, _ = load_model(llama3)
+    tok = get_tokenizer()
+    assert tok.decode([tok.eot_id]) == "<|end_of_text|>"
+    samples = evaluate.sample_training_set(llama3, get_task("countdown"), 2, 2, 8, (0, 1), str(tmp_path / "p"), "cpu")[0]
+    assert all(c.startswith("<think>") and c.endswith(EOT) and "<|end_of_text|>" not in c for _, c in samples)
+    row = {"prompt": format_prompt("q"), "completion": "3+4</think><answer>7</answer>" + EOT}
+    p, c = sft.tokenize_rows([row], tok)[0]
+    assert c[-1] == tok.eot_id and tok.decode(p) == row["prompt"]
+    assert format_reward("<think>3+4</think><answer>7</answer>" + EOT) == 1.0
+    evaluate.main(["--ckpt", llama3, "--task", "add", "--n-problems", "1", "--k", "1"])  # --forced is the default
+    result = json.load(open(tmp_path / "out" / "hf-llama3-like" / "eval.json"))  # not in the model's directory
+    assert result["task"].startswith("AdditionTask") and not any(k.startswith("forced_") for k in result)
+    assert not os.path.exists(tmp_path / "llama3-like" / "eval.json")
+
+
 def test_instruct_models_and_bad_directories_are_one_line_errors(tmp_path, capsys):
     instruct = make_tiny_qwen2(tmp_path / "instruct", eos="<|im_end|>")
     no_tokenizer = make_tiny_qwen2(tmp_path / "no-tokenizer")
@@ -166,6 +224,11 @@ def test_instruct_models_and_bad_directories_are_one_line_errors(tmp_path, capsy
             grpo.main(["--init-from", init, "--task", "countdown", "--preset", "smoke", "--out-dir",
                        str(tmp_path / "out")])
         assert e.value.code == 2 and message in capsys.readouterr().err
+    for argv in (["distill.py", "--student-base", f"hf:{tmp_path}/typo"], ["pipeline.py", "--base", instruct]):
+        result = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and ("typo/config.json" in result.stderr or "run the stages one by one"
+                                           in result.stderr), result.stderr
+        assert not os.path.exists(os.path.join(ROOT, f"hf:{tmp_path}"))  # never pretrained into "hf:..."
     result = subprocess.run([sys.executable, "grpo.py", "--init-from", instruct, "--task", "countdown"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1

@@ -212,10 +212,11 @@ def test_cli_rejects_bad_numbers(capsys):
 HF_REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_reference")
 
 
-@pytest.mark.parametrize("kind", ["qwen2", "gpt2"])
+@pytest.mark.parametrize("kind", ["qwen2", "gpt2", "digits"])
 def test_hf_tokenizer_gives_the_reference_libraries_token_ids(kind):
     """Byte-level BPE tokenizers trained by the `tokenizers` library (tests/make_hf_reference.py):
-    Qwen2's layout (NFC, a Split pattern, then ByteLevel) and GPT-2's (ByteLevel splits). On text
+    Qwen2's layout (NFC, a Split pattern, then ByteLevel), GPT-2's (ByteLevel splits) and SmolLM2's
+    (single digits cut off first, then GPT-2's ByteLevel split). On text
     with numbers, whitespace runs, non-ASCII and special tokens our tiktoken Encoding gives exactly
     the library's ids, and decodes them back to the (normalised) text."""
     with open(os.path.join(HF_REFERENCE, "reference.json")) as f:
