@@ -203,6 +203,7 @@ class HFTokenizer(Tokenizer):
     """A Hugging Face byte-level BPE tokenizer (tokenizer.json: GPT-2, Llama 3, Qwen2, SmolLM2) as a
     tiktoken Encoding: the vocabulary's ids are the ranks, the pre-tokenizer's split pattern is
     pat_str, the added tokens are special tokens, and an NFC normalizer is applied before encoding.
+    A first Digits step (SmolLM2, StarCoder2) cuts the digits off before the Encoding sees the text.
     encode never adds a BOS token (the R1-Zero template is the whole prompt). Anything else
     (another model type, a normalizer other than NFC, add_prefix_space) is a ValueError naming
     the file and what is unsupported.
