@@ -174,9 +174,10 @@ RESUME_MUST_MATCH = ("task", "seed", "reward", "prompts_per_step", "group_size",
 
 
 # A real model on one GPU (`--init-from hf:DIR --task countdown`, issue 25): TinyZero's learning
-# rate and KL weight, bf16 autocast (model.autocast_for), and rollout and micro-batch sizes that
-# memory_estimate puts under the card with room to spare: ~0.5B models on 24 GB, ~1.5B on 80 GB
-# (docs/REAL_MODELS.md has the table; estimates, not measured on a GPU)
+# rate and KL weight, and rollout and micro-batch sizes that memory_estimate puts under the card
+# with room to spare: ~0.5B models on 24 GB, ~1.5B on 80 GB (docs/REAL_MODELS.md has the table;
+# estimates, not measured on a GPU). Every CUDA run is bf16 autocast over float32 weights
+# (model.autocast_for).
 GPU = {"task": "countdown", "lr": 1e-6, "kl_beta": 0.001, "steps": 300, "eval_every": 20, "eval_problems": 100,
        "show_every": 10, "ckpt_every": 10}
 PRESETS = {
