@@ -26,6 +26,8 @@ R1's stage 3); the RL arm is tens of GRPO steps (paper: >10K).
 """
 from __future__ import annotations
 
+import deps  # noqa: F401  first: a missing package is one line and exit 2, not a traceback
+
 import os
 import time
 from dataclasses import dataclass

@@ -25,6 +25,8 @@ Deliberate deviations: none in the metrics; the k and question counts are small 
 """
 from __future__ import annotations
 
+import deps  # noqa: F401  first: a missing package is one line and exit 2, not a traceback
+
 import hashlib
 import json
 import math

@@ -38,6 +38,8 @@ it to accuracy directly: `--language-weights` sweeps it).
 """
 from __future__ import annotations
 
+import deps  # noqa: F401  first: a missing package is one line and exit 2, not a traceback
+
 import json
 import os
 import random

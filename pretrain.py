@@ -39,6 +39,8 @@ Deliberate deviations from the paper:
 """
 from __future__ import annotations
 
+import deps  # noqa: F401  first: a missing package is one line and exit 2, not a traceback
+
 import dataclasses
 import itertools
 import os

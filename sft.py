@@ -18,6 +18,8 @@ over a few hundred rows, not two epochs over ~800K samples.
 """
 from __future__ import annotations
 
+import deps  # noqa: F401  first: a missing package is one line and exit 2, not a traceback
+
 import dataclasses
 import itertools
 import json
