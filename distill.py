@@ -154,8 +154,9 @@ def table(cfg: DistillConfig, task, data_stats: dict) -> list[dict]:
             print0(f"({name}: no checkpoint in {path}; run: python grpo.py --init-from {cfg.student_base} "
                    f"--out-dir {path})")
             continue
-        if tokenizer_name(path) != get_tokenizer().name:  # e.g. our teacher beside a real student
-            print0(f"({name}: {path} was made with another tokenizer ({tokenizer_name(path)}) than the student's; "
+        made_with = tokenizer_name(path)
+        if made_with != get_tokenizer().name:  # e.g. our teacher beside a real student
+            print0(f"({name}: {path} was made with another tokenizer ({made_with}) than the student's; "
                    f"one process holds one: left out)")
             continue
         started = load_checkpoint(path).get("init_sha256") if name == RL_ARM else None
